@@ -1,0 +1,462 @@
+"""The ingestion pipeline: reader -> mapper -> writer -> runner.
+
+- reader: the source's records, minus those the images ledger already holds (resume);
+- mapper (`process_batch`, on Dask workers): read, hash, decode, detect, embed a batch of images
+  with the worker's engine, built once per process;
+- writer (the driver): upserts each finished batch's faces, flushes, then records the batch's
+  images in the ledger. Milvus Lite allows one writer process, so the driver is it;
+- runner: a bounded number of batches in flight (memory stays flat whatever the dataset size),
+  a tqdm bar, a summary and a report of failed files.
+
+A batch is the unit of work and of resume: its images are recorded as done only after their faces
+are durable, so a kill -9 at any point redoes at most the batches in flight, and upserts keyed on
+content make redoing them harmless.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ingest.images import ImageError, decode, read_bytes, sha256_bytes
+from ingest.models import Engine, ModelError, WeightsMissing, default_face_model, get_engine
+from ingest.settings import Settings, pin_threads, thread_env
+from ingest.sources import ImageRecord, open_source
+from ingest.store import Store, now_ms
+from schemas import LEDGER_COLLECTION, MODELS, collection_name
+
+
+class IngestError(RuntimeError):
+    """A run that cannot start or continue; str() is one line."""
+
+
+@dataclass
+class ImageResult:
+    path: str
+    sha256: str
+    status: str  # done | noface | failed
+    reason: str = ""
+    faces: List[Dict[str, Any]] = field(default_factory=list)  # metadata per face
+    vectors: Dict[str, np.ndarray] = field(default_factory=dict)  # model -> (n, dim)
+
+
+@dataclass
+class BatchResult:
+    images: List[ImageResult]
+    seconds: float  # worker time spent
+    pid: int
+    rss: int  # worker RSS (bytes) after the batch
+
+
+@dataclass
+class IngestSummary:
+    source: str
+    models: List[str]
+    detector: str
+    images_seen: int = 0
+    images_done: int = 0  # processed this run with >= 1 face
+    images_noface: int = 0
+    images_skipped: int = 0  # already in the ledger
+    images_failed: int = 0
+    faces_stored: int = 0
+    wall_seconds: float = 0.0
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    failure_kinds: Dict[str, int] = field(default_factory=dict)
+    worker_peak_rss: Dict[int, int] = field(default_factory=dict)
+    report_path: Optional[str] = None
+    interrupted: bool = False
+
+    @property
+    def faces_per_second(self) -> float:
+        return self.faces_stored / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        n = self.images_done + self.images_noface + self.images_failed
+        return n / self.wall_seconds if self.wall_seconds else 0.0
+
+    def lines(self) -> List[str]:
+        out = [
+            f"source      {self.source}",
+            f"models      {', '.join(self.models)} (detector {self.detector})",
+            f"images      {self.images_seen} seen: {self.images_done} with faces, {self.images_noface} without a face, "
+            f"{self.images_skipped} already done, {self.images_failed} failed",
+            f"faces       {self.faces_stored} stored ({self.faces_per_second:.1f} faces/s, "
+            f"{self.images_per_second:.1f} images/s)",
+            f"wall time   {self.wall_seconds:.1f} s",
+        ]
+        if self.failure_kinds:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.failure_kinds.items(), key=lambda kv: -kv[1]))
+            out.append(f"failed      {kinds}")
+        if self.report_path:
+            out.append(f"report      {self.report_path}")
+        if self.interrupted:
+            out.append("interrupted: re-run the same command to resume")
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# mapper (runs on workers)
+# ------------------------------------------------------------------------------------------------
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:300]
+
+
+def process_image(engine: Engine, record: ImageRecord, min_face: int = 0) -> ImageResult:
+    path = record.path
+    try:
+        data = read_bytes(path)
+        sha = sha256_bytes(data)
+    except ImageError as e:
+        return ImageResult(path, "", "failed", f"unreadable: {e}")
+    try:
+        image = decode(data)
+        del data
+        faces = engine.detector.detect(image, min_face=min_face)
+    except ImageError as e:
+        return ImageResult(path, sha, "failed", str(e))
+    except (WeightsMissing, ModelError):
+        raise  # configuration problems stop the run
+    except Exception as e:  # noqa: BLE001 - a detector crash on one file must not stop the run
+        return ImageResult(path, sha, "failed", f"detector error: {_reason(e)}")
+    if not faces:
+        return ImageResult(path, sha, "noface")
+    try:
+        vectors = {name: emb.embed(image, faces) for name, emb in engine.embedders.items()}
+    except (WeightsMissing, ModelError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        return ImageResult(path, sha, "failed", f"embedding error: {_reason(e)}")
+    meta = [{"face_index": f.index, "box": f.box, "confidence": f.confidence} for f in faces]
+    return ImageResult(path, sha, "done", faces=meta, vectors=vectors)
+
+
+def process_batch(records: Sequence[ImageRecord], settings: Settings, detector: str,
+                  models: Sequence[str], min_face: int = 0) -> BatchResult:
+    t0 = time.perf_counter()
+    engine = get_engine(settings, detector, models).load()
+    results = [process_image(engine, r, min_face) for r in records]
+    return BatchResult(results, time.perf_counter() - t0, os.getpid(), _rss())
+
+
+def warm_worker(settings: Settings, detector: str, models: Sequence[str]) -> int:
+    """Load the engine before timing starts (each worker loads each model once)."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    get_engine(settings, detector, models).load()
+    return os.getpid()
+
+
+# ------------------------------------------------------------------------------------------------
+# writer (driver)
+# ------------------------------------------------------------------------------------------------
+def _ledger_id(model: str, path: str) -> str:
+    return f"{model}:{hashlib.sha1(path.encode('utf-8', 'surrogateescape')).hexdigest()}"
+
+
+class Writer:
+    def __init__(self, store: Store, models: Sequence[str], detector: str,
+                 records: Dict[str, ImageRecord]):
+        self.store = store
+        self.models = list(models)
+        self.detector = detector
+        self.records = records
+
+    def _face_rows(self, res: ImageResult, model: str, ts: int) -> List[Dict[str, Any]]:
+        rec = self.records[res.path]
+        attrs = rec.attribute_dict()
+        vecs = res.vectors[model]
+        rows = []
+        for meta, vec in zip(res.faces, vecs):
+            x, y, w, h = meta["box"]
+            rows.append({
+                "id": f"{res.sha256}_{meta['face_index']}", "image_sha256": res.sha256,
+                "source_path": res.path, "face_index": int(meta["face_index"]),
+                "box_x": int(x), "box_y": int(y), "box_w": int(w), "box_h": int(h),
+                "confidence": float(meta["confidence"]), "detector": self.detector,
+                "identity": rec.identity, "has_attributes": rec.attributes is not None,
+                **attrs, "ingested_at": ts, "vector": vec.tolist(),
+            })
+        return rows
+
+    def _stored_paths(self, results: List[ImageResult]) -> Dict[str, str]:
+        """sha -> source_path already stored (first model's collection), for duplicates."""
+        ids = sorted({f"{r.sha256}_0" for r in results if r.status == "done"})
+        if not ids:
+            return {}
+        rows = self.store.get(self.models[0], ids, output_fields=["image_sha256", "source_path"])
+        return {r["image_sha256"]: r["source_path"] for r in rows}
+
+    def write(self, results: List[ImageResult]) -> None:
+        ts = now_ms()
+        stored = self._stored_paths(results)
+        # The same picture under two names is stored once, under the smaller path (deterministic
+        # whatever the order batches finish in); the ledger keeps every path.
+        chosen: Dict[str, ImageResult] = {}
+        for r in results:
+            if r.status != "done":
+                continue
+            prev = stored.get(r.sha256)
+            if prev is not None and prev < r.path:
+                r.reason = f"duplicate of {prev}"
+                continue
+            other = chosen.get(r.sha256)
+            if other is not None:
+                if other.path < r.path:
+                    r.reason = f"duplicate of {other.path}"
+                    continue
+                other.reason = f"duplicate of {r.path}"
+            chosen[r.sha256] = r
+        for model in self.models:
+            rows: List[Dict[str, Any]] = []
+            for r in chosen.values():
+                rows.extend(self._face_rows(r, model, ts))
+            self.store.upsert_faces(model, rows)
+        self.store.flush([collection_name(m) for m in self.models])
+        ledger = []
+        for r in results:
+            for model in self.models:
+                ledger.append({
+                    "id": _ledger_id(model, r.path), "model": model, "source_path": r.path,
+                    "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
+                    "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
+                })
+        self.store.record_images(ledger)
+        self.store.flush([LEDGER_COLLECTION])
+
+
+# ------------------------------------------------------------------------------------------------
+# runner
+# ------------------------------------------------------------------------------------------------
+def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
+    buf: List[Any] = []
+    for x in items:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _failure_kind(reason: str) -> str:
+    return reason.split(":")[0].split("(")[0].strip()[:40] or "error"
+
+
+def resolve_models(models: Optional[Sequence[str] | str], settings: Settings) -> List[str]:
+    if models is None or models == "auto" or models == ["auto"]:
+        return [default_face_model(settings)]
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise IngestError(f"unknown model '{unknown[0]}' (known: {', '.join(MODELS)})")
+    return list(dict.fromkeys(models))
+
+
+def run(
+    source: str,
+    *,
+    db: Optional[str] = None,
+    uri: Optional[str] = None,
+    token: Optional[str] = None,
+    profile: Optional[str] = None,
+    models: Optional[Sequence[str] | str] = None,
+    detector: Optional[str] = None,
+    workers: int = 2,
+    scheduler: Optional[str] = None,
+    limit: Optional[int] = None,
+    partition: Optional[str] = None,
+    celeba_images: Optional[str] = None,
+    batch_size: int = 8,
+    max_in_flight: Optional[int] = None,
+    min_face: int = 0,
+    retry_failed: bool = False,
+    report: Optional[str] = None,
+    progress: bool = True,
+    settings: Optional[Settings] = None,
+    log=print,
+) -> IngestSummary:
+    """Ingest every image of `source` into one Milvus collection per model (Python twin of
+    `lookalike ingest`). Re-running resumes: images already recorded are skipped."""
+    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector)
+    from ingest.sources import SourceError
+
+    try:
+        src = open_source(source, limit=limit, partition=partition, celeba_images=celeba_images)
+        records_list = [ImageRecord(os.path.abspath(r.path), r.identity, r.attributes) for r in src]
+    except (SourceError, OSError) as e:
+        raise IngestError(str(e)) from None
+    models_list = resolve_models(models, settings)
+    det = settings.detector
+    summary = IngestSummary(src.describe(), models_list, det, images_seen=len(records_list))
+
+    store = Store(settings.db, settings.uri, settings.token, settings.profile)
+    try:
+        for m in models_list:
+            store.ensure_collection(m)
+        store.ensure_ledger()
+        # An image is skipped when every requested model has it recorded (failed ones too, unless
+        # --retry-failed).
+        ledgers = [store.ledger(m) for m in models_list]
+        skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
+        todo = [r for r in records_list
+                if not all(r.path in lg and lg[r.path]["status"] in skip_status for lg in ledgers)]
+        summary.images_skipped = len(records_list) - len(todo)
+        del ledgers
+        by_path = {r.path: r for r in todo}
+        writer = Writer(store, models_list, det, by_path)
+        t0 = time.perf_counter()
+        try:
+            _run_batches(todo, writer, summary, settings, det, models_list, workers, scheduler,
+                         batch_size, max_in_flight, min_face, progress)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        summary.wall_seconds = time.perf_counter() - t0
+    finally:
+        store.close()
+    summary.report_path = _write_report(summary, report)
+    return summary
+
+
+def _account(summary: IngestSummary, results: List[ImageResult]) -> None:
+    for r in results:
+        if r.status == "failed":
+            summary.images_failed += 1
+            summary.failures.append((r.path, r.reason))
+            k = _failure_kind(r.reason)
+            summary.failure_kinds[k] = summary.failure_kinds.get(k, 0) + 1
+        elif r.status == "noface":
+            summary.images_noface += 1
+        else:
+            summary.images_done += 1
+            if not r.reason.startswith("duplicate of"):
+                summary.faces_stored += len(r.faces)
+
+
+def _make_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr,
+                desc="ingest")
+
+
+def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary, settings: Settings,
+                 det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
+                 max_in_flight: Optional[int], min_face: int, progress: bool) -> None:
+    bar = _make_bar(len(todo), progress)
+    batches = _chunks(todo, max(1, batch_size))
+
+    def done(res: BatchResult) -> None:
+        writer.write(res.images)
+        _account(summary, res.images)
+        summary.worker_peak_rss[res.pid] = max(summary.worker_peak_rss.get(res.pid, 0), res.rss)
+        bar.update(len(res.images))
+        bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
+
+    try:
+        if not todo:
+            return
+        if workers <= 0 and not scheduler:
+            # In-process: no Dask, for debugging and for measuring the pipeline's own overhead.
+            warm_worker(settings, det, models)
+            for batch in batches:
+                done(process_batch(batch, settings, det, models, min_face))
+            return
+        _run_dask(batches, done, settings, det, models, workers, scheduler, max_in_flight, min_face)
+    finally:
+        bar.close()
+
+
+def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
+              models: List[str], workers: int, scheduler: Optional[str],
+              max_in_flight: Optional[int], min_face: int) -> None:
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    for name in ("distributed", "distributed.nanny", "distributed.worker", "distributed.scheduler"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cluster = None
+    if scheduler:
+        client = Client(scheduler, timeout="30s")
+    else:
+        pin_threads(1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, env=thread_env(1), silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        n_workers = max(1, len(client.scheduler_info()["workers"]))
+        # Surface configuration errors (missing weights) once, before any image is touched.
+        errors = client.run(_warm_safe, settings, det, models)
+        for err in errors.values():
+            if err:
+                raise IngestError(err)
+        limit = max_in_flight or 2 * n_workers
+        # Retries cover a worker process dying mid-batch (its batch goes to another worker).
+        futures = as_completed()
+        for _ in range(limit):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            futures.add(client.submit(process_batch, batch, settings, det, models, min_face,
+                                      pure=False, retries=2))
+        for fut in futures:
+            try:
+                res = fut.result()
+            except (WeightsMissing, ModelError) as e:
+                raise IngestError(str(e)) from None
+            fut.release()
+            done(res)
+            batch = next(batches, None)
+            if batch is not None:
+                futures.add(client.submit(process_batch, batch, settings, det, models, min_face,
+                                          pure=False, retries=2))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _warm_safe(settings: Settings, det: str, models: Sequence[str]) -> str:
+    try:
+        warm_worker(settings, det, models)
+        return ""
+    except (WeightsMissing, ModelError) as e:
+        return str(e)
+
+
+def _write_report(summary: IngestSummary, report: Optional[str]) -> Optional[str]:
+    path = Path(report) if report else Path("ingest-report.txt")
+    try:
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write("# Lookalike ingest report\n")
+            for line in summary.lines():
+                f.write(f"# {line}\n")
+            f.write("# failed files: path<TAB>reason\n")
+            for p, reason in summary.failures:
+                f.write(f"{p}\t{reason}\n")
+    except OSError:
+        return None
+    return str(path)

@@ -1,0 +1,1 @@
+"""Lookalike query: search a photo's faces, render and explain results."""

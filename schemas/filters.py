@@ -1,0 +1,334 @@
+"""Validation of user filter expressions against the declared fields.
+
+A user filter is a Milvus boolean expression (`Smiling == true and Eyeglasses == false`,
+`identity in ["2880", "4262"]`, `not Wearing_Hat`). It is parsed here into a small AST; only
+declared fields may appear, each compared with values of its type. The AST is then emitted as a
+template whose values are placeholders (`identity in {p0}`) plus a parameter dict: a Milvus server
+gets both (expression templating); Milvus Lite, which has no templating, gets the template with
+each parameter encoded by `encode_literal`, one value at a time. User text never reaches Milvus
+as-is, so a value like `") or (1 == 1` stays a string value.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from schemas import FACE_FIELDS, FIELDS_BY_NAME, VECTOR_FIELD
+
+
+class FilterError(ValueError):
+    """A user filter that cannot be used; the message is one line naming the problem."""
+
+
+FILTERABLE: Dict[str, str] = {f.name: f.kind for f in FACE_FIELDS if f.kind != "FLOAT_VECTOR"}
+_NUMERIC = {"INT32", "INT64", "FLOAT"}
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+      | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+      | (?P<op>==|!=|<=|>=|<|>|&&|\|\||!|\(|\)|\[|\]|,)
+      | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    )""",
+    re.VERBOSE,
+)
+_KEYWORDS = {"and": "and", "or": "or", "not": "not", "in": "in", "like": "like",
+             "true": "true", "false": "false"}
+
+
+def _tokenize(text: str) -> List[Tuple[str, str, int]]:
+    tokens, pos, text = [], 0, text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise FilterError(f"filter syntax error at column {pos + 1}: unexpected {text[pos:pos + 12]!r}")
+        kind = m.lastgroup
+        value, col = m.group(kind), m.start(kind) + 1
+        if kind == "name" and value.lower() in _KEYWORDS:
+            kind, value = "kw", value.lower()
+        elif kind == "op" and value in ("&&", "||", "!"):
+            kind, value = "kw", {"&&": "and", "||": "or", "!": "not"}[value]
+        tokens.append((kind, value, col))
+        pos = m.end()
+    return tokens
+
+
+def _unquote(s: str) -> str:
+    body = s[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+# AST -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cmp:
+    field: str
+    op: str  # == != < <= > >= in like
+    value: Any
+
+
+@dataclass(frozen=True)
+class BoolField:
+    field: str
+
+
+@dataclass(frozen=True)
+class Not:
+    arg: "Node"
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # and | or
+    args: Tuple["Node", ...]
+
+
+Node = Union[Cmp, BoolField, Not, BoolOp]
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(FILTERABLE), n=4, cutoff=0.5)
+    if not close:
+        lowered = {f.lower(): f for f in FILTERABLE}
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown field '{name}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., the 40 CelebA attributes; `lookalike fields` lists them)"
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> Optional[Tuple[str, str, int]]:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, kind: Optional[str] = None, value: Optional[str] = None) -> Tuple[str, str, int]:
+        tok = self.peek()
+        if tok is None:
+            want = value or kind or "more input"
+            raise FilterError(f"filter syntax error: expression ends early, expected {want}")
+        if (kind and tok[0] != kind) or (value and tok[1] != value):
+            want = repr(value) if value else kind
+            raise FilterError(f"filter syntax error at column {tok[2]}: expected {want}, found {tok[1]!r}")
+        self.i += 1
+        return tok
+
+    def parse(self) -> Node:
+        if not self.toks:
+            raise FilterError("empty filter expression")
+        node = self.or_expr()
+        tok = self.peek()
+        if tok is not None:
+            raise FilterError(f"filter syntax error at column {tok[2]}: unexpected {tok[1]!r}")
+        return node
+
+    def or_expr(self) -> Node:
+        args = [self.and_expr()]
+        while self.peek() and self.peek()[:2] == ("kw", "or"):
+            self.i += 1
+            args.append(self.and_expr())
+        return args[0] if len(args) == 1 else BoolOp("or", tuple(args))
+
+    def and_expr(self) -> Node:
+        args = [self.unary()]
+        while self.peek() and self.peek()[:2] == ("kw", "and"):
+            self.i += 1
+            args.append(self.unary())
+        return args[0] if len(args) == 1 else BoolOp("and", tuple(args))
+
+    def unary(self) -> Node:
+        tok = self.peek()
+        if tok and tok[:2] == ("kw", "not"):
+            self.i += 1
+            return Not(self.unary())
+        if tok and tok[:2] == ("op", "("):
+            self.i += 1
+            node = self.or_expr()
+            self.take("op", ")")
+            return node
+        return self.comparison()
+
+    def literal(self, field: str) -> Any:
+        kind, value, col = self.take()
+        if kind == "num":
+            v: Any = float(value) if any(c in value for c in ".eE") else int(value)
+        elif kind == "str":
+            v = _unquote(value)
+        elif kind == "kw" and value in ("true", "false"):
+            v = value == "true"
+        else:
+            raise FilterError(f"filter syntax error at column {col}: expected a value for '{field}', found {value!r}")
+        return self.check_type(field, v, col)
+
+    def check_type(self, field: str, v: Any, col: int) -> Any:
+        ftype = FILTERABLE[field]
+        ok = (
+            (ftype == "BOOL" and isinstance(v, bool))
+            or (ftype == "VARCHAR" and isinstance(v, str))
+            or (ftype in _NUMERIC and isinstance(v, (int, float)) and not isinstance(v, bool))
+        )
+        if not ok:
+            want = {"BOOL": "true or false", "VARCHAR": "a quoted string"}.get(ftype, "a number")
+            raise FilterError(f"filter type error at column {col}: '{field}' takes {want}, got {v!r}")
+        return v
+
+    def comparison(self) -> Node:
+        kind, name, col = self.take()
+        if kind != "name":
+            raise FilterError(f"filter syntax error at column {col}: expected a field name, found {name!r}")
+        if name == VECTOR_FIELD or name not in FILTERABLE:
+            raise FilterError(_suggest(name))
+        ftype = FILTERABLE[name]
+        tok = self.peek()
+        if tok is None or tok[0] not in ("op", "kw") or tok[1] in (")", "and", "or", ","):
+            if ftype != "BOOL":
+                raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; compare it, e.g. {name} == ...")
+            return BoolField(name)
+        op = tok[1]
+        if op in ("==", "!=", "<", "<=", ">", ">="):
+            self.i += 1
+            if op not in ("==", "!=") and ftype not in _NUMERIC:
+                raise FilterError(f"filter type error at column {tok[2]}: '{op}' needs a numeric field, '{name}' is {ftype}")
+            return Cmp(name, op, self.literal(name))
+        if op == "in":
+            return self.comparison_in(name)
+        if op == "like":
+            self.i += 1
+            if ftype != "VARCHAR":
+                raise FilterError(f"filter type error at column {tok[2]}: 'like' needs a string field, '{name}' is {ftype}")
+            return Cmp(name, "like", self.literal(name))
+        if op == "not":  # `field not in [...]`
+            self.i += 1
+            return Not(self.comparison_in(name))
+        raise FilterError(f"filter syntax error at column {tok[2]}: unexpected {op!r} after '{name}'")
+
+    def comparison_in(self, name: str) -> Node:
+        self.take("kw", "in")
+        self.take("op", "[")
+        values = []
+        if self.peek() and self.peek()[1] != "]":
+            values.append(self.literal(name))
+            while self.peek() and self.peek()[1] == ",":
+                self.i += 1
+                values.append(self.literal(name))
+        self.take("op", "]")
+        return Cmp(name, "in", tuple(values))
+
+
+def encode_literal(value: Any) -> str:
+    """One parameter value as a Milvus literal (for Milvus Lite, which has no templating)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # json.dumps escapes quotes, backslashes and control characters; the result is one
+        # double-quoted token whatever the value holds.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(encode_literal(v) for v in value) + "]"
+    raise TypeError(f"cannot encode {type(value).__name__} as a filter literal")
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A validated filter: `template` with `{pN}` placeholders and its `params`."""
+
+    source: str
+    node: Node
+    template: str
+    params: Dict[str, Any]
+
+    def render(self) -> str:
+        """The expression with literals encoded in place (for engines without templating)."""
+        return _emit(self.node, lambda v: encode_literal(v))
+
+    def fields(self) -> List[str]:
+        return sorted(_fields(self.node))
+
+    def evaluate(self, row: Dict[str, Any]) -> bool:
+        """Evaluate on one row dict (used for exact fallback search and tests)."""
+        return _eval(self.node, row)
+
+
+def _fields(node: Node) -> set:
+    if isinstance(node, (Cmp, BoolField)):
+        return {node.field}
+    if isinstance(node, Not):
+        return _fields(node.arg)
+    return set().union(*(_fields(a) for a in node.args))
+
+
+def _emit(node: Node, value: Callable[[Any], str]) -> str:
+    if isinstance(node, BoolField):
+        return f"{node.field} == true"
+    if isinstance(node, Cmp):
+        v = list(node.value) if node.op == "in" else node.value
+        return f"{node.field} {node.op} {value(v)}"
+    if isinstance(node, Not):
+        return f"not ({_emit(node.arg, value)})"
+    return "(" + f" {node.op} ".join(_emit(a, value) for a in node.args) + ")"
+
+
+def _like(pattern: str, s: str) -> bool:
+    rx = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, s, flags=re.S) is not None
+
+
+def _eval(node: Node, row: Dict[str, Any]) -> bool:
+    if isinstance(node, BoolField):
+        return bool(row[node.field])
+    if isinstance(node, Not):
+        return not _eval(node.arg, row)
+    if isinstance(node, BoolOp):
+        vals = (_eval(a, row) for a in node.args)
+        return all(vals) if node.op == "and" else any(vals)
+    x, v = row[node.field], node.value
+    return {
+        "==": lambda: x == v, "!=": lambda: x != v, "<": lambda: x < v, "<=": lambda: x <= v,
+        ">": lambda: x > v, ">=": lambda: x >= v, "in": lambda: x in v,
+        "like": lambda: _like(v, x),
+    }[node.op]()
+
+
+def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
+                   where_not: Iterable[str] = ()) -> Optional[CompiledFilter]:
+    """Validate a user expression (plus `--where A` / `--where-not B` shorthands) into a filter.
+
+    Returns None when there is nothing to filter on. Raises FilterError with a one-line message.
+    """
+    nodes: List[Node] = []
+    if expr is not None and expr.strip():
+        nodes.append(_Parser(expr).parse())
+    for name, negate in [(w, False) for w in where] + [(w, True) for w in where_not]:
+        if name not in FILTERABLE:
+            raise FilterError(_suggest(name))
+        if FILTERABLE[name] != "BOOL":
+            raise FilterError(f"--where/--where-not take boolean fields; '{name}' is {FILTERABLE[name]}")
+        nodes.append(Cmp(name, "==", not negate))
+    if not nodes:
+        return None
+    node = nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes))
+    params: Dict[str, Any] = {}
+
+    def placeholder(v: Any) -> str:
+        key = f"p{len(params)}"
+        params[key] = v
+        return "{" + key + "}"
+
+    template = _emit(node, placeholder)
+    source = " and ".join(
+        ([f"({expr})"] if expr and expr.strip() else [])
+        + [f"{w} == true" for w in where] + [f"{w} == false" for w in where_not]
+    )
+    return CompiledFilter(source, node, template, params)
+
+
+def combine(filters: Sequence[Optional[str]]) -> str:
+    """Join already-rendered expressions with `and` (system filters, never user text)."""
+    parts = [f"({f})" for f in filters if f]
+    return " and ".join(parts)
