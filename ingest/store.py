@@ -43,6 +43,9 @@ def _milvus_errors(what: str):
 def _quiet_pymilvus() -> None:
     # pymilvus logs every failed RPC at ERROR with a traceback; we report errors ourselves.
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    # Milvus Lite's in-process gRPC server logs unimplemented optional RPCs (AllocTimestamp) that
+    # pymilvus probes for and then works around.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
 @dataclass

@@ -1,0 +1,638 @@
+#!/usr/bin/env python
+"""Ingestion benchmark: model-bound rate vs the Dask pipeline (1 and 2 workers) vs the seed's naive
+loop, plus peak RSS per worker at two dataset sizes. A benchmark, not a test: nothing here asserts.
+
+    python bench/bench_ingest.py                 # 300 images, RSS at 300 and 1500 (~10 min, 2 cores)
+    python bench/bench_ingest.py --images 100 --skip-rss
+
+Every measurement runs in a fresh Python process (this script re-invoked with --phase), one after
+the other, so no phase inherits another's models, threads or page of memory:
+
+  a   model-bound: ingest.models engine (detector + embedder), one process, tight loop over images
+      decoded before timing (ingest.images.load); model load and one warm-up image excluded.
+      Threads pinned like a pipeline worker (thread_env(1) + cv2.setNumThreads(1)); also reported
+      with library-default threads, and with the mapper's whole per-image work
+      (pipeline.process_image: read, sha256, decode, detect, embed).
+  b/c ingest.run(list, workers=1|2) into a fresh Milvus Lite db. "total" is the whole run() call;
+      "steady" excludes start-up: images / (end of the last batch's write - return of the workers'
+      warm-up, i.e. cluster started and models loaded). The two instants are taken by wrapping
+      distributed.Client.run and pipeline.Writer.write in the benchmark process (measurement only,
+      the product code is unchanged). summary.wall_seconds is reported too.
+  d   the seed project's loop: DeepFace.represent(path) per image, one MilvusClient.insert per face,
+      a flush at the end; the first represent() (model load) is excluded. Library-default threads,
+      as the seed ran. Run with the product's detector and model (yunet + Dlib, env
+      yunet_score_threshold like the product) and with the seed's defaults (DeepFace's defaults are
+      opencv + VGG-Face; VGG-Face weights cannot be downloaded here, so opencv + Dlib).
+  rss ingest.run(workers=2) on the first 300 and 1500 of every photo under the data dir (a fixed
+      shuffle, so both sizes hold the same mix); per worker: summary.worker_peak_rss (RSS after each
+      batch, reported by the worker) and VmHWM sampled from /proc while the run goes.
+
+Results: bench/results/ingest.json and ingest.txt (override with --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jfif"}
+ALL_SETS = ["celeba/img_celeba", "lfw/lfw", "people", "groups/photos", "pairs/deepface"]
+
+TARGETS = {"b/a": 0.9, "c/b": 1.8, "c/d": 2.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# image lists
+# ------------------------------------------------------------------------------------------------
+def default_data_dir() -> Path:
+    env = os.environ.get("LOOKALIKE_DATA")
+    return Path(env).expanduser() if env else ROOT.parent / "shared" / "data"
+
+
+def image_files(folder: Path) -> List[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if Path(f).suffix.lower() in SUFFIXES)
+    return out
+
+
+def sample_paths(data: Path, n: int) -> List[str]:
+    """The first n in-the-wild CelebA images (sorted), then LFW, then the rest, to reach n."""
+    out: List[str] = []
+    for s in ALL_SETS:
+        if len(out) >= n:
+            break
+        if (data / s).is_dir():
+            out.extend(image_files(data / s))
+    if len(out) < n:
+        raise SystemExit(f"only {len(out)} images under {data}, --images asks for {n}")
+    return out[:n]
+
+
+def rss_paths(data: Path) -> List[str]:
+    """Every photo of the sample sets in a fixed shuffled order (each prefix holds the same mix)."""
+    out: List[str] = []
+    for s in ALL_SETS:
+        if (data / s).is_dir():
+            out.extend(image_files(data / s))
+    random.Random(0).shuffle(out)
+    return out
+
+
+def write_list(paths: List[str], file: Path) -> Path:
+    file.write_text("".join(p + "\n" for p in paths), encoding="utf-8")
+    return file
+
+
+def read_list(file: str) -> List[str]:
+    return [line.rstrip("\n") for line in open(file, encoding="utf-8") if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------
+# process probes
+# ------------------------------------------------------------------------------------------------
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_snapshot() -> Dict[int, float]:
+    """CPU seconds (user + system) of this process and every live descendant."""
+    import psutil
+
+    me = psutil.Process()
+    out = {me.pid: sum(me.cpu_times()[:2])}
+    for ch in me.children(recursive=True):
+        try:
+            out[ch.pid] = sum(ch.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return out
+
+
+class Sampler(threading.Thread):
+    """Peak RSS / VmHWM of this process's descendants, sampled every `every` seconds."""
+
+    def __init__(self, every: float = 0.25):
+        super().__init__(daemon=True)
+        self.every = every
+        self.hwm: Dict[int, int] = {}
+        self.rss: Dict[int, int] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._halt.is_set():
+            for ch in me.children(recursive=True):
+                hwm, rss = _status_kb(ch.pid, "VmHWM"), _status_kb(ch.pid, "VmRSS")
+                self.hwm[ch.pid] = max(self.hwm.get(ch.pid, 0), hwm)
+                self.rss[ch.pid] = max(self.rss.get(ch.pid, 0), rss)
+            self._halt.wait(self.every)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _settings():
+    from ingest.settings import Settings
+
+    return Settings()
+
+
+# ------------------------------------------------------------------------------------------------
+# phases (each in its own process)
+# ------------------------------------------------------------------------------------------------
+def phase_model(args) -> Dict[str, Any]:
+    """(a) detector + embedder forward only, in one process, on images decoded beforehand."""
+    from ingest import images
+    from ingest.models import get_engine
+    from ingest.pipeline import process_image, resolve_models, warm_worker
+    from ingest.sources import ImageRecord
+
+    settings = _settings()
+    det = args.detector or settings.detector
+    models = resolve_models(args.models, settings)
+    paths = read_list(args.list)
+    t = time.perf_counter()
+    if args.pinned:
+        warm_worker(settings, det, models)  # exactly what a pipeline worker does: cv2 1 thread + load
+    engine = get_engine(settings, det, models).load()
+    load_s = time.perf_counter() - t
+    import cv2
+
+    decoded = [images.load(p) for p in paths]
+    # one untimed image: first-call allocations of the detector and the embedder
+    f0 = engine.detector.detect(decoded[0])
+    for emb in engine.embedders.values():
+        emb.embed(decoded[0], f0)
+
+    faces = noface = 0
+    t_det = t_emb = 0.0
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    for img in decoded:
+        a = time.perf_counter()
+        found = engine.detector.detect(img)
+        b = time.perf_counter()
+        if found:
+            for emb in engine.embedders.values():
+                emb.embed(img, found)
+        else:
+            noface += 1
+        t_emb += time.perf_counter() - b
+        t_det += b - a
+        faces += len(found)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+
+    # the mapper's whole per-image work (read, sha256, decode, detect, embed), no Dask, no writer
+    records = [ImageRecord(p) for p in paths]
+    t1 = time.perf_counter()
+    full_faces = 0
+    for r in records:
+        full_faces += len(process_image(engine, r).faces)
+    full_wall = time.perf_counter() - t1
+    n = len(paths)
+    return {
+        "detector": det, "models": models, "threads": "pinned (thread_env(1), cv2 1 thread)" if args.pinned
+        else "library defaults", "cv2_threads": cv2.getNumThreads(), "images": n, "faces": faces,
+        "images_noface": noface, "model_load_seconds": round(load_s, 3), "seconds": round(wall, 3),
+        "images_per_second": n / wall, "faces_per_second": faces / wall,
+        "detect_seconds": round(t_det, 3), "embed_seconds": round(t_emb, 3), "cpu_per_wall": cpu / wall,
+        "full_mapper": {"seconds": round(full_wall, 3), "faces": full_faces,
+                        "images_per_second": n / full_wall, "faces_per_second": full_faces / full_wall},
+    }
+
+
+def phase_pipeline(args) -> Dict[str, Any]:
+    """(b)/(c)/rss: ingest.run(list, workers=N) into a fresh Milvus Lite db, instrumented from outside."""
+    import distributed
+
+    from ingest import pipeline
+    from ingest.store import Store
+
+    marks: Dict[str, float] = {}
+    cpu: Dict[str, Dict[int, float]] = {}
+    writes = {"n": 0, "seconds": 0.0, "flush_seconds": 0.0, "flushes": 0}
+
+    orig_client_run = distributed.Client.run
+
+    def client_run(self, *a, **k):
+        r = orig_client_run(self, *a, **k)
+        if "warm_done" not in marks:  # the pipeline's only client.run is the workers' warm-up
+            marks["warm_done"] = time.perf_counter()
+            cpu["start"] = cpu_snapshot()
+        return r
+
+    orig_write = pipeline.Writer.write
+
+    def write(self, results):
+        t = time.perf_counter()
+        orig_write(self, results)
+        e = time.perf_counter()
+        writes["n"] += 1
+        writes["seconds"] += e - t
+        marks.setdefault("first_write_end", e)
+        marks["last_write_end"] = e
+        cpu["end"] = cpu_snapshot()
+
+    orig_flush = Store.flush
+
+    def flush(self, names):
+        t = time.perf_counter()
+        orig_flush(self, names)
+        writes["flush_seconds"] += time.perf_counter() - t
+        writes["flushes"] += 1
+
+    distributed.Client.run = client_run
+    pipeline.Writer.write = write
+    Store.flush = flush
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    sampler = Sampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        summary = pipeline.run(args.list, db=str(tmp / "bench.db"), models=args.models, detector=args.detector,
+                               workers=args.workers, progress=False, report=str(tmp / "report.txt"),
+                               log=lambda *a, **k: None)
+        total = time.perf_counter() - t0
+    finally:
+        sampler.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    n = summary.images_done + summary.images_noface + summary.images_failed
+    steady = marks["last_write_end"] - marks["warm_done"]
+    me = os.getpid()
+    workers = sorted(summary.worker_peak_rss)
+    cpu_s = {pid: cpu["end"].get(pid, 0.0) - cpu["start"].get(pid, 0.0) for pid in cpu.get("end", {})}
+    return {
+        "workers": args.workers, "detector": summary.detector, "models": summary.models, "images": n,
+        "faces": summary.faces_stored, "images_noface": summary.images_noface,
+        "images_failed": summary.images_failed, "failure_kinds": summary.failure_kinds,
+        "total_seconds": round(total, 3), "summary_wall_seconds": round(summary.wall_seconds, 3),
+        "startup_seconds": round(marks["warm_done"] - t0, 3),
+        "steady_seconds": round(steady, 3),
+        "images_per_second_total": n / total, "faces_per_second_total": summary.faces_stored / total,
+        "images_per_second_wall": summary.images_per_second, "faces_per_second_wall": summary.faces_per_second,
+        "images_per_second": n / steady, "faces_per_second": summary.faces_stored / steady,
+        "driver_write": {"batches": writes["n"], "seconds": round(writes["seconds"], 3),
+                         "flushes": writes["flushes"], "flush_seconds": round(writes["flush_seconds"], 3)},
+        # CPU seconds spent during the steady window, per process: where the 2 cores went
+        "steady_cpu_seconds": {"driver (scheduler, nanny, writer, Milvus Lite)": round(cpu_s.get(me, 0.0), 2),
+                               **{f"worker {pid}": round(cpu_s.get(pid, 0.0), 2) for pid in workers},
+                               "other": round(sum(v for p, v in cpu_s.items() if p != me and p not in workers), 2)},
+        "worker_peak_rss": {str(pid): summary.worker_peak_rss[pid] for pid in workers},
+        "worker_vmhwm": {str(pid): sampler.hwm.get(pid, 0) for pid in workers},
+    }
+
+
+def phase_naive(args) -> Dict[str, Any]:
+    """(d) the seed's loop: DeepFace.represent per image, one MilvusClient.insert per face."""
+    from ingest.models import DLIB_LANDMARKS_FILE, YUNET_FILE, provision_weights
+    from schemas import get_model
+
+    settings = _settings()
+    # the weights the seed would have downloaded, linked from their local copies
+    for f in (get_model("dlib").weights_file, YUNET_FILE, DLIB_LANDMARKS_FILE):
+        provision_weights(settings, f)
+    os.environ["yunet_score_threshold"] = str(settings.yunet_threshold)
+    os.environ["DEEPFACE_HOME"] = str(Path(settings.deepface_home).expanduser())
+
+    import contextlib
+    import io
+
+    from deepface import DeepFace
+    from pymilvus import MilvusClient
+
+    paths = read_list(args.list)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-naive-"))
+    try:
+        client = MilvusClient(str(tmp / "naive.db"))
+        client.create_collection("faces", dimension=128, metric_type="COSINE")
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            DeepFace.represent(img_path=paths[0], model_name=args.naive_model,
+                               detector_backend=args.naive_detector, enforce_detection=False)
+        load_s = time.perf_counter() - t
+        faces = noface = failed = 0
+        next_id = 0
+        t0 = time.perf_counter()
+        for p in paths:
+            try:
+                reps = DeepFace.represent(img_path=p, model_name=args.naive_model,
+                                          detector_backend=args.naive_detector)
+            except ValueError as e:
+                if "could not be detected" in str(e).lower():
+                    noface += 1
+                else:
+                    failed += 1
+                continue
+            for r in reps:
+                client.insert("faces", [{"id": next_id, "vector": r["embedding"], "path": p,
+                                         "box": json.dumps(r["facial_area"], default=str),
+                                         "confidence": float(r.get("face_confidence") or 0.0)}])
+                next_id += 1
+                faces += 1
+        client.flush("faces")
+        wall = time.perf_counter() - t0
+        client.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(paths)
+    return {"detector": args.naive_detector, "model": args.naive_model, "images": n, "faces": faces,
+            "images_noface": noface, "images_failed": failed, "model_load_seconds": round(load_s, 3),
+            "seconds": round(wall, 3), "images_per_second": n / wall, "faces_per_second": faces / wall}
+
+
+PHASES = {"model": phase_model, "pipeline": phase_pipeline, "naive": phase_naive}
+
+
+# ------------------------------------------------------------------------------------------------
+# orchestration
+# ------------------------------------------------------------------------------------------------
+def run_phase(label: str, argv: List[str], env: Dict[str, str], log) -> Dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--phase-out", out]
+    log(f"[{time.strftime('%H:%M:%S')}] {label} ...")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace")
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:])
+        raise SystemExit(f"{label} failed (exit {proc.returncode})")
+    res = json.loads(Path(out).read_text())
+    os.unlink(out)
+    res["process_seconds"] = round(time.perf_counter() - t, 1)
+    log(f"           {res.get('images_per_second', 0):.2f} images/s, {res.get('faces_per_second', 0):.2f} faces/s "
+        f"({res['process_seconds']} s in all)")
+    return res
+
+
+def _ratio(x: Dict[str, Any], y: Dict[str, Any], key: str = "images_per_second") -> float:
+    return x[key] / y[key] if y.get(key) else float("nan")
+
+
+def _mib(b: int) -> float:
+    return b / 2**20
+
+
+def machine() -> Dict[str, Any]:
+    info: Dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        info["versions"] = {p: version(p) for p in ("deepface", "dlib-bin", "opencv-contrib-python-headless",
+                                                      "tensorflow", "dask", "distributed", "pymilvus", "milvus-lite")}
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def rss_block(res: Dict[str, Any]) -> Dict[str, Any]:
+    peaks = list(res["worker_peak_rss"].values())
+    hwm = list(res["worker_vmhwm"].values())
+    return {"images": res["images"], "faces": res["faces"], "worker_peak_rss": res["worker_peak_rss"],
+            "worker_vmhwm": res["worker_vmhwm"], "max_peak_rss": max(peaks), "mean_peak_rss": statistics.mean(peaks),
+            "max_vmhwm": max(hwm) if hwm else 0}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=300, help="images for a-d (default 300)")
+    ap.add_argument("--rss-images", type=int, default=1500, help="larger size for the RSS check (default 1500)")
+    ap.add_argument("--skip-rss", action="store_true", help="skip the RSS runs")
+    ap.add_argument("--data", default=str(default_data_dir()), help="sample data dir (default ../shared/data)")
+    ap.add_argument("--detector", default="yunet", help="product detector for a-d (default yunet)")
+    ap.add_argument("--models", default="dlib", help="product model(s) for a-c (default dlib)")
+    ap.add_argument("--deepface-home", default=None,
+                    help="DEEPFACE_HOME for every phase (default: a fresh temp dir, weights linked from packages)")
+    ap.add_argument("--out", default=str(RESULTS / "ingest.json"), help="JSON result (a .txt table goes beside it)")
+    # internal: one phase in this process
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--phase-out", help=argparse.SUPPRESS)
+    ap.add_argument("--list", help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--naive-detector", default="yunet", help=argparse.SUPPRESS)
+    ap.add_argument("--naive-model", default="Dlib", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.phase:
+        if args.models in ("auto", ""):
+            args.models = None
+        if args.detector in ("default", ""):
+            args.detector = None
+        res = PHASES[args.phase](args)
+        Path(args.phase_out).write_text(json.dumps(res, default=float))
+        return 0
+    return orchestrate(args)
+
+
+def orchestrate(args) -> int:
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    data = Path(args.data)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    home = args.deepface_home or os.environ.get("BENCH_DEEPFACE_HOME") or str(work / "deepface-home")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DEEPFACE_HOME=home, LOOKALIKE_DATA=str(data), PYTHONUNBUFFERED="1")
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "yunet_score_threshold"):
+        env.pop(v, None)  # every phase starts from library defaults unless it pins them itself
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ingest.settings import thread_env
+
+    pinned_env = dict(env, **thread_env(1))
+
+    paths = sample_paths(data, args.images)
+    sample = write_list(paths, work / "sample.txt")
+    sets = sorted({str(Path(p).relative_to(data)).split(os.sep)[0] for p in paths})
+    common = ["--detector", args.detector, "--models", args.models, "--list", str(sample)]
+    log(f"{len(paths)} images from {', '.join(sets)} under {data}; DEEPFACE_HOME={home}")
+
+    res: Dict[str, Any] = {}
+    t_all = time.perf_counter()
+    try:
+        res["a"] = run_phase("a  model-bound, threads pinned like a worker", ["--phase", "model", "--pinned", *common],
+                             pinned_env, log)
+        res["a_default_threads"] = run_phase("a' model-bound, library-default threads",
+                                             ["--phase", "model", *common], env, log)
+        res["b"] = run_phase("b  ingest.run workers=1", ["--phase", "pipeline", "--workers", "1", *common], env, log)
+        res["c"] = run_phase("c  ingest.run workers=2", ["--phase", "pipeline", "--workers", "2", *common], env, log)
+        naive_model = _naive_model_name(args.models)
+        res["d"] = run_phase(f"d  naive DeepFace.represent + insert per face ({args.detector} + {naive_model})",
+                             ["--phase", "naive", "--naive-detector", args.detector, "--naive-model", naive_model,
+                              "--list", str(sample)], env, log)
+        # Product defaults: what `lookalike ingest` picks with no --detector / --models here.
+        from ingest.models import default_face_model
+        from ingest.settings import Settings
+
+        st = Settings().with_(deepface_home=home)
+        default_model, default_det = default_face_model(st), st.detector
+        if (default_det, default_model) == (args.detector, args.models):
+            res["c_product_defaults"] = {"same_as": "c", "detector": default_det, "models": [default_model]}
+        else:
+            res["c_product_defaults"] = run_phase(
+                f"c* ingest.run workers=2, product defaults ({default_det} + {default_model})",
+                ["--phase", "pipeline", "--workers", "2", "--detector", "default", "--models", "auto",
+                 "--list", str(sample)], env, log)
+        res["d_seed_defaults"] = run_phase(
+            "d* naive loop, seed defaults (opencv + Dlib; VGG-Face weights not downloadable)",
+            ["--phase", "naive", "--naive-detector", "opencv", "--naive-model", "Dlib", "--list", str(sample)],
+            env, log)
+        if not args.skip_rss:
+            every = rss_paths(data)
+            for n in (args.images, args.rss_images):
+                if n > len(every):
+                    raise SystemExit(f"--rss-images {n}: only {len(every)} photos under {data}")
+                lst = write_list(every[:n], work / f"rss{n}.txt")
+                res[f"rss_{n}"] = run_phase(f"rss ingest.run workers=2 on {n} mixed photos",
+                                            ["--phase", "pipeline", "--workers", "2", "--detector", args.detector,
+                                             "--models", args.models, "--list", str(lst)], env, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    report = build_report(args, res, paths, sets, home, time.perf_counter() - t_all)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    table = render_table(report)
+    out.with_suffix(".txt").write_text(table)
+    print()
+    print(table, end="")
+    print(f"wrote {out} and {out.with_suffix('.txt')}")
+    return 0
+
+
+def _naive_model_name(models: str) -> str:
+    from schemas import get_model
+
+    first = models.split(",")[0].strip()
+    return get_model(first).deepface_name
+
+
+def build_report(args, res: Dict[str, Any], paths: List[str], sets: List[str], home: str,
+                 seconds: float) -> Dict[str, Any]:
+    a, b, c, d = res["a"], res["b"], res["c"], res["d"]
+    cd = res["c_product_defaults"]
+    c_def = c if cd.get("same_as") == "c" else cd
+    ratios = {
+        "b/a": _ratio(b, a), "c/b": _ratio(c, b), "c/d": _ratio(c, d),
+        "c/d product defaults vs seed defaults": _ratio(c_def, res["d_seed_defaults"]),
+        "b_total/a": b["images_per_second_total"] / a["images_per_second"],
+        "c_total/b_total": c["images_per_second_total"] / b["images_per_second_total"],
+        "b/a_default_threads": _ratio(b, res["a_default_threads"]),
+        "b/a_full_mapper": b["images_per_second"] / a["full_mapper"]["images_per_second"],
+        "c/d faces/s": _ratio(c, d, "faces_per_second"),
+    }
+    checks = {k: {"target": t, "measured": round(ratios[k], 3), "met": ratios[k] >= t} for k, t in TARGETS.items()}
+    report: Dict[str, Any] = {
+        "benchmark": "ingest", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+        "images": len(paths), "image_sets": sets, "image_selection": "first N of sorted celeba/img_celeba "
+        "(in-the-wild), then lfw/lfw, ... to reach N", "deepface_home": home,
+        "product": {"detector": args.detector, "models": args.models.split(",")},
+        "rate_definitions": {
+            "a": "detect + embed on images decoded before timing; model load and 1 warm-up image excluded",
+            "b/c images_per_second": "steady: images / (last batch written - workers warmed up); "
+                                     "excludes cluster start, model load, cluster close",
+            "b/c images_per_second_total": "whole ingest.run() call (store open, ledger read, cluster start, "
+                                           "model load, processing, cluster close)",
+            "b/c images_per_second_wall": "ingest.run summary.wall_seconds (cluster start .. close)",
+            "d": "DeepFace.represent + MilvusClient.insert per face, final flush; first represent excluded",
+        },
+        "results": res, "ratios": {k: round(v, 3) for k, v in ratios.items()}, "targets": checks,
+        "bench_seconds": round(seconds, 1),
+    }
+    if f"rss_{args.rss_images}" in res:
+        small, big = rss_block(res[f"rss_{args.images}"]), rss_block(res[f"rss_{args.rss_images}"])
+        growth = big["max_peak_rss"] / small["max_peak_rss"] - 1
+        growth_hwm = big["max_vmhwm"] / small["max_vmhwm"] - 1 if small["max_vmhwm"] else float("nan")
+        report["rss"] = {str(args.images): small, str(args.rss_images): big,
+                         "growth_max_peak_rss": round(growth, 4), "growth_max_vmhwm": round(growth_hwm, 4),
+                         "flat_within_10pct": abs(growth) <= 0.10 and abs(growth_hwm) <= 0.10}
+    return report
+
+
+def render_table(r: Dict[str, Any]) -> str:
+    res = r["results"]
+    lines = [f"Lookalike ingest benchmark, {r['date']}, {r['machine'].get('cpus')} CPUs ({r['machine'].get('cpu', '?')})",
+             f"{r['images']} images ({', '.join(r['image_sets'])}); product: {r['product']['detector']} + "
+             f"{', '.join(r['product']['models'])}", "",
+             f"{'run':<52}{'images/s':>9}{'faces/s':>9}{'img/s incl. start-up':>22}"]
+
+    def row(label: str, x: Dict[str, Any]) -> None:
+        tot = f"{x['images_per_second_total']:.2f} ({x['total_seconds']:.0f} s)" if "images_per_second_total" in x else "-"
+        lines.append(f"{label:<52}{x['images_per_second']:>9.2f}{x['faces_per_second']:>9.2f}{tot:>22}")
+
+    row("a  model-bound, 1 process (pinned threads)", res["a"])
+    row("a' model-bound, library-default threads", res["a_default_threads"])
+    fm = res["a"]["full_mapper"]
+    lines.append(f"{'a+ + read/sha256/decode (process_image)':<52}{fm['images_per_second']:>9.2f}{fm['faces_per_second']:>9.2f}{'-':>22}")
+    row("b  ingest.run workers=1", res["b"])
+    row("c  ingest.run workers=2", res["c"])
+    row(f"d  naive represent+insert ({res['d']['detector']} + {res['d']['model']})", res["d"])
+    if "same_as" not in res["c_product_defaults"]:
+        row("c* ingest.run workers=2, product defaults", res["c_product_defaults"])
+    ds = res["d_seed_defaults"]
+    row(f"d* naive, seed defaults ({ds['detector']} + {ds['model']})", ds)
+    lines += ["", "ratios (images/s; b, c steady state)"]
+    for k, v in r["ratios"].items():
+        t = r["targets"].get(k)
+        mark = f"   target >= {t['target']}: {'met' if t['met'] else 'MISSED'}" if t else ""
+        lines.append(f"  {k:<40}{v:>7.3f}{mark}")
+    for key in ("b", "c"):
+        x = res[key]
+        w = x["driver_write"]
+        lines.append(f"  {key}: start-up {x['startup_seconds']:.1f} s, steady {x['steady_seconds']:.1f} s, "
+                     f"driver writes {w['batches']} batches {w['seconds']:.1f} s (flush {w['flush_seconds']:.1f} s); "
+                     f"steady CPU s: " + ", ".join(f"{k} {v}" for k, v in x["steady_cpu_seconds"].items()))
+    if "rss" in r:
+        rs = r["rss"]
+        lines += ["", "peak RSS per worker, workers=2 (MiB; summary.worker_peak_rss / sampled VmHWM)"]
+        for n, blk in rs.items():
+            if not isinstance(blk, dict):
+                continue
+            per = ", ".join(f"{_mib(v):.0f}/{_mib(blk['worker_vmhwm'].get(pid, 0)):.0f}"
+                            for pid, v in blk["worker_peak_rss"].items())
+            lines.append(f"  {n:>5} images ({blk['faces']} faces): {per}")
+        lines.append(f"  growth {rs['growth_max_peak_rss']:+.1%} (peak RSS), {rs['growth_max_vmhwm']:+.1%} (VmHWM): "
+                     f"{'flat within 10%' if rs['flat_within_10pct'] else 'NOT flat within 10%'}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures: sample data location, an isolated DeepFace weights dir, settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ingest.settings import Settings, default_data_dir
+
+DATA = default_data_dir()
+
+
+def pytest_configure(config):
+    if not (DATA / "celeba").is_dir():
+        raise pytest.UsageError(
+            f"sample data not found at {DATA}; set LOOKALIKE_DATA to the shared data folder")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deepface_home(tmp_path_factory) -> Path:
+    """A DeepFace home of the test session's own: weights are linked in from packages and the
+    sample data by the product's provisioning code, exactly as on a user's machine."""
+    home = Path(os.environ.get("LOOKALIKE_TEST_DEEPFACE_HOME") or tmp_path_factory.mktemp("deepface_home"))
+    os.environ["DEEPFACE_HOME"] = str(home)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return home
+
+
+@pytest.fixture(scope="session")
+def settings(deepface_home) -> Settings:
+    return Settings(deepface_home=str(deepface_home), data_dir=DATA)
+
+
+def read_rows(db: Path | str, model: str, with_vectors: bool = True) -> dict:
+    """Every row of a model's collection keyed by id, ingest time left out (it differs by run)."""
+    from ingest.store import Store
+    from schemas import OUTPUT_FIELDS, collection_name
+
+    fields = [f for f in OUTPUT_FIELDS if f != "ingested_at"] + (["vector"] if with_vectors else [])
+    with Store(str(db)) as store:
+        return {r["id"]: r for r in store.iterate(collection_name(model), fields)}
+
+
+def read_ledger(db: Path | str) -> dict:
+    from ingest.store import Store
+    from schemas import LEDGER_COLLECTION
+
+    with Store(str(db)) as store:
+        return {r["source_path"]: r for r in store.iterate(
+            LEDGER_COLLECTION, ["source_path", "status", "faces", "reason", "image_sha256", "model"])}
