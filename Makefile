@@ -13,7 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The editable install is re-pointed at this checkout every time (cheap), so a venv kept outside
+# the checkout (VENV=..., as CI does) serves every clone.
 setup: $(VENV)/.installed
+	@$(PY) -m pip install -q --no-deps -e . >/dev/null
 
 # Ingest the CelebA sample and the people gallery into the embedded database (lookalike.db),
 # then find the lookalikes of every face in a group photo.

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import Engine, ModelError, WeightsMissing, default_face_model, get_engine
+from ingest.models import DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, now_ms
@@ -310,6 +310,8 @@ def run(
         raise IngestError(str(e)) from None
     models_list = resolve_models(models, settings)
     det = settings.detector
+    if det not in DETECTORS:
+        raise IngestError(f"unknown detector '{det}' (known: {', '.join(DETECTORS)})")
     summary = IngestSummary(src.describe(), models_list, det, images_seen=len(records_list))
 
     store = Store(settings.db, settings.uri, settings.token, settings.profile)
@@ -409,10 +411,10 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
     try:
         n_workers = max(1, len(client.scheduler_info()["workers"]))
         # Surface configuration errors (missing weights) once, before any image is touched.
-        errors = client.run(_warm_safe, settings, det, models)
-        for err in errors.values():
+        for err in client.run(_warm_safe, settings, det, models).values():
             if err:
-                raise IngestError(err)
+                kind, message = err
+                raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
         limit = max_in_flight or 2 * n_workers
         # Retries cover a worker process dying mid-batch (its batch goes to another worker).
         futures = as_completed()
@@ -425,8 +427,6 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
         for fut in futures:
             try:
                 res = fut.result()
-            except (WeightsMissing, ModelError) as e:
-                raise IngestError(str(e)) from None
             fut.release()
             done(res)
             batch = next(batches, None)
@@ -439,12 +439,12 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
             cluster.close()
 
 
-def _warm_safe(settings: Settings, det: str, models: Sequence[str]) -> str:
+def _warm_safe(settings: Settings, det: str, models: Sequence[str]) -> Optional[Tuple[str, str]]:
     try:
         warm_worker(settings, det, models)
-        return ""
+        return None
     except (WeightsMissing, ModelError) as e:
-        return str(e)
+        return type(e).__name__, str(e)
 
 
 def _write_report(summary: IngestSummary, report: Optional[str]) -> Optional[str]:
