@@ -42,16 +42,16 @@ class ModelError(RuntimeError):
 
 
 def _packaged_weights() -> Dict[str, Path]:
-    found: Dict[str, Path] = {}
-    try:
-        import face_recognition_models  # type: ignore
+    import importlib.util
 
-        base = Path(face_recognition_models.__file__).parent / "models"
+    found: Dict[str, Path] = {}
+    # Located, not imported: the package's __init__ needs pkg_resources, gone from new setuptools.
+    spec = importlib.util.find_spec("face_recognition_models")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        base = Path(location) / "models"
         for name in ("dlib_face_recognition_resnet_model_v1.dat", DLIB_LANDMARKS_FILE):
             if (base / name).is_file():
-                found[name] = base / name
-    except ImportError:
-        pass
+                found.setdefault(name, base / name)
     return found
 
 
@@ -306,6 +306,154 @@ class DlibEmbedder(DeepFaceEmbedder):
         return np.array([np.array(d) for d in descriptors], dtype=np.float32)
 
 
+# ---------------------------------------------------------------------------------------------
+# Vision transformers (transformers + torch)
+# ---------------------------------------------------------------------------------------------
+# What the general vision models see, decided once for all of them: the face square centred on
+# the detector's box, rotated so the eyes are level, with a margin of 20 % of the box side on
+# every side (hair, chin and ears are part of "looking alike" for a general model), 224 px.
+CROP_SIZE = 224
+CROP_MARGIN = 0.2
+
+
+def face_square(image: Decoded, face: Face, size: int = CROP_SIZE, margin: float = CROP_MARGIN) -> np.ndarray:
+    """Eye-levelled square RGB crop of a face with `margin` of the box side around it."""
+    import cv2
+
+    x, y, w, h = face.dbox
+    cx, cy = x + w / 2.0, y + h / 2.0
+    side = max(w, h) * (1 + 2 * margin)
+    angle = 0.0
+    if face.left_eye is not None and face.right_eye is not None:
+        # DeepFace's left eye is the person's left, i.e. on the image's right.
+        (lx, ly), (rx, ry) = face.left_eye, face.right_eye
+        if lx != rx or ly != ry:
+            angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+    m = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
+    m[0, 2] += size / 2.0 - cx
+    m[1, 2] += size / 2.0 - cy
+    return cv2.warpAffine(image.rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class TransformerEmbedder(Embedder):
+    """CLIP or DINOv2 through transformers: `from_pretrained` on a hub id or a local directory,
+    the model's own image processor, batched forward under `torch.inference_mode`.
+
+    Output: CLIP's projected image embedding; DINOv2's CLS token after the final layer norm.
+    With a layer (`<model>_l<N>`): the CLS token of block N's output through the model's final
+    layer norm (no projection), so early blocks (texture) and late ones (identity) are comparable.
+    """
+
+    def __init__(self, spec: ModelSpec, settings: Settings):
+        super().__init__(spec, settings)
+        self.source = settings.model_source(spec.base)
+        self._config: Any = None
+
+    def _from_pretrained(self, loader, **kw):
+        """Local files first; the hub only where it answers, so an offline machine gets one line
+        at once instead of minutes of retries."""
+        try:
+            return loader(self.source, local_files_only=True, **kw)
+        except (OSError, ValueError):
+            if Path(self.source).expanduser().exists():
+                raise ModelError(f"model {self.name}: {self.source} holds no loadable {self.spec.base} model "
+                                 f"(expected config.json, weights and preprocessor_config.json)") from None
+            if not _hub_reachable():
+                raise WeightsMissing(
+                    f"model {self.name}: '{self.source}' is not in the local Hugging Face cache and the hub "
+                    f"cannot be reached; download it on a connected machine (huggingface-cli download "
+                    f"{self.source} --local-dir DIR) and pass --{self.spec.base}-model DIR "
+                    f"(or set LOOKALIKE_{self.spec.base.upper()}_MODEL)") from None
+            return loader(self.source, **kw)
+
+    def config(self) -> Any:
+        if self._config is None:
+            import transformers
+            from transformers import AutoConfig
+
+            transformers.logging.set_verbosity_error()
+            cfg = self._from_pretrained(AutoConfig.from_pretrained)
+            want = {"hf-clip": ("clip", "clip_vision_model"), "hf-dinov2": ("dinov2",)}[self.spec.kind]
+            if getattr(cfg, "model_type", None) not in want:
+                raise ModelError(f"model {self.name}: {self.source} is a {getattr(cfg, 'model_type', '?')} "
+                                 f"model, not {self.spec.base}")
+            self._config = cfg
+        return self._config
+
+    @property
+    def dim(self) -> int:
+        cfg = self.config()
+        if self.spec.layer is not None:
+            vision = getattr(cfg, "vision_config", cfg)
+            return int(vision.hidden_size)
+        if self.spec.kind == "hf-clip":
+            return int(cfg.projection_dim)
+        return int(cfg.hidden_size)
+
+    def _load(self) -> Any:
+        import torch
+        import transformers
+        from transformers import AutoImageProcessor
+
+        transformers.logging.set_verbosity_error()
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        if threads > 0:  # pinned per Dask worker (see ingest.settings.thread_env)
+            torch.set_num_threads(threads)
+        cfg = self.config()
+        if self.spec.kind == "hf-clip":
+            from transformers import CLIPVisionModelWithProjection
+
+            vision = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
+            vision.projection_dim = getattr(cfg, "projection_dim", vision.projection_dim)
+            model = self._from_pretrained(CLIPVisionModelWithProjection.from_pretrained, config=vision)
+            self._final_norm = model.vision_model.post_layernorm
+        else:
+            from transformers import AutoModel
+
+            model = self._from_pretrained(AutoModel.from_pretrained)
+            self._final_norm = model.layernorm
+        n_blocks = getattr(getattr(cfg, "vision_config", cfg), "num_hidden_layers")
+        if self.spec.layer is not None and not 1 <= self.spec.layer <= n_blocks:
+            raise ModelError(f"model {self.name}: --layer must be 1..{n_blocks} for {self.source}")
+        self._processor = self._from_pretrained(AutoImageProcessor.from_pretrained)
+        model.eval()
+        return model
+
+    def crops(self, image: Decoded, faces: Sequence[Face]) -> List[np.ndarray]:
+        return [face_square(image, f) for f in faces]
+
+    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
+        return self.forward(self.crops(image, faces))
+
+    def forward(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings (not yet normalised) of RGB face crops, one forward pass for the batch."""
+        import torch
+
+        pixels = self._processor(images=list(crops), return_tensors="pt")["pixel_values"]
+        layer = self.spec.layer
+        with torch.inference_mode():
+            out = self._model(pixel_values=pixels, output_hidden_states=layer is not None)
+            if layer is not None:
+                vec = self._final_norm(out.hidden_states[layer][:, 0])
+            elif self.spec.kind == "hf-clip":
+                vec = out.image_embeds
+            else:
+                vec = out.pooler_output
+        return vec.float().cpu().numpy()
+
+
 _EMBEDDER_CLASSES = {"Dlib": DlibEmbedder}
 
 
@@ -313,7 +461,17 @@ def make_embedder(name: str, settings: Settings) -> Embedder:
     spec = get_model(name)
     if spec.kind == "deepface":
         return _EMBEDDER_CLASSES.get(spec.deepface_name, DeepFaceEmbedder)(spec, settings)
+    if spec.is_transformer:
+        return TransformerEmbedder(spec, settings)
     raise ModelError(f"model kind {spec.kind} of {name} is not available")
+
+
+def model_source(name: str, settings: Settings) -> str:
+    """Where a model's weights come from: recorded with its collection so queries match."""
+    spec = get_model(name)
+    if spec.is_transformer:
+        return settings.model_source(spec.base)
+    return f"deepface:{spec.deepface_name}"  # fixed weights: the name identifies them
 
 
 def weights_present(name: str, settings: Settings) -> bool:
@@ -350,7 +508,7 @@ _ENGINES_LOCK = threading.Lock()
 def get_engine(settings: Settings, detector: str, models: Sequence[str]) -> Engine:
     """The process-wide engine for this configuration (models load once per process)."""
     key = (settings.deepface_home, settings.yunet_weights, settings.yunet_threshold, str(settings.data_dir),
-           detector, tuple(models))
+           settings.clip_model, settings.dinov2_model, detector, tuple(models))
     with _ENGINES_LOCK:
         eng = _ENGINES.get(key)
         if eng is None:

@@ -27,11 +27,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine
+from ingest.models import (DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine,
+                           make_embedder, model_source)
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, now_ms
-from schemas import LEDGER_COLLECTION, MODELS, collection_name
+from schemas import LEDGER_COLLECTION, collection_name, layer_key
 
 
 class IngestError(RuntimeError):
@@ -264,15 +265,20 @@ def _failure_kind(reason: str) -> str:
     return reason.split(":")[0].split("(")[0].strip()[:40] or "error"
 
 
-def resolve_models(models: Optional[Sequence[str] | str], settings: Settings) -> List[str]:
-    if models is None or models == "auto" or models == ["auto"]:
-        return [default_face_model(settings)]
+def resolve_models(models: Optional[Sequence[str] | str], settings: Settings,
+                   layer: Optional[int] = None) -> List[str]:
+    """Model keys to ingest: `auto` is the face model with weights here; `--layer N` turns the
+    transformer models into their block-N variants (`dinov2` -> `dinov2_l6`)."""
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise IngestError(f"unknown model '{unknown[0]}' (known: {', '.join(MODELS)})")
-    return list(dict.fromkeys(models))
+    out = []
+    for m in models or ["auto"]:
+        m = default_face_model(settings) if m == "auto" else m
+        try:
+            out.append(layer_key(m, layer))
+        except KeyError as e:
+            raise IngestError(str(e).strip("'\"")) from None
+    return list(dict.fromkeys(out))
 
 
 def run(
@@ -283,6 +289,7 @@ def run(
     token: Optional[str] = None,
     profile: Optional[str] = None,
     models: Optional[Sequence[str] | str] = None,
+    layer: Optional[int] = None,
     detector: Optional[str] = None,
     workers: int = 2,
     scheduler: Optional[str] = None,
@@ -296,11 +303,13 @@ def run(
     report: Optional[str] = None,
     progress: bool = True,
     settings: Optional[Settings] = None,
-    log=print,
+    clip_model: Optional[str] = None,
+    dinov2_model: Optional[str] = None,
 ) -> IngestSummary:
     """Ingest every image of `source` into one Milvus collection per model (Python twin of
     `lookalike ingest`). Re-running resumes: images already recorded are skipped."""
-    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector)
+    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector,
+                                              clip_model=clip_model, dinov2_model=dinov2_model)
     from ingest.sources import SourceError
 
     try:
@@ -308,7 +317,7 @@ def run(
         records_list = [ImageRecord(os.path.abspath(r.path), r.identity, r.attributes) for r in src]
     except (SourceError, OSError) as e:
         raise IngestError(str(e)) from None
-    models_list = resolve_models(models, settings)
+    models_list = resolve_models(models, settings, layer)
     det = settings.detector
     if det not in DETECTORS:
         raise IngestError(f"unknown detector '{det}' (known: {', '.join(DETECTORS)})")
@@ -317,7 +326,8 @@ def run(
     store = Store(settings.db, settings.uri, settings.token, settings.profile)
     try:
         for m in models_list:
-            store.ensure_collection(m)
+            # The driver reads only configs (dimensions), never weights: workers load the models.
+            store.ensure_collection(m, dim=make_embedder(m, settings).dim, source=model_source(m, settings))
         store.ensure_ledger()
         # An image is skipped when every requested model has it recorded (failed ones too, unless
         # --retry-failed).
@@ -416,23 +426,42 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
                 kind, message = err
                 raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
         limit = max_in_flight or 2 * n_workers
-        # Retries cover a worker process dying mid-batch (its batch goes to another worker).
+        # Dask retries a batch whose worker died (2 retries). A batch that still fails is split
+        # into single images, so one poisonous file is quarantined (failed, with its reason) and
+        # the rest of its batch is stored.
         futures = as_completed()
+        pending: Dict[Any, Tuple[List[ImageRecord], bool]] = {}
+
+        def submit(batch: List[ImageRecord], single: bool = False) -> None:
+            fut = client.submit(process_batch, batch, settings, det, models, min_face, pure=False, retries=2)
+            pending[fut.key] = (batch, single)
+            futures.add(fut)
+
         for _ in range(limit):
             batch = next(batches, None)
             if batch is None:
                 break
-            futures.add(client.submit(process_batch, batch, settings, det, models, min_face,
-                                      pure=False, retries=2))
+            submit(batch)
         for fut in futures:
+            batch, single = pending.pop(fut.key)
             try:
                 res = fut.result()
+            except (WeightsMissing, ModelError):
+                raise
+            except Exception as e:  # noqa: BLE001 - KilledWorker, a crash inside a model, ...
+                fut.release()
+                if single or len(batch) == 1:
+                    reason = f"worker crashed on this file: {_reason(e)}"
+                    done(BatchResult([ImageResult(r.path, "", "failed", reason) for r in batch], 0.0, 0, 0))
+                else:
+                    for r in batch:
+                        submit([r], single=True)
+                continue
             fut.release()
             done(res)
             batch = next(batches, None)
             if batch is not None:
-                futures.add(client.submit(process_batch, batch, settings, det, models, min_face,
-                                          pure=False, retries=2))
+                submit(batch)
     finally:
         client.close()
         if cluster is not None:

