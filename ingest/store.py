@@ -17,9 +17,12 @@ import numpy as np
 
 from schemas import (
     FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
-    PRIMARY_FIELD, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile,
+    VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
     get_profile, model_for_collection,
 )
+
+# Collection property recording the weights (model id or path) a collection was built with.
+SOURCE_PROPERTY = "lookalike.model_source"
 from schemas.filters import CompiledFilter
 
 log = logging.getLogger(__name__)
@@ -121,12 +124,38 @@ class Store:
             raise StoreError(f"collection {name}: {want} cannot be built by this deployment "
                              f"(Milvus Lite would silently brute-force it)")
 
-    def ensure_collection(self, model: str) -> str:
-        """Create the model's collection (index first, then data) if absent; return its name."""
-        spec = MODELS[model]
+    def ensure_collection(self, model: str, dim: Optional[int] = None, source: Optional[str] = None) -> str:
+        """Create the model's collection (index first, then data) if absent; return its name.
+
+        `dim` defaults to the declared one (transformer models pass their config's); `source` (the
+        weights' id or path) is recorded with a new collection so queries embed with the same model,
+        and checked against an existing one so two models never share a collection.
+        """
+        spec = get_model(model)
         name = spec.collection
-        self._ensure(name, FACE_FIELDS, spec.dim, self.profile.index_type, self.profile.build_params)
+        dim = dim or spec.dim
+        if not dim:
+            raise StoreError(f"model {model}: dimension unknown")
+        created = not self.client.has_collection(name)
+        self._ensure(name, FACE_FIELDS, dim, self.profile.index_type, self.profile.build_params)
+        if source:
+            if created:
+                with _milvus_errors(f"collection {name}"):
+                    self.client.alter_collection_properties(name, properties={SOURCE_PROPERTY: source})
+            else:
+                have = self.model_source(model)
+                if have and have != source:
+                    raise StoreError(f"collection {name} was built with {have}, not {source}; point the "
+                                     f"model at {have} or use another database")
         return name
+
+    def model_source(self, model: str) -> Optional[str]:
+        """The weights id/path a collection was built with (None if unrecorded)."""
+        name = collection_name(model)
+        if not self.client.has_collection(name):
+            return None
+        props = self.client.describe_collection(name).get("properties") or {}
+        return props.get(SOURCE_PROPERTY) or None
 
     def _ensure(self, name: str, fields: Sequence[FieldSpec], dim: int, index_type: str,
                 params: Dict[str, Any]) -> None:
@@ -163,9 +192,10 @@ class Store:
         return self.client.has_collection(collection_name(model))
 
     def models(self) -> List[str]:
-        """Models that have a collection in this database."""
-        names = set(self.client.list_collections())
-        return [m for m in MODELS if collection_name(m) in names]
+        """Models that have a collection in this database (declared ones first, then layers)."""
+        found = [m for m in (model_for_collection(n) for n in self.client.list_collections()) if m]
+        order = {m: i for i, m in enumerate(MODELS)}
+        return sorted(found, key=lambda m: (order.get(m, len(order)), m))
 
     # -- writes ----------------------------------------------------------------------------------
     def upsert_faces(self, model: str, rows: List[Dict[str, Any]]) -> None:
@@ -235,6 +265,15 @@ class Store:
         if self.server:
             return {"filter": combine([flt.template, extra]), "filter_params": dict(flt.params)}
         return {"filter": combine([flt.render(), extra])}
+
+    def query(self, name: str, output_fields: List[str], flt: Optional[CompiledFilter] = None,
+              extra_filter: str = "", limit: int = 1000) -> List[Dict[str, Any]]:
+        """One query call: at most `limit` rows matching the filter (a server caps limit at
+        16,384). Used by the query path to probe a filter and fetch its rows' vectors at once."""
+        self._load(name)
+        with _milvus_errors(f"reading {name}"):
+            return self.client.query(name, output_fields=output_fields, limit=limit,
+                                     **self.filter_args(flt, extra_filter))
 
     def get(self, model: str, ids: Sequence[str], output_fields: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         name = collection_name(model)
