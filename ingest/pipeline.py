@@ -120,8 +120,28 @@ def _reason(e: BaseException) -> str:
     return msg[:300]
 
 
+def storable(path: str) -> str:
+    """A path as Milvus can store it (valid UTF-8): undecodable bytes of a file name become
+    backslash escapes, so such a file still gets a ledger row and a line in the report."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+MAX_PATH_BYTES = 2048  # schemas: source_path VARCHAR(2048)
+
+
+def ledger_path(path: str) -> str:
+    """The ledger's key for a path: storable, and cut to the field's size if it must be."""
+    s = storable(path)
+    b = s.encode("utf-8")
+    return s if len(b) <= MAX_PATH_BYTES else b[:MAX_PATH_BYTES].decode("utf-8", "ignore")
+
+
 def process_image(engine: Engine, record: ImageRecord, min_face: int = 0) -> ImageResult:
     path = record.path
+    if storable(path) != path:
+        return ImageResult(path, "", "failed", "file name is not valid UTF-8; rename the file")
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        return ImageResult(path, "", "failed", f"path longer than {MAX_PATH_BYTES} bytes")
     try:
         data = read_bytes(path)
         sha = sha256_bytes(data)
@@ -196,7 +216,7 @@ class Writer:
                 "source_path": res.path, "face_index": int(meta["face_index"]),
                 "box_x": int(x), "box_y": int(y), "box_w": int(w), "box_h": int(h),
                 "confidence": float(meta["confidence"]), "detector": self.detector,
-                "identity": rec.identity, "has_attributes": rec.attributes is not None,
+                "identity": rec.identity[:256], "has_attributes": rec.attributes is not None,
                 **attrs, "ingested_at": ts, "vector": vec.tolist(),
             })
         return rows
@@ -239,7 +259,7 @@ class Writer:
         for r in results:
             for model in self.models:
                 ledger.append({
-                    "id": _ledger_id(model, r.path), "model": model, "source_path": r.path,
+                    "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
                     "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
                     "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
                 })
@@ -333,8 +353,10 @@ def run(
         # --retry-failed).
         ledgers = [store.ledger(m) for m in models_list]
         skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
-        todo = [r for r in records_list
-                if not all(r.path in lg and lg[r.path]["status"] in skip_status for lg in ledgers)]
+        keys = {r.path: ledger_path(r.path) for r in records_list}
+        todo = [r for r in records_list if not all(
+            keys[r.path] in lg and lg[keys[r.path]]["status"] in skip_status for lg in ledgers)]
+        del keys
         summary.images_skipped = len(records_list) - len(todo)
         del ledgers
         by_path = {r.path: r for r in todo}

@@ -289,3 +289,40 @@ def test_sources(tmp_path):
         open_source(str(tmp_path / "missing"))
     with pytest.raises(SourceError, match="partition"):
         open_source(str(CELEBA), partition="train")  # no list_eval_partition.txt in the sample
+
+
+def test_messy_folder_every_file_ends_stored_or_reported(tmp_path, settings):
+    """What real photo folders hold: odd names, formats from phones, links, copies, junk."""
+    from PIL import Image
+
+    root = tmp_path / "messy"
+    person = root / "Jackie Chan ★"
+    person.mkdir(parents=True)
+    src = sorted((DATA / "people" / "Jackie_Chan").iterdir())
+    portrait = Image.open(src[0]).convert("RGB")
+    portrait.save(person / "phone photo.heic", "HEIF")
+    portrait.save(person / "modern.avif", "AVIF")
+    Image.open(src[1]).convert("RGBA").save(person / "with alpha.png")
+    shutil.copy(src[2], person / "été 2024.jpg")
+    shutil.copy(src[2], person / "same picture again.jpg")  # duplicate bytes
+    bad_name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 byte: not valid UTF-8
+    shutil.copy(src[3], os.path.join(os.fsencode(person), os.fsencode(bad_name)))
+    os.symlink(root, person / "loop")  # a symlink loop must not trap the walk
+    s = ingest.run(str(root), db=str(tmp_path / "m.db"), workers=0, progress=False, settings=settings,
+                   report=str(tmp_path / "r.txt"))
+    assert s.images_seen == 6
+    failed = {Path(p).name: reason for p, reason in s.failures}
+    assert list(failed) == [bad_name] and "UTF-8" in failed[bad_name]
+    rows = read_rows(tmp_path / "m.db", "dlib", with_vectors=False)
+    stored = {Path(r["source_path"]).name for r in rows.values()}
+    assert {"phone photo.heic", "modern.avif", "with alpha.png"} <= stored
+    # the duplicate is stored once, under the smaller path; both paths are in the ledger
+    assert ("same picture again.jpg" in stored) != ("été 2024.jpg" in stored)
+    assert {r["identity"] for r in rows.values()} == {"Jackie Chan ★"}
+    ledger = {Path(p).name: r for p, r in read_ledger(tmp_path / "m.db").items()}
+    assert ledger["été 2024.jpg"]["image_sha256"] == ledger["same picture again.jpg"]["image_sha256"]
+    assert "caf\\xe9.jpg" in ledger and ledger["caf\\xe9.jpg"]["status"] == "failed"
+    # a re-run skips everything, the undecodable name included
+    s2 = ingest.run(str(root), db=str(tmp_path / "m.db"), workers=0, progress=False, settings=settings,
+                    report=str(tmp_path / "r.txt"))
+    assert s2.images_skipped == 6
