@@ -1,0 +1,144 @@
+"""`lookalike query`: registered into the CLI by query/cli.py (register(sub, storage_args, settings))."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+QUERY_HELP = "find the stored faces most like each face of one or more photos"
+
+QUERY_EPILOG = """\
+output:
+  default   a table per face: rank, score (cosine similarity), distance (1 - score),
+            identity and source image of each match
+  --json    the same as JSON on stdout: {"version": 1, "photos": [...]}, one entry per photo
+            (shape documented in query/search.py)
+  --out DIR writes DIR/results.json (every photo) and a contact sheet per photo: the photo
+            with numbered face boxes, then per face its crop and its top matches (at most 10
+            drawn) with "score id IDENTITY" captions. The first photo's sheet is result.png,
+            the n-th photo's result_<n>.png (result_2.png, result_3.png, ...); an unreadable
+            photo gets no sheet.
+
+filters (validated against the schema; `lookalike fields` lists the fields):
+  --filter 'Smiling == true and identity in ["2880", "4262"]'   --where Male --where-not Eyeglasses
+  A filter keeping few rows is searched exactly; otherwise the ANN search is widened.
+
+exit codes: 0 ok, 2 usage / invalid filter / unknown model or collection, 3 a photo has no face,
+4 a photo cannot be read, 5 model weights missing, 6 Milvus error. With several photos every
+photo is processed; the exit code is 4 if any photo was unreadable, else 3 if any had no face.
+"""
+
+
+def register(sub, storage_args, settings_fn) -> None:
+    p = sub.add_parser("query", help=QUERY_HELP, description=QUERY_HELP.capitalize() + ".",
+                       epilog=QUERY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo(s) to search (any number of faces)")
+    p.add_argument("-k", "--top-k", default="5", metavar="K", help="matches per face, 1..1000 (default 5)")
+    p.add_argument("--model", default=None,
+                   help="model collection to search: dlib, facenet, clip, dinov2, <model>_l<N>, a "
+                        "comma list, or 'all' (one section per model); default: the first of "
+                        "facenet, dlib present in the database")
+    p.add_argument("--filter", default=None, metavar="EXPR", help="filter expression on stored faces")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD",
+                   help="only faces where boolean FIELD is true (repeatable)")
+    p.add_argument("--where-not", action="append", default=[], metavar="FIELD",
+                   help="only faces where boolean FIELD is false (repeatable)")
+    p.add_argument("--exclude-same-image", action="store_true",
+                   help="never return faces of the query photo itself (same file bytes)")
+    p.add_argument("--min-face", default="0", metavar="PX", help="skip query faces smaller than PX pixels")
+    p.add_argument("--min-score", default=None, metavar="S", help="drop matches with score below S (-1..1)")
+    p.add_argument("--detector", default=None,
+                   help="DeepFace detector backend (default yunet, or $LOOKALIKE_DETECTOR); use the "
+                        "one the collection was ingested with")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", help="write results.json and contact sheet PNGs to DIR")
+    storage_args(p)
+    p.set_defaults(func=lambda args: cmd_query(args, settings_fn))
+
+
+def _int_arg(name: str, value: str, lo: int, hi: int):
+    from query.cli import CliError
+
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise CliError(f"{name} must be an integer between {lo} and {hi}, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise CliError(f"{name} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def cmd_query(args, settings_fn) -> int:
+    from ingest.images import ImageError
+    from ingest.models import DETECTORS
+    from query.cli import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, CliError
+    from query.render import format_text, write_outputs
+    from query.search import TOP_K_MAX, QueryError, Searcher
+    from schemas.filters import compile_filter
+
+    k = _int_arg("-k/--top-k", args.top_k, 1, TOP_K_MAX)
+    min_face = _int_arg("--min-face", args.min_face, 0, 100_000)
+    min_score = None
+    if args.min_score is not None:
+        try:
+            min_score = float(args.min_score)
+        except ValueError:
+            raise CliError(f"--min-score must be a number between -1 and 1, got {args.min_score!r}") from None
+        if not -1.0 <= min_score <= 1.0:
+            raise CliError(f"--min-score must be between -1 and 1, got {min_score}")
+    flt = compile_filter(args.filter, args.where, args.where_not)  # FilterError -> exit 2
+    settings = settings_fn(args)
+    if settings.detector not in DETECTORS:
+        raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
+    if not settings.uri and not Path(settings.db).exists():
+        raise CliError(f"database {settings.db} does not exist; ingest first: "
+                       f"lookalike ingest SOURCE --db {settings.db}")
+
+    results = []
+    worst = EXIT_OK
+    try:
+        explicit = [b for b in ("clip", "dinov2") if getattr(args, f"{b}_model", None)]
+        with Searcher(settings, explicit_sources=explicit) as searcher:
+            models = searcher.resolve_models(args.model, getattr(args, "layer", None))
+            from query.search import PhotoResult
+
+            for path in args.photos:
+                try:
+                    r = searcher.search_photo(path, models=models, top_k=k, filter=flt,
+                                              exclude_same_image=args.exclude_same_image,
+                                              min_face=min_face, min_score=min_score,
+                                              keep_image=bool(args.out))
+                except ImageError as e:
+                    if len(args.photos) == 1:
+                        raise
+                    print(f"lookalike: {e}", file=sys.stderr)
+                    worst = EXIT_UNREADABLE
+                    results.append(PhotoResult(path=path, sha256="", width=0, height=0,
+                                               detector=settings.detector, models=models, top_k=k,
+                                               filter=flt.render() if flt else None, error=str(e)))
+                    continue
+                results.append(r)
+                if not r.faces:
+                    if worst == EXIT_OK:
+                        worst = EXIT_NOFACE
+                    skipped = (f"; {r.faces_skipped_small} smaller than --min-face {min_face} px skipped"
+                               if r.faces_skipped_small else "")
+                    print(f"lookalike: {path}: no face found (detector {r.detector}{skipped})", file=sys.stderr)
+    except QueryError as e:
+        raise CliError(str(e)) from None
+
+    if args.json:
+        from query.search import results_document
+
+        print(json.dumps(results_document(results), indent=2, ensure_ascii=False))
+    else:
+        blocks = [format_text(r) for r in results if r.ok]
+        print("\n\n".join(blocks))
+    if args.out:
+        t = time.perf_counter()
+        written = write_outputs(results, args.out)
+        print(f"wrote {', '.join(written)} ({time.perf_counter() - t:.2f} s)",
+              file=sys.stderr if args.json else sys.stdout)
+    return worst

@@ -1,0 +1,620 @@
+"""Search the faces of a photo against the stored faces (the read path of `lookalike query`).
+
+Every face of a query photo is detected, aligned and embedded by the same code ingestion uses
+(`ingest.models`, one engine per process via `get_engine`), then all faces of the photo are
+searched in ONE `Store.search` call per model (a batch of query vectors).
+
+Filtered search stays accurate
+------------------------------
+Milvus Lite's HNSW loses true neighbours under a restrictive filter (measured on 20,000 uniform
+random 128-d rows: a filter keeping 0.1 % gives recall@10 0.13 at ef 64 and 0.95 at ef 2048).
+So a filtered search first probes the filter with one query capped at `exact_max_rows + 1` rows,
+fetching ids and vectors:
+
+* the filter keeps <= `exact_max_rows` rows -> those rows are searched exactly with numpy
+  (mode "exact"); the probe IS the fetch, so a restrictive filter costs one query;
+* the filter keeps more -> its selectivity is at least (exact_max_rows + 1) / rows, and the ANN
+  search runs with ef raised to `ef_for(k, selectivity)` (mode "ann").
+
+The probe replaces a `count(*)`: on Milvus Lite a filtered count costs as much as fetching the
+rows it counts (measured: 1.1 s for a filter keeping 10,000 of 20,000 rows), while a capped probe
+never costs more than `exact_max_rows` rows. A search whose only filter is the system filter of
+`exclude_same_image` (it removes one image's faces, selectivity ~1) skips the probe. A Searcher
+remembers a probe for PROBE_TTL seconds, so the photos of one run sharing a filter probe once.
+
+Results (JSON shape)
+--------------------
+`PhotoResult.to_dict()` (one entry of `"photos"` in `lookalike query --json` / results.json)::
+
+    RESULT_SCHEMA = {
+      "path": str, "sha256": str, "width": int, "height": int,   # original upright pixels
+      "detector": str, "models": [str], "top_k": int,
+      "filter": str | None,            # the validated filter as rendered for Milvus
+      "exclude_same_image": bool, "min_face": int, "min_score": float | None,
+      "error": str | None,             # one-line reason when the photo could not be read
+      "faces_skipped_small": int,      # faces under --min-face
+      "timings": {"read": float, "load_models": float, "detect": float, "embed": float,
+                  "search": float, "total": float},   # seconds; load_models ~0 after the first photo
+      "search": [{"model": str, "collection": str, "rows": int, "filtered_rows": int | None,
+                  "mode": "ann" | "exact" | "empty", "ef": int | None, "seconds": float,
+                  "note": str}],         # how the search was chosen
+      "faces": [{
+          "index": int, "box": [x, y, w, h], "confidence": float,
+          "matches": [MATCH],          # models[0]
+          "matches_by_model": {model: [MATCH]},   # only when more than one model was searched
+      }],
+    }
+    MATCH = {"rank": int, "score": float,   # cosine similarity (IP of L2-normalised vectors)
+             "distance": float,             # 1 - score
+             "id": str, "identity": str, "source_path": str, "image_sha256": str,
+             "face_index": int, "box": [x, y, w, h], "confidence": float, "detector": str,
+             "has_attributes": bool,        # false: the 40 attributes are unknown (stored false)
+             "attributes": {name: bool}}    # the 40 CelebA attributes, schema names
+
+`RESULT_SCHEMA` / `MATCH_SCHEMA` below hold the same shape as Python types, and
+`validate_result` checks a dict against them (used by the tests).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ingest.images import Decoded, ImageError, decode, read_bytes, sha256_bytes
+from ingest.settings import Settings
+from ingest.store import Store
+from schemas import ATTRIBUTES, OUTPUT_FIELDS, VECTOR_FIELD, collection_name
+from schemas.filters import CompiledFilter, compile_filter, encode_literal
+
+# ---------------------------------------------------------------------------------------------
+# Tunables (measured on Milvus Lite, bench/bench_query.py)
+# ---------------------------------------------------------------------------------------------
+TOP_K_MAX = 1000
+DEFAULT_TOP_K = 5
+# Models tried, in order, when --model is not given.
+DEFAULT_MODEL_ORDER = ("facenet", "dlib")
+# A filter keeping at most this many rows is searched exactly (numpy over the fetched vectors).
+# On Milvus Lite a probe costs a scan of the collection (~0.45 s at 200k rows) plus ~0.15 ms per
+# row returned, so this also bounds what a broad filter pays before its ANN search (measured at
+# 200k rows: overflowing a 2,000-row probe cost 0.77 s, a 1,000-row one ~0.55 s).
+EXACT_MAX_ROWS = 1000
+# ANN breadth under a filter keeping a fraction s of the rows: ef = EF_FACTOR * k / s, bounded to
+# [profile ef, EF_MAX]. Measured on 200,000 uniform random 128-d rows (the hardest case for
+# HNSW): ef 8192 gives recall@10 0.99-1.0 for every selectivity from 0.5 % to 100 %, ef 4096
+# 0.92-0.99; search time grows from ~0.3 s (ef 128) to ~0.5 s (ef 8192) for 10 queries.
+EF_FACTOR = 10.0
+EF_MAX = 8192
+# Seconds a filter probe is reused (the photos of one `lookalike query` run share a filter).
+PROBE_TTL = 60.0
+# Search parameter that sets the breadth of the ANN search, per index type.
+_BREADTH_PARAM = {"HNSW": "ef", "HNSW_SQ": "ef", "GPU_CAGRA": "itopk_size"}
+
+
+class QueryError(ValueError):
+    """A query that cannot run as asked (unknown model, missing collection, bad -k); one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------
+Box = Tuple[int, int, int, int]
+
+
+@dataclass
+class Match:
+    rank: int
+    score: float  # cosine similarity
+    distance: float  # 1 - score
+    id: str
+    identity: str
+    source_path: str
+    image_sha256: str
+    face_index: int
+    box: Box
+    confidence: float
+    detector: str
+    has_attributes: bool
+    attributes: Dict[str, bool]
+
+    @classmethod
+    def from_row(cls, rank: int, score: float, row: Dict[str, Any]) -> "Match":
+        return cls(
+            rank=rank, score=float(score), distance=float(1.0 - score), id=str(row["id"]),
+            identity=str(row.get("identity", "")), source_path=str(row.get("source_path", "")),
+            image_sha256=str(row.get("image_sha256", "")), face_index=int(row.get("face_index", 0)),
+            box=(int(row.get("box_x", 0)), int(row.get("box_y", 0)), int(row.get("box_w", 0)),
+                 int(row.get("box_h", 0))),
+            confidence=float(row.get("confidence", 0.0)), detector=str(row.get("detector", "")),
+            has_attributes=bool(row.get("has_attributes", False)),
+            attributes={a: bool(row.get(a, False)) for a in ATTRIBUTES},
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "rank": self.rank, "score": self.score, "distance": self.distance, "id": self.id,
+            "identity": self.identity, "source_path": self.source_path,
+            "image_sha256": self.image_sha256, "face_index": self.face_index, "box": list(self.box),
+            "confidence": self.confidence, "detector": self.detector,
+            "has_attributes": self.has_attributes, "attributes": dict(self.attributes),
+        }
+
+
+@dataclass
+class QueryFace:
+    index: int  # 0-based, detector order (left to right); shown as index + 1
+    box: Box  # original upright pixels of the query photo
+    confidence: float
+    matches_by_model: Dict[str, List[Match]] = field(default_factory=dict)
+    dbox: Optional[Box] = field(default=None, repr=False)  # decoded-image pixels (rendering)
+
+    @property
+    def matches(self) -> List[Match]:
+        """Matches of the first searched model."""
+        return next(iter(self.matches_by_model.values()), [])
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "index": self.index, "box": list(self.box), "confidence": self.confidence,
+            "matches": [m.to_dict() for m in self.matches],
+        }
+        if len(self.matches_by_model) > 1:
+            out["matches_by_model"] = {k: [m.to_dict() for m in v] for k, v in self.matches_by_model.items()}
+        return out
+
+
+@dataclass
+class SearchInfo:
+    """How one model's search ran."""
+
+    model: str
+    collection: str
+    rows: int  # rows in the collection
+    filtered_rows: Optional[int]  # rows the filter keeps; None when not probed (no user filter)
+    mode: str  # "ann" | "exact" | "empty"
+    ef: Optional[int]  # breadth parameter given to the ANN search
+    seconds: float
+    note: str = ""  # how the search was chosen, for people reading --json
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PhotoResult:
+    path: str
+    sha256: str
+    width: int
+    height: int
+    detector: str
+    models: List[str]
+    top_k: int
+    filter: Optional[str]
+    exclude_same_image: bool = False
+    min_face: int = 0
+    min_score: Optional[float] = None
+    faces: List[QueryFace] = field(default_factory=list)
+    faces_skipped_small: int = 0
+    search: List[SearchInfo] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    image: Optional[Decoded] = field(default=None, repr=False)  # kept for rendering when asked
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "path": self.path, "sha256": self.sha256, "width": self.width, "height": self.height,
+            "detector": self.detector, "models": list(self.models), "top_k": self.top_k,
+            "filter": self.filter, "exclude_same_image": self.exclude_same_image,
+            "min_face": self.min_face, "min_score": self.min_score, "error": self.error,
+            "faces_skipped_small": self.faces_skipped_small,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "search": [s.to_dict() for s in self.search],
+            "faces": [f.to_dict() for f in self.faces],
+        }
+
+
+def results_document(results: Sequence[PhotoResult]) -> Dict[str, Any]:
+    """The document `--json` prints and `--out` writes as results.json."""
+    return {"version": 1, "photos": [r.to_dict() for r in results]}
+
+
+# Shape of to_dict(), as Python types (a tuple means "one of"); see the module docstring.
+MATCH_SCHEMA: Dict[str, Any] = {
+    "rank": int, "score": float, "distance": float, "id": str, "identity": str,
+    "source_path": str, "image_sha256": str, "face_index": int, "box": [int], "confidence": float,
+    "detector": str, "has_attributes": bool, "attributes": {"*": bool},
+}
+FACE_SCHEMA: Dict[str, Any] = {
+    "index": int, "box": [int], "confidence": float, "matches": [MATCH_SCHEMA],
+    "matches_by_model?": {"*": [MATCH_SCHEMA]},
+}
+SEARCH_SCHEMA: Dict[str, Any] = {
+    "model": str, "collection": str, "rows": int, "filtered_rows": (int, type(None)),
+    "mode": str, "ef": (int, type(None)), "seconds": float, "note": str,
+}
+RESULT_SCHEMA: Dict[str, Any] = {
+    "path": str, "sha256": str, "width": int, "height": int, "detector": str, "models": [str],
+    "top_k": int, "filter": (str, type(None)), "exclude_same_image": bool, "min_face": int,
+    "min_score": (float, int, type(None)), "error": (str, type(None)), "faces_skipped_small": int,
+    "timings": {"*": float}, "search": [SEARCH_SCHEMA], "faces": [FACE_SCHEMA],
+}
+DOCUMENT_SCHEMA: Dict[str, Any] = {"version": int, "photos": [RESULT_SCHEMA]}
+
+
+def validate_result(value: Any, schema: Any = DOCUMENT_SCHEMA, where: str = "$") -> List[str]:
+    """Problems of `value` against a schema above ([] when it conforms)."""
+    problems: List[str] = []
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return [f"{where}: expected object, got {type(value).__name__}"]
+        if "*" in schema:
+            for k, v in value.items():
+                problems += validate_result(v, schema["*"], f"{where}.{k}")
+            return problems
+        keys = {k.rstrip("?"): k.endswith("?") for k in schema}
+        for k, optional in keys.items():
+            if k not in value:
+                if not optional:
+                    problems.append(f"{where}: missing key '{k}'")
+                continue
+            sub = schema[k + "?"] if optional else schema[k]
+            problems += validate_result(value[k], sub, f"{where}.{k}")
+        extra = set(value) - set(keys)
+        if extra:
+            problems.append(f"{where}: unexpected keys {sorted(extra)}")
+        return problems
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [f"{where}: expected list, got {type(value).__name__}"]
+        for i, v in enumerate(value):
+            problems += validate_result(v, schema[0], f"{where}[{i}]")
+        return problems
+    types = schema if isinstance(schema, tuple) else (schema,)
+    ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in types)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True  # JSON does not distinguish 1.0 from 1
+    if not ok:
+        problems.append(f"{where}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Search policy
+# ---------------------------------------------------------------------------------------------
+def check_top_k(k: Any) -> int:
+    try:
+        kk = int(k)
+        if str(k).strip() != str(kk) and not isinstance(k, int):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise QueryError(f"-k/--top-k must be an integer between 1 and {TOP_K_MAX}, got {k!r}") from None
+    if not 1 <= kk <= TOP_K_MAX:
+        raise QueryError(f"-k/--top-k must be between 1 and {TOP_K_MAX}, got {kk}")
+    return kk
+
+
+def ef_for(k: int, selectivity: float, base: int, ef_max: int = EF_MAX) -> int:
+    """ANN breadth for top-k under a filter keeping `selectivity` of the rows."""
+    s = min(1.0, max(selectivity, 1e-9))
+    want = math.ceil(EF_FACTOR * k / s)
+    return int(min(max(base, k, want), max(ef_max, k, base)))
+
+
+def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: Sequence[str], k: int
+               ) -> List[List[Tuple[str, float]]]:
+    """Brute-force top-k by inner product; ties broken by id (deterministic)."""
+    if len(ids) == 0:
+        return [[] for _ in range(len(queries))]
+    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    ids_arr = np.asarray(ids)
+    out = []
+    kk = min(k, len(ids))
+    for row in scores:
+        if kk < len(ids):
+            # take everything tied with the k-th score so the id tie-break is exact
+            kth = np.partition(row, len(ids) - kk)[len(ids) - kk]
+            cand = np.nonzero(row >= kth)[0]
+        else:
+            cand = np.arange(len(ids))
+        order = sorted(cand, key=lambda j: (-row[j], ids_arr[j]))[:kk]
+        out.append([(str(ids_arr[j]), float(row[j])) for j in order])
+    return out
+
+
+def same_image_filter(sha256: str) -> str:
+    """System filter excluding one image's faces (the value is encoded, never concatenated)."""
+    return f"image_sha256 != {encode_literal(sha256)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Searcher: a store + the process-wide engine
+# ---------------------------------------------------------------------------------------------
+class Searcher:
+    """Holds one Store and searches photos or vectors against it. Models load once per process
+    (`ingest.models.get_engine`); a Searcher can be reused for many photos."""
+
+    def __init__(self, settings: Optional[Settings] = None, store: Optional[Store] = None,
+                 exact_max_rows: int = EXACT_MAX_ROWS, ef_max: int = EF_MAX,
+                 explicit_sources: Iterable[str] = ()):
+        self.settings = settings or Settings()
+        # transformer bases ("clip", "dinov2") whose weights the caller chose (--clip-model ...)
+        self.explicit_sources = set(explicit_sources)
+        self._own_store = store is None
+        self.store = store or Store(self.settings.db, self.settings.uri, self.settings.token,
+                                    self.settings.profile)
+        self.exact_max_rows = exact_max_rows
+        self.ef_max = ef_max
+        self._rows: Dict[str, int] = {}
+        self._engine_settings: Dict[Tuple[str, ...], Settings] = {}
+        self._probes: Dict[Tuple[str, str, str], Tuple[float, Any]] = {}
+
+    def close(self) -> None:
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- models ----------------------------------------------------------------------------------
+    def resolve_models(self, model: Optional[Union[str, Sequence[str]]] = None,
+                       layer: Optional[int] = None) -> List[str]:
+        """Models to search: `model` is a name, a comma list, 'all' or None (the first of
+        facenet, dlib present, else the first collection); `layer` picks `<model>_l<N>`."""
+        from schemas import get_model, layer_key
+
+        present = self.store.models()
+        where = self.settings.uri or self.settings.db
+        if isinstance(model, str):
+            wanted = [m.strip() for m in model.split(",") if m.strip()]
+        else:
+            wanted = list(model or [])
+        if not present:
+            raise QueryError(f"no face collections in {where}; ingest first: lookalike ingest SOURCE --db {where}")
+        if wanted == ["all"]:
+            return present
+        if not wanted:
+            wanted = [next((m for m in DEFAULT_MODEL_ORDER if m in present), present[0])]
+        out = []
+        for m in wanted:
+            try:
+                key = layer_key(m, layer)
+                get_model(key)
+            except KeyError:
+                from schemas import MODELS
+
+                raise QueryError(f"unknown model '{m}' (known: {', '.join(MODELS)}, "
+                                 f"<clip|dinov2>_l<N>, all)") from None
+            if key not in present:
+                hint = f"--models {get_model(key).base}" + (f" --layer {layer}" if key != m else "")
+                raise QueryError(f"no collection {collection_name(key)} in DB; ingest with {hint}")
+            out.append(key)
+        return list(dict.fromkeys(out))
+
+    def engine(self, models: Sequence[str], detector: Optional[str] = None):
+        """The process-wide engine (models load once per process). A transformer model embeds
+        with the weights its collection records, unless the caller chose them explicitly."""
+        from ingest.models import get_engine
+        from schemas import get_model
+
+        key = tuple(models)
+        settings = self._engine_settings.get(key)
+        if settings is None:
+            settings = self.settings
+            for m in models:
+                spec = get_model(m)
+                if spec.is_transformer and spec.base not in self.explicit_sources:
+                    recorded = self.store.model_source(m)
+                    if recorded:
+                        settings = settings.with_(**{f"{spec.base}_model": recorded})
+            self._engine_settings[key] = settings
+        return get_engine(settings, detector or settings.detector, list(models)).load()
+
+    def rows(self, model: str) -> int:
+        name = collection_name(model)
+        if name not in self._rows:
+            self._rows[name] = self.store.count(name)
+        return self._rows[name]
+
+    # -- vectors ---------------------------------------------------------------------------------
+    def search_vectors(self, model: str, vectors: np.ndarray, top_k: int,
+                       flt: Optional[CompiledFilter] = None, extra_filter: str = "",
+                       min_score: Optional[float] = None,
+                       output_fields: Optional[List[str]] = None) -> Tuple[List[List[Match]], SearchInfo]:
+        """Top-k matches for each query vector (one batched search), and how it ran."""
+        t0 = time.perf_counter()
+        k = check_top_k(top_k)
+        q = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        name = collection_name(model)
+        fields = output_fields if output_fields is not None else OUTPUT_FIELDS
+        total = self.rows(model)
+        info = SearchInfo(model, name, total, None, "ann", None, 0.0)
+        if len(q) == 0:
+            info.mode = "empty"
+            return [], info
+        hits: List[List[Tuple[float, Dict[str, Any]]]]
+        if flt is None:
+            # No user filter: plain ANN (the exclusion filter, if any, removes one image's faces).
+            hits = self._ann(model, q, k, None, extra_filter, fields, None, info)
+            info.note = f"no filter: ANN search with the {self.store.profile.name} profile's parameters"
+        else:
+            probe = self._probe(name, flt, extra_filter)
+            if probe is not None:
+                n_keep = len(probe[0])
+                info.filtered_rows = n_keep
+                info.mode = "exact" if n_keep else "empty"
+                info.note = (f"filter keeps {n_keep} rows (<= {self.exact_max_rows}): exact search"
+                             if n_keep else "filter keeps no row")
+                hits = self._exact(model, q, k, probe, fields)
+            else:
+                selectivity = min(1.0, (self.exact_max_rows + 1) / max(total, 1))
+                hits = self._ann(model, q, k, flt, extra_filter, fields, selectivity, info)
+                info.note = (f"filter keeps > {self.exact_max_rows} rows (>= {100 * selectivity:.2g} %): "
+                             + (f"ANN search, ef raised to {info.ef}" if info.ef is not None else
+                                f"ANN search; {self.store.profile.index_type} has no breadth parameter "
+                                f"to raise, so neighbours may be missed"))
+        out: List[List[Match]] = []
+        for per in hits:
+            ms = [(s, r) for s, r in per if min_score is None or s >= min_score]
+            out.append([Match.from_row(i + 1, s, r) for i, (s, r) in enumerate(ms)])
+        info.seconds = time.perf_counter() - t0
+        return out, info
+
+    def _probe(self, name: str, flt: CompiledFilter, extra: str) -> Optional[Tuple[List[str], np.ndarray]]:
+        """(ids, vectors) of the rows the filter keeps, or None when there are more than
+        exact_max_rows. Remembered for PROBE_TTL seconds, so the photos of one run that share a
+        filter pay for one probe."""
+        cap = self.exact_max_rows
+        if cap <= 0:
+            return None
+        key = (name, flt.render(), extra)
+        hit = self._probes.get(key)
+        if hit is not None and time.monotonic() - hit[0] < PROBE_TTL:
+            return hit[1]
+        rows = self.store.query(name, ["id", VECTOR_FIELD], flt, extra, limit=cap + 1)
+        out = None if len(rows) > cap else (
+            [r["id"] for r in rows],
+            np.asarray([r[VECTOR_FIELD] for r in rows], dtype=np.float32) if rows
+            else np.zeros((0, 0), dtype=np.float32))
+        if len(self._probes) >= 16:
+            self._probes.pop(next(iter(self._probes)))
+        self._probes[key] = (time.monotonic(), out)
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget remembered filter probes (after writing to the collection, or to time them)."""
+        self._probes.clear()
+
+    def _exact(self, model: str, q: np.ndarray, k: int, probe: Tuple[List[str], np.ndarray],
+               fields: List[str]) -> List[List[Tuple[float, Dict[str, Any]]]]:
+        ids, vecs = probe
+        if not ids:
+            return [[] for _ in range(len(q))]
+        top = exact_topk(q, vecs, ids, k)
+        want = sorted({i for per in top for i, _ in per})
+        got = {r["id"]: r for r in self.store.get(model, want, output_fields=list(dict.fromkeys(["id"] + fields)))}
+        return [[(s, got[i]) for i, s in per if i in got] for per in top]
+
+    def _ann(self, model: str, q: np.ndarray, k: int, flt: Optional[CompiledFilter], extra: str,
+             fields: List[str], selectivity: Optional[float], info: SearchInfo
+             ) -> List[List[Tuple[float, Dict[str, Any]]]]:
+        profile = self.store.profile
+        params = dict(profile.search_params)
+        key = _BREADTH_PARAM.get(profile.index_type.upper())
+        if key and key in params:
+            base = int(params[key])
+            params[key] = base if selectivity is None else ef_for(k, selectivity, base, self.ef_max)
+            params[key] = max(int(params[key]), k)
+            info.ef = int(params[key])
+        res = self.store.search(model, q, k, flt, extra_filter=extra, output_fields=fields,
+                                search_params=params)
+        out = []
+        for per in res:
+            row_hits = []
+            for h in per:
+                ent = dict(h.get("entity") or {})
+                ent.setdefault("id", h.get("id"))
+                row_hits.append((float(h.get("distance")), ent))
+            out.append(row_hits)
+        return out
+
+    # -- photos ----------------------------------------------------------------------------------
+    def search_photo(self, photo: Union[str, Path], *, model: Optional[Union[str, Sequence[str]]] = None,
+                     top_k: int = DEFAULT_TOP_K, filter: Optional[Union[str, CompiledFilter]] = None,
+                     where: Iterable[str] = (), where_not: Iterable[str] = (),
+                     exclude_same_image: bool = False, min_face: int = 0,
+                     min_score: Optional[float] = None, detector: Optional[str] = None,
+                     keep_image: bool = False, models: Optional[List[str]] = None) -> PhotoResult:
+        """Detect every face of `photo`, search each model once with all faces.
+
+        Raises ImageError (unreadable photo, message starts with the path), QueryError,
+        FilterError, StoreError, WeightsMissing/ModelError. A photo without a face gives a
+        result with `faces == []`.
+        """
+        k = check_top_k(top_k)
+        flt = filter if isinstance(filter, CompiledFilter) else compile_filter(filter, where, where_not)
+        models = models or self.resolve_models(model)
+        det = detector or self.settings.detector
+        path = str(photo)
+        timings: Dict[str, float] = {}
+        t0 = t = time.perf_counter()
+        try:  # read first: an unreadable photo fails before any model loads
+            data = read_bytes(path)
+            sha = sha256_bytes(data)
+            image = decode(data)
+            del data
+        except ImageError as e:
+            raise ImageError(f"{path}: {e}") from None
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        engine = self.engine(models, det)
+        timings["load_models"] = time.perf_counter() - t  # ~0 once loaded in this process
+        t = time.perf_counter()
+        found = engine.detector.detect(image, min_face=0)
+        faces = [f for f in found if f.size >= min_face]
+        for i, f in enumerate(faces):
+            f.index = i
+        timings["detect"] = time.perf_counter() - t
+        res = PhotoResult(path=path, sha256=sha, width=image.width, height=image.height, detector=det,
+                          models=list(models), top_k=k, filter=flt.render() if flt else None,
+                          exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
+                          faces_skipped_small=len(found) - len(faces), timings=timings,
+                          image=image if keep_image else None)
+        res.faces = [QueryFace(f.index, tuple(int(v) for v in f.box), float(f.confidence),
+                               dbox=tuple(int(v) for v in f.dbox)) for f in faces]
+        timings["embed"] = timings["search"] = 0.0
+        if not faces:
+            timings["total"] = time.perf_counter() - t0
+            return res
+        extra = same_image_filter(sha) if exclude_same_image else ""
+        for m in models:
+            t = time.perf_counter()
+            vecs = engine.embedders[m].embed(image, faces)
+            timings["embed"] += time.perf_counter() - t
+            t = time.perf_counter()
+            matches, info = self.search_vectors(m, vecs, k, flt, extra, min_score)
+            timings["search"] += time.perf_counter() - t
+            res.search.append(info)
+            for qf, ms in zip(res.faces, matches):
+                qf.matches_by_model[m] = ms
+        timings["total"] = time.perf_counter() - t0
+        return res
+
+
+def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Optional[str] = None,
+                 token: Optional[str] = None, profile: Optional[str] = None,
+                 model: Optional[Union[str, Sequence[str]]] = None, top_k: int = DEFAULT_TOP_K,
+                 filter: Optional[str] = None, where: Iterable[str] = (), where_not: Iterable[str] = (),
+                 exclude_same_image: bool = False, min_face: int = 0, min_score: Optional[float] = None,
+                 detector: Optional[str] = None, settings: Optional[Settings] = None,
+                 store: Optional[Store] = None, keep_image: bool = False) -> PhotoResult:
+    """Python twin of `lookalike query PHOTO`: the faces of one photo and their top-k matches.
+
+    >>> r = search_photo("group.jpg", db="lookalike.db", top_k=5, filter="Smiling == true")
+    >>> [(f.index, f.matches[0].identity, round(f.matches[0].score, 2)) for f in r.faces]
+    """
+    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector)
+    with Searcher(settings, store=store) as s:
+        return s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where,
+                              where_not=where_not, exclude_same_image=exclude_same_image,
+                              min_face=min_face, min_score=min_score, keep_image=keep_image)
+
+
+def search_photos(photos: Sequence[Union[str, Path]], **kwargs) -> List[PhotoResult]:
+    """search_photo for several photos over one store; raises on the first unreadable photo."""
+    keys = ("db", "uri", "token", "profile", "detector")
+    conn = {k: kwargs.pop(k, None) for k in keys}
+    settings = (kwargs.pop("settings", None) or Settings()).with_(**conn)
+    store = kwargs.pop("store", None)
+    with Searcher(settings, store=store) as s:
+        models = s.resolve_models(kwargs.pop("model", None))
+        return [s.search_photo(p, models=models, **kwargs) for p in photos]

@@ -1,0 +1,241 @@
+"""schemas/filters.py: validation, templating, rendering, and escaping against a real Milvus Lite."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from schemas import ATTRIBUTES, FACE_FIELDS
+from schemas.filters import FILTERABLE, CompiledFilter, FilterError, combine, compile_filter, encode_literal
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid expressions
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("expr, row_true, row_false", [
+    ("Smiling == true", {"Smiling": True}, {"Smiling": False}),
+    ("Smiling", {"Smiling": True}, {"Smiling": False}),
+    ("not Wearing_Hat", {"Wearing_Hat": False}, {"Wearing_Hat": True}),
+    ("!Wearing_Hat", {"Wearing_Hat": False}, {"Wearing_Hat": True}),
+    ("Smiling and not Eyeglasses", {"Smiling": True, "Eyeglasses": False}, {"Smiling": True, "Eyeglasses": True}),
+    ("Smiling && Eyeglasses || Male", {"Smiling": False, "Eyeglasses": False, "Male": True},
+     {"Smiling": True, "Eyeglasses": False, "Male": False}),
+    ('identity in ["2880", "4262"]', {"identity": "4262"}, {"identity": "1"}),
+    ('identity not in ["2880", "4262"]', {"identity": "1"}, {"identity": "2880"}),
+    ("box_w >= 100 and confidence > 0.5", {"box_w": 100, "confidence": 0.9}, {"box_w": 99, "confidence": 0.9}),
+    ('source_path like "%celeba%"', {"source_path": "/data/celeba/1.jpg"}, {"source_path": "/data/lfw/1.jpg"}),
+    ("(Male or Young) and not (Bald)", {"Male": False, "Young": True, "Bald": False},
+     {"Male": True, "Young": True, "Bald": True}),
+    ("Five_o_Clock_Shadow == false", {"Five_o_Clock_Shadow": False}, {"Five_o_Clock_Shadow": True}),
+    ("face_index != 0", {"face_index": 2}, {"face_index": 0}),
+    ("ingested_at < 1e15", {"ingested_at": 10}, {"ingested_at": 10 ** 16}),
+])
+def test_valid_expressions_compile_and_evaluate(expr, row_true, row_false):
+    f = compile_filter(expr)
+    assert isinstance(f, CompiledFilter)
+    assert f.evaluate(row_true) is True
+    assert f.evaluate(row_false) is False
+    # the rendered expression is itself valid and means the same thing
+    again = compile_filter(f.render())
+    assert again.render() == f.render()
+    assert again.evaluate(row_true) and not again.evaluate(row_false)
+
+
+def test_nothing_to_filter_gives_none():
+    assert compile_filter(None) is None
+    assert compile_filter("   ") is None
+    assert compile_filter("", [], []) is None
+
+
+def test_where_shorthands_map_to_the_same_filter():
+    f = compile_filter(None, ["Male", "Smiling"], ["Eyeglasses"])
+    assert f.render() == "(Male == true and Smiling == true and Eyeglasses == false)"
+    g = compile_filter("Male and Smiling and not Eyeglasses")
+    row = {"Male": True, "Smiling": True, "Eyeglasses": False}
+    assert f.evaluate(row) and g.evaluate(row)
+    both = compile_filter('identity == "7"', ["Male"], ["Bald"])
+    assert both.fields() == ["Bald", "Male", "identity"]
+    assert both.evaluate({"identity": "7", "Male": True, "Bald": False})
+    assert not both.evaluate({"identity": "7", "Male": True, "Bald": True})
+
+
+def test_template_holds_placeholders_and_params_hold_values():
+    f = compile_filter('identity in ["2880", "4262"] and box_w > 40 and Smiling == true')
+    assert "2880" not in f.template and "{p0}" in f.template
+    assert f.params == {"p0": ["2880", "4262"], "p1": 40, "p2": True} or \
+        f.params == {"p0": ("2880", "4262"), "p1": 40, "p2": True}
+    # substituting each parameter with encode_literal gives exactly render()
+    rendered = f.template
+    for key, value in f.params.items():
+        rendered = rendered.replace("{" + key + "}", encode_literal(value))
+    assert rendered == f.render()
+    assert 'identity in ["2880", "4262"]' in f.render()
+
+
+def test_every_filterable_field_is_declared_and_vector_is_not():
+    declared = {f.name for f in FACE_FIELDS}
+    assert set(FILTERABLE) <= declared
+    assert "vector" not in FILTERABLE
+    assert set(ATTRIBUTES) <= set(FILTERABLE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, naming the problem
+# ---------------------------------------------------------------------------------------------
+def _err(expr, where=(), where_not=()) -> str:
+    with pytest.raises(FilterError) as ei:
+        compile_filter(expr, where, where_not)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_unknown_field_suggests_close_names():
+    msg = _err("Smilng == true")
+    assert "unknown field 'Smilng'" in msg and "Smiling" in msg
+    assert "Smiling" in _err("smiling")
+    assert "Eyeglasses" in _err("Eyeglases and Male")
+    assert "unknown field 'vector'" in _err("vector == 1")
+    assert "unknown field" in _err(None, where=["Smilling"])
+    assert "boolean" in _err(None, where=["identity"])
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("Smiling ==", "ends early"),
+    ("(Smiling == true", "expected )"),
+    ("Smiling == true)", "unexpected ')'"),
+    ("Smiling = true", "syntax error"),
+    ("Smiling == true Male", "unexpected 'Male'"),
+    ("Smiling == true; drop collection", "syntax error"),
+    ('identity in ["a", ]', "expected a value"),
+    ("and Smiling", "expected a field name"),
+    ("identity", "not a boolean field"),
+    ('Smiling == "yes"', "type error"),
+    ("identity == 5", "type error"),
+    ("Smiling > 1", "numeric field"),
+    ("identity like 5", "type error"),
+    ("Male like \"%a\"", "string field"),
+    ("box_w == true", "type error"),
+])
+def test_syntax_and_type_errors_are_one_line(expr, needle):
+    assert needle in _err(expr)
+
+
+@pytest.mark.parametrize("expr", [
+    "Smiling == true) or (1 == 1",
+    'identity == "x") or (1 == 1',
+    "1 == 1",
+    "Smiling == true or 1 == 1",
+    'identity == "a" or identity != ""  or true',
+    "Smiling == true /* comment */",
+    "Smiling == true -- comment",
+    'identity == "unterminated',
+    "Smiling == true or vector != []",
+    "json_contains(identity, 1)",
+])
+def test_injection_attempts_are_rejected(expr):
+    _err(expr)
+
+
+def test_quoted_values_stay_values():
+    # The quote inside the value is escaped by the user; the whole thing is one string value.
+    f = compile_filter(r'identity == "x\" or 1==1"')
+    assert f.params == {"p0": 'x" or 1==1'}
+    assert f.render() == 'identity == "x\\" or 1==1"'
+    assert not f.evaluate({"identity": "anything"})
+    assert f.evaluate({"identity": 'x" or 1==1'})
+    # single quotes work too and are re-encoded with double quotes
+    g = compile_filter("identity == 'it''s'") if False else compile_filter("identity == 'a\\'b'")
+    assert g.params == {"p0": "a'b"}
+    assert g.render() == 'identity == "a\'b"'
+
+
+@pytest.mark.parametrize("value", ['a"b\\c', 'x" or 1==1', "it's", "back\\", "Zoë 李", "", "%_"])
+def test_encode_literal_round_trips_through_the_parser(value):
+    lit = encode_literal(value)
+    f = compile_filter(f"identity == {lit}")
+    assert f.params["p0"] == value
+    assert f.render() == f"identity == {lit}"
+    assert json.loads(lit) == value
+
+
+def test_encode_literal_types():
+    assert encode_literal(True) == "true" and encode_literal(False) == "false"
+    assert encode_literal(3) == "3" and encode_literal(0.5) == "0.5"
+    assert encode_literal(["a", 'b"']) == '["a", "b\\""]'
+    with pytest.raises(TypeError):
+        encode_literal(object())
+
+
+def test_combine_joins_rendered_filters():
+    assert combine([None, "", "a == 1"]) == "(a == 1)"
+    assert combine(["a == 1", "b == 2"]) == "(a == 1) and (b == 2)"
+    assert combine([]) == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a real Milvus Lite collection
+# ---------------------------------------------------------------------------------------------
+TRICKY = ['a"b\\c', 'x" or 1==1', "it's", "back\\", "Zoë 李", "plain", 'q"', "\\\"", "tab\there"]
+
+
+def _row(i: int, identity: str, vec: np.ndarray, **attrs) -> dict:
+    r = {"id": f"{i:064x}_0", "image_sha256": f"{i:064x}", "source_path": f"/synthetic/{i}.jpg",
+         "face_index": 0, "box_x": 0, "box_y": 0, "box_w": 50 + i, "box_h": 50, "confidence": 0.9,
+         "detector": "synthetic", "identity": identity, "has_attributes": True, "ingested_at": i,
+         "vector": vec.tolist()}
+    r.update({a: False for a in ATTRIBUTES})
+    r.update(attrs)
+    return r
+
+
+@pytest.fixture(scope="module")
+def lite_store(tmp_path_factory):
+    from ingest.store import Store
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((len(TRICKY) + 6, 128)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = [_row(i, ident, vecs[i], Smiling=i % 2 == 0, Male=i % 3 == 0) for i, ident in enumerate(TRICKY)]
+    rows += [_row(100 + j, f"n{j}", vecs[len(TRICKY) + j], Smiling=True, Eyeglasses=j < 2) for j in range(6)]
+    store = Store(str(tmp_path_factory.mktemp("filters") / "f.db"))
+    store.ensure_collection("dlib")
+    store.upsert_faces("dlib", rows)
+    store.flush(["faces_dlib"])
+    yield store, rows
+    store.close()
+
+
+def _milvus_ids(store, flt) -> set:
+    return {r["id"] for r in store.iterate("faces_dlib", ["id"], filter=store.filter_args(flt)["filter"])}
+
+
+@pytest.mark.parametrize("value", TRICKY)
+def test_rendered_literals_find_exactly_the_row_in_milvus(lite_store, value):
+    store, rows = lite_store
+    f = compile_filter(f"identity == {encode_literal(value)}")
+    want = {r["id"] for r in rows if r["identity"] == value}
+    assert len(want) == 1
+    assert _milvus_ids(store, f) == want
+    assert store.count("faces_dlib", f) == 1
+
+
+def test_injected_value_matches_nothing_in_milvus(lite_store):
+    store, rows = lite_store
+    for expr in (r'identity == "x\" or 1==1 or identity == \"plain"', r'identity == "plain\" or \"1\" == \"1"'):
+        f = compile_filter(expr)
+        assert _milvus_ids(store, f) == set()
+        assert store.count("faces_dlib", f) == 0
+
+
+@pytest.mark.parametrize("expr", [
+    "Smiling", "Smiling and not Male", "Male or Eyeglasses", 'identity in ["plain", "n1", "nobody"]',
+    'identity like "n%"', "box_w > 55 and box_w <= 104", 'not (identity == "plain")',
+    'identity == "nobody"', "Eyeglasses and Male",
+])
+def test_milvus_agrees_with_evaluate(lite_store, expr):
+    store, rows = lite_store
+    f = compile_filter(expr)
+    want = {r["id"] for r in rows if f.evaluate(r)}
+    assert _milvus_ids(store, f) == want
