@@ -368,6 +368,10 @@ def run(
         except KeyboardInterrupt:
             summary.interrupted = True
         summary.wall_seconds = time.perf_counter() - t0
+        if summary.faces_stored and not summary.interrupted:
+            if progress:
+                print(f"indexing {', '.join(collection_name(m) for m in models_list)} ...", file=sys.stderr)
+            store.build_indexes(collection_name(m) for m in models_list)
     finally:
         store.close()
     summary.report_path = _write_report(summary, report)

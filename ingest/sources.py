@@ -62,6 +62,8 @@ class CelebASource(Source):
         if partition is not None and partition not in PARTITIONS:
             raise SourceError(f"--partition must be one of {', '.join(PARTITIONS)}, got '{partition}'")
         self.partition = partition
+        if partition is not None and not (self.root / "list_eval_partition.txt").is_file():
+            raise SourceError(f"--partition needs {self.root / 'list_eval_partition.txt'}, which is missing")
         # The in-the-wild images are what users' photos look like; the aligned crops are the
         # common benchmark set. Prefer in-the-wild when both are present unless told otherwise.
         candidates = {"wild": "img_celeba", "aligned": "img_align_celeba"}

@@ -220,6 +220,20 @@ class Store:
             with _milvus_errors(f"flushing {n}"):
                 self.client.flush(n)
 
+    def build_indexes(self, names: Iterable[str]) -> None:
+        """Milvus Lite indexes new segments only when a collection is loaded, and searches them
+        brute force until then (measured: 30k new rows, search 0.17 s before, 0.06 s after; 200k
+        rows took 137 s to index on a first query). Reloading at the end of an ingest puts that
+        cost where it belongs; the index is persisted for later processes. A server indexes on
+        its own."""
+        if self.server:
+            return
+        for n in names:
+            with _milvus_errors(f"indexing {n}"):
+                self.client.release_collection(n)
+                self.client.load_collection(n)
+                self._loaded.add(n)
+
     # -- reads -----------------------------------------------------------------------------------
     def iterate(self, name: str, output_fields: List[str], filter: str = "",
                 batch_size: int = 2000) -> Iterator[Dict[str, Any]]:

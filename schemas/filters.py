@@ -11,7 +11,6 @@ as-is, so a value like `") or (1 == 1` stays a string value.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -56,9 +55,20 @@ def _tokenize(text: str) -> List[Tuple[str, str, int]]:
     return tokens
 
 
+_ENCODE = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0"}
+
+
 def _unquote(s: str) -> str:
-    body = s[1:-1]
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+    """The value of a quoted literal: JSON's escapes (what encode_literal writes), and any other
+    escaped character stands for itself (\\' inside single quotes)."""
+
+    def one(m: "re.Match[str]") -> str:
+        if m.group(1):
+            return chr(int(m.group(1), 16))
+        return _ESCAPES.get(m.group(2), m.group(2))
+
+    return re.sub(r"\\(?:u([0-9a-fA-F]{4})|(.))", one, s[1:-1], flags=re.S)
 
 
 # AST -----------------------------------------------------------------------------------------
@@ -226,9 +236,9 @@ def encode_literal(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        # json.dumps escapes quotes, backslashes and control characters; the result is one
-        # double-quoted token whatever the value holds.
-        return json.dumps(value, ensure_ascii=False)
+        # One double-quoted token whatever the value holds: the escapes every Milvus parser knows
+        # (Milvus Lite knows only these), other characters as they are.
+        return '"' + value.translate(_ENCODE) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(encode_literal(v) for v in value) + "]"
     raise TypeError(f"cannot encode {type(value).__name__} as a filter literal")
