@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         commands.register(sub, _storage_args, _settings)
         if "query" in sub.choices and not any(a.dest == "layer" for a in sub.choices["query"]._actions):
             _model_args(sub.choices["query"])
+    from query import web_cli
+
+    web_cli.register(sub, _storage_args, _settings)
+    if os.path.exists(os.path.join(os.path.dirname(__file__), "eval_cli.py")):
+        from query import eval_cli
+
+        eval_cli.register(sub, _storage_args, _settings)
     return p
 
 

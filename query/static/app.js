@@ -1,0 +1,369 @@
+// Lookalike web page: plain JS, no build step. Talks to /api/stats, /api/fields, /api/query, /api/thumb.
+(() => {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const COLOURS = ["#e6194b", "#3cb44b", "#0082c8", "#f58230", "#911eb4", "#46c8c8", "#f032e6",
+                   "#808000", "#000080", "#aa6e28"];
+  const state = { file: null, tri: new Map(), maxBytes: 15 * 1024 * 1024, lastResult: null };
+
+  const el = (tag, attrs = {}, ...kids) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k === "style") e.style.cssText = v;
+      else e.setAttribute(k, v);
+    }
+    for (const k of kids) if (k != null) e.append(k);
+    return e;
+  };
+  const pretty = (name) => name.replace(/^Five_o_Clock_Shadow$/, "5 o'clock shadow").replace(/_/g, " ");
+  const basename = (p) => String(p || "").split(/[\\/]/).pop();
+
+  // ---- options from the server ---------------------------------------------------------------
+  async function loadOptions() {
+    try {
+      const [stats, fields] = await Promise.all([
+        fetch("/api/stats").then(jsonOrThrow), fetch("/api/fields").then(jsonOrThrow)]);
+      state.maxBytes = stats.max_upload_bytes;
+      $("maxmb").textContent = Math.round(stats.max_upload_bytes / 1048576);
+      const sel = $("model");
+      sel.innerHTML = "";
+      for (const c of stats.collections.filter((c) => c.model)) {
+        const o = el("option", { value: c.model, text: `${c.model} · ${c.rows.toLocaleString()} faces` });
+        if (c.model === stats.default_model) o.selected = true;
+        sel.append(o);
+      }
+      $("k").max = Math.min(stats.top_k.max, 50);
+      const faces = stats.collections.filter((c) => c.model).reduce((a, c) => Math.max(a, c.rows), 0);
+      $("dbinfo").textContent = `${stats.database} · ${stats.models.length} model${stats.models.length === 1 ? "" : "s"}` +
+        ` · ${faces.toLocaleString()} faces · detector ${stats.detector}`;
+      if (!stats.models.length) {
+        banner("info", "The database is empty", "Ingest photos first: <code>lookalike ingest SOURCE</code>");
+      }
+      buildFilters(fields.attribute_groups);
+    } catch (e) {
+      $("dbinfo").textContent = "not connected";
+      banner("error", "Cannot reach the server", escapeHtml(e.message));
+    }
+  }
+
+  async function jsonOrThrow(r) {
+    let body = null;
+    try { body = await r.json(); } catch (_) { /* not JSON */ }
+    if (!r.ok) {
+      const err = new Error((body && body.error && body.error.message) || `HTTP ${r.status}`);
+      err.status = r.status;
+      err.info = body && body.error;
+      throw err;
+    }
+    return body;
+  }
+
+  // ---- tri-state filters ---------------------------------------------------------------------
+  function triControl(field, label) {
+    const node = $("tri-tpl").content.firstElementChild.cloneNode(true);
+    node.dataset.field = field;
+    node.querySelector(".tri-name").textContent = label;
+    node.querySelector(".tri-name").title = field;
+    node.setAttribute("aria-label", label);
+    node.querySelectorAll("button").forEach((b) => {
+      b.setAttribute("aria-checked", b.dataset.v === "any" ? "true" : "false");
+      b.addEventListener("click", () => setTri(field, b.dataset.v));
+    });
+    state.tri.set(field, { node, value: "any" });
+    return node;
+  }
+
+  function setTri(field, v) {
+    const t = state.tri.get(field);
+    if (!t) return;
+    t.value = v;
+    t.node.classList.remove("invalid");
+    t.node.querySelectorAll("button").forEach((b) => {
+      b.classList.toggle("on", b.dataset.v === v);
+      b.setAttribute("aria-checked", b.dataset.v === v ? "true" : "false");
+    });
+    updateCounts();
+  }
+
+  function buildFilters(groups) {
+    const root = $("groups");
+    root.innerHTML = "";
+    state.tri.clear();
+    $("annotated-row").append(triControl("has_attributes", "Only annotated (CelebA) faces"));
+    for (const g of groups) {
+      const items = el("div", { class: "items" });
+      for (const f of g.fields) items.append(triControl(f, pretty(f)));
+      const d = el("details", { class: "group" },
+        el("summary", {}, el("span", { text: g.name }), el("span", { class: "pill", hidden: "" })), items);
+      d.dataset.group = g.name;
+      root.append(d);
+    }
+    updateCounts();
+  }
+
+  function updateCounts() {
+    let total = 0;
+    document.querySelectorAll("details.group").forEach((d) => {
+      let n = 0;
+      d.querySelectorAll(".tri").forEach((t) => { if (state.tri.get(t.dataset.field).value !== "any") n++; });
+      const p = d.querySelector("summary .pill");
+      p.hidden = !n; p.textContent = n;
+      total += n;
+    });
+    if (state.tri.get("has_attributes") && state.tri.get("has_attributes").value !== "any") total++;
+    $("nactive").hidden = !total;
+    $("nactive").textContent = `${total} active`;
+  }
+
+  $("clear").addEventListener("click", () => {
+    for (const f of state.tri.keys()) setTri(f, "any");
+    $("filter").value = "";
+    $("filter").classList.remove("invalid");
+  });
+  $("filter").addEventListener("input", () => $("filter").classList.remove("invalid"));
+
+  // ---- choosing a photo ----------------------------------------------------------------------
+  const drop = $("drop");
+  drop.addEventListener("click", () => $("file").click());
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); } });
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const f = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (f) choose(f);
+  });
+  // dropping anywhere else must not navigate away from the page
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+  $("file").addEventListener("change", () => { if ($("file").files[0]) choose($("file").files[0]); });
+
+  function choose(file) {
+    state.file = file;
+    drop.querySelector(".drop-empty").hidden = true;
+    drop.querySelector(".drop-chosen").hidden = false;
+    const img = $("chosenimg");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(file);
+    img.onerror = () => { img.removeAttribute("src"); };
+    $("chosenname").textContent = `${file.name || "photo"} · ${(file.size / 1048576).toFixed(1)} MB`;
+    $("go").disabled = false;
+    if (file.size > state.maxBytes) {
+      banner("error", "This file is too large", `The limit is ${Math.round(state.maxBytes / 1048576)} MB.`);
+      return;
+    }
+    search();
+  }
+
+  // ---- camera --------------------------------------------------------------------------------
+  let stream = null;
+  $("camera").addEventListener("click", async () => {
+    const dlg = $("camdlg");
+    $("camerr").hidden = true;
+    $("snap").disabled = true;
+    dlg.showModal();
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      camError("The camera needs a secure page: open the app on localhost or over HTTPS.");
+      return;
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: false });
+      $("video").srcObject = stream;
+      $("snap").disabled = false;
+    } catch (e) {
+      camError(e.name === "NotAllowedError" ? "Camera access was refused." :
+               e.name === "NotFoundError" ? "No camera found." : `Camera unavailable: ${e.message}`);
+    }
+  });
+  function camError(msg) { $("camerr").textContent = msg; $("camerr").hidden = false; }
+  function stopCamera() {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    $("video").srcObject = null;
+  }
+  $("camcancel").addEventListener("click", () => $("camdlg").close());
+  $("camdlg").addEventListener("close", stopCamera);
+  $("snap").addEventListener("click", () => {
+    const v = $("video");
+    if (!v.videoWidth) return;
+    const c = el("canvas");
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    c.getContext("2d").drawImage(v, 0, 0);
+    c.toBlob((blob) => {
+      $("camdlg").close();
+      if (blob) choose(new File([blob], "camera.jpg", { type: "image/jpeg" }));
+    }, "image/jpeg", 0.92);
+  });
+
+  // ---- search --------------------------------------------------------------------------------
+  $("form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+
+  let inflight = null;
+  async function search() {
+    if (!state.file) return;
+    if (inflight) inflight.abort();
+    const ctrl = new AbortController();
+    inflight = ctrl;
+    clearBanner();
+    $("filter").classList.remove("invalid");
+    document.querySelectorAll(".tri.invalid").forEach((t) => t.classList.remove("invalid"));
+    const fd = new FormData();
+    fd.append("image", state.file, state.file.name || "photo.jpg");
+    if ($("model").value) fd.append("model", $("model").value);
+    fd.append("k", $("k").value || "5");
+    const expr = $("filter").value.trim();
+    if (expr) fd.append("filter", expr);
+    for (const [f, t] of state.tri) {
+      if (t.value === "yes") fd.append("where", f);
+      else if (t.value === "no") fd.append("where_not", f);
+    }
+    if ($("exclude").checked) fd.append("exclude_same_image", "true");
+    $("busy").hidden = false;
+    $("go").disabled = true;
+    try {
+      const r = await fetch("/api/query", { method: "POST", body: fd, signal: ctrl.signal });
+      const doc = await jsonOrThrow(r);
+      show(doc);
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      showError(e);
+    } finally {
+      if (inflight === ctrl) { inflight = null; $("busy").hidden = true; $("go").disabled = !state.file; }
+    }
+  }
+
+  function showError(e) {
+    const info = e.info || {};
+    const titles = {
+      invalid_filter: "Invalid filter", unreadable: "This file cannot be read", too_large: "This file is too large",
+      unsupported_type: "Not a supported image", bad_option: "Invalid option", unknown_model: "Unknown model",
+      weights_missing: "Model weights are missing", store_error: "Database error",
+    };
+    banner("error", titles[info.code] || "Something went wrong", escapeHtml(e.message));
+    if (info.code === "invalid_filter") {
+      const t = info.field && state.tri.get(info.field);
+      if (t) {
+        t.node.classList.add("invalid");
+        const d = t.node.closest("details"); if (d) d.open = true;
+        t.node.scrollIntoView({ block: "nearest" });
+      } else {
+        $("filter").classList.add("invalid");
+        $("filter").focus();
+      }
+    }
+  }
+
+  function banner(kind, title, html) {
+    const b = $("banner");
+    b.className = `banner ${kind}`;
+    b.innerHTML = `<div><b>${escapeHtml(title)}</b>${html}</div>`;
+    b.hidden = false;
+  }
+  function clearBanner() { $("banner").hidden = true; }
+  function escapeHtml(s) {
+    return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  // ---- result --------------------------------------------------------------------------------
+  function show(doc) {
+    const p = doc.photo;
+    state.lastResult = doc;
+    $("empty").hidden = true;
+    $("result").hidden = false;
+    const model = p.models[0];
+    const n = p.faces.length;
+    const summary = $("summary");
+    summary.innerHTML = "";
+    summary.append(
+      el("span", { class: "title", text: p.path }),
+      el("span", { class: "tag", text: `${n} face${n === 1 ? "" : "s"}` }),
+      el("span", { class: "tag", text: `${p.models.join(", ")} · top ${p.top_k}` }),
+      el("span", { class: "tag", text: `${p.width}×${p.height}` }),
+      el("span", { class: "tag", text: `${doc.seconds.toFixed(2)} s` }));
+    if (p.filter) summary.append(el("span", { class: "tag filter", title: p.filter, text: p.filter }));
+
+    const stage = $("stage");
+    stage.querySelectorAll(".box").forEach((b) => b.remove());
+    stage.classList.remove("has-sel");
+    const img = $("photo");
+    const faces = $("faces");
+    faces.innerHTML = "";
+    img.onload = () => drawCrops(p);
+    img.src = doc.preview || "";
+    if (window.matchMedia("(max-width: 900px)").matches) {
+      $("summary").scrollIntoView({ behavior: "smooth", block: "start" });  // phone: results are below the form
+    }
+
+    if (!n) {
+      banner("info", "No face found",
+        `The detector (${escapeHtml(p.detector)}) found no face in this photo. Try a photo where faces are larger, frontal and well lit.`);
+      return;
+    }
+    for (const f of p.faces) {
+      const c = COLOURS[f.index % COLOURS.length];
+      const [x, y, w, h] = f.box;
+      const box = el("div", { class: "box", style: `--c:${c};left:${(100 * x / p.width).toFixed(3)}%;top:${(100 * y / p.height).toFixed(3)}%;` +
+        `width:${(100 * w / p.width).toFixed(3)}%;height:${(100 * h / p.height).toFixed(3)}%`, title: `face ${f.index + 1}` },
+        el("span", { text: String(f.index + 1) }));
+      if (y < 0.06 * p.height) box.classList.add("top");
+      box.dataset.face = f.index;
+      box.addEventListener("click", () => select(f.index, true));
+      stage.append(box);
+
+      const q = el("div", { class: "qface" }, el("canvas", { width: "208", height: "208" }),
+        el("b", {}, el("i", { text: String(f.index + 1) }), `Face ${f.index + 1}`),
+        el("span", { text: `confidence ${f.confidence.toFixed(2)}` }));
+      const ms = el("div", { class: "matches" });
+      if (!f.matches.length) {
+        ms.append(el("div", { class: "nomatch", text: p.filter ? "No stored face passes this filter." : "No match." }));
+      }
+      for (const m of f.matches) ms.append(matchCard(model, m));
+      const row = el("div", { class: "face", style: `--c:${c}` }, q, ms);
+      row.dataset.face = f.index;
+      row.addEventListener("click", () => select(f.index, false));
+      faces.append(row);
+    }
+  }
+
+  function matchCard(model, m) {
+    const thumb = el("img", { class: "thumb", alt: m.identity || "match", loading: "lazy",
+                              src: `/api/thumb/${encodeURIComponent(model)}/${encodeURIComponent(m.id)}` });
+    thumb.onerror = () => { thumb.classList.add("missing"); thumb.removeAttribute("src"); };
+    const pct = Math.max(0, Math.min(100, Math.round(m.score * 100)));
+    return el("div", { class: "match", title: `${m.identity || "unknown"} · score ${m.score.toFixed(3)}\n${m.source_path}` },
+      thumb,
+      el("div", { class: "score" }, el("span", { text: m.score.toFixed(2) }),
+         el("span", { class: "bar" }, el("i", { style: `width:${pct}%` }))),
+      el("div", { class: "ident", text: m.identity ? m.identity.replace(/_/g, " ") : "unknown" }),
+      el("div", { class: "src", text: basename(m.source_path) }));
+  }
+
+  function drawCrops(p) {
+    const img = $("photo");
+    const s = img.naturalWidth / p.width;
+    document.querySelectorAll(".face").forEach((row) => {
+      const f = p.faces[Number(row.dataset.face)];
+      const cv = row.querySelector("canvas");
+      const ctx = cv.getContext("2d");
+      let [x, y, w, h] = f.box.map((v) => v * s);
+      const side = Math.max(w, h) * 1.3;
+      const cx = x + w / 2, cy = y + h / 2;
+      ctx.fillStyle = "#eee";
+      ctx.fillRect(0, 0, cv.width, cv.height);
+      ctx.drawImage(img, cx - side / 2, cy - side / 2, side, side, 0, 0, cv.width, cv.height);
+    });
+  }
+
+  function select(i, scroll) {
+    document.querySelectorAll(".box, .face").forEach((e) => e.classList.toggle("sel", Number(e.dataset.face) === i));
+    $("stage").classList.add("has-sel");
+    if (scroll) {
+      const row = document.querySelector(`.face[data-face="${i}"]`);
+      if (row) row.scrollIntoView({ behavior: "smooth", block: "nearest" });
+    }
+  }
+
+  loadOptions();
+})();

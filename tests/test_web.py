@@ -1,0 +1,394 @@
+"""`lookalike serve`: the JSON API (FastAPI TestClient) and the page in a real headless Chromium.
+
+A module fixture ingests 30 photos of the people/ gallery (dlib, yunet, in-process) into a
+database of its own; one Searcher over it serves both the TestClient and a uvicorn server in a
+thread (the browser test), as `lookalike serve` does.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ingest.settings import Settings  # noqa: E402
+from query.search import RESULT_SCHEMA, Searcher, validate_result  # noqa: E402
+from query.web import ATTRIBUTE_GROUPS, MAX_UPLOAD_BYTES, create_app, sniff_image  # noqa: E402
+from schemas import ATTRIBUTES  # noqa: E402
+
+from conftest import DATA  # noqa: E402
+
+PEOPLE = DATA / "people"
+GROUPS = DATA / "groups" / "photos"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _faces_range(name: str):
+    for line in (DATA / "groups" / "faces.csv").read_text().splitlines()[1:]:
+        parts = line.split(",")
+        if parts[0] == name:
+            return int(parts[1]), int(parts[2])
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory, deepface_home):
+    """(TestClient, app, searcher, db) over a 30-photo sample database."""
+    import ingest
+
+    base = tmp_path_factory.mktemp("web_sample")
+    src = base / "people"
+    n = 0
+    for i, d in enumerate(sorted(PEOPLE.iterdir())):
+        files = sorted(p.name for p in d.iterdir())
+        (src / d.name).mkdir(parents=True)
+        for name in files[:3 if i < 4 else 2]:
+            os.symlink(d / name, src / d.name / name)
+            n += 1
+    assert 25 <= n <= 32
+    db = str(base / "web.db")
+    settings = Settings().with_(detector="yunet", db=db)
+    summary = ingest.run(str(src), db=db, models="dlib", workers=0, progress=False,
+                         report=str(base / "report.txt"), settings=settings)
+    assert summary.images_failed == 0, summary.failures
+    with Searcher(settings) as searcher:
+        app = create_app(settings, searcher=searcher)
+        with TestClient(app) as client:
+            yield {"client": client, "app": app, "searcher": searcher, "db": db, "src": src}
+
+
+def _post(client, path: Path | None = None, data: bytes | None = None, name: str | None = None, **form):
+    if data is None:
+        data = path.read_bytes()
+    files = {"image": (name or (path.name if path else "photo.jpg"), data, "application/octet-stream")}
+    return client.post("/api/query", files=files, data=form)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (the pixel data is a stub)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+def test_attribute_groups_cover_every_attribute_once():
+    grouped = [f for g in ATTRIBUTE_GROUPS for f in g["fields"]]
+    assert sorted(grouped) == sorted(ATTRIBUTES) and len(grouped) == len(set(grouped)) == 40
+
+
+def test_sniff_image():
+    assert sniff_image(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff_image(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert sniff_image(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
+    assert sniff_image(b"\0\0\0\x18ftypheic") == "heif"
+    assert sniff_image(b"\0\0\0\x1cftypavif") == "avif"
+    for bad in (b"", b"<html>", b"%PDF-1.7", b"PK\x03\x04", b"#!/bin/sh"):
+        assert sniff_image(bad) is None
+
+
+def test_serve_subcommand_registers():
+    from query.cli import _settings, _storage_args
+    from query.web_cli import register
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    register(sub, _storage_args, _settings)
+    args = p.parse_args(["serve", "--db", "x.db"])
+    assert (args.host, args.port, args.db) == ("127.0.0.1", 8000, "x.db")  # loopback by default
+    assert _settings(args).db == "x.db"
+
+
+def test_serve_refuses_missing_db(tmp_path):
+    from query.cli import CliError, _settings, _storage_args
+    from query.web_cli import register
+
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers(dest="command"), _storage_args, _settings)
+    args = p.parse_args(["serve", "--db", str(tmp_path / "nope.db")])
+    with pytest.raises(CliError, match="does not exist"):
+        args.func(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# API
+# ---------------------------------------------------------------------------------------------
+def test_page_and_openapi(web):
+    c = web["client"]
+    r = c.get("/")
+    assert r.status_code == 200 and "/static/app.js" in r.text
+    assert c.get("/static/app.js").status_code == 200 and c.get("/static/app.css").status_code == 200
+    spec = c.get("/openapi.json").json()
+    for route in ("/api/query", "/api/stats", "/api/thumb/{model}/{face_id}", "/api/fields"):
+        assert route in spec["paths"], route
+    body = spec["paths"]["/api/query"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body
+
+
+def test_stats_and_fields(web):
+    c = web["client"]
+    s = c.get("/api/stats").json()
+    assert s["models"] == ["dlib"] and s["default_model"] == "dlib"
+    col = next(x for x in s["collections"] if x["model"] == "dlib")
+    assert col["rows"] >= 25 and col["dim"] == 128
+    assert s["max_upload_bytes"] == MAX_UPLOAD_BYTES
+    assert str(Path(web["db"]).parent) not in str(s)  # the database's folder is not disclosed
+    f = c.get("/api/fields").json()
+    assert f["attribute_groups"] == ATTRIBUTE_GROUPS and "identity" in {x["name"] for x in f["fields"]}
+
+
+def test_query_group_photo(web):
+    c = web["client"]
+    lo, hi = _faces_range("obama_and_biden.jpg")
+    r = _post(c, GROUPS / "obama_and_biden.jpg", k="3")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    photo = doc["photo"]
+    assert validate_result(photo, RESULT_SCHEMA) == []
+    assert photo["path"] == "obama_and_biden.jpg"  # the upload's name, not the temporary file
+    assert lo <= len(photo["faces"]) <= hi
+    assert all(len(f["matches"]) == 3 for f in photo["faces"])
+    top = {f["matches"][0]["identity"] for f in photo["faces"]}
+    assert {"obama", "biden"} <= top
+    assert doc["preview"].startswith("data:image/jpeg;base64,")
+    # the preview is the decoded photo, so the page draws boxes on what the server saw
+    im = Image.open(io.BytesIO(__import__("base64").b64decode(doc["preview"].split(",", 1)[1])))
+    assert abs(im.width / im.height - photo["width"] / photo["height"]) < 0.02
+
+
+def test_query_no_face_is_a_result(web):
+    r = _post(web["client"], GROUPS / "no-faces.jpg")
+    assert r.status_code == 200
+    assert r.json()["photo"]["faces"] == []
+
+
+def test_filters_where_and_expression(web):
+    c = web["client"]
+    photo = GROUPS / "kit_with_rose.jpg"
+    r = _post(c, photo, k="5", filter='identity == "kit_harington"')
+    assert r.status_code == 200, r.text
+    faces = r.json()["photo"]["faces"]
+    assert faces and all(m["identity"] == "kit_harington" for f in faces for m in f["matches"])
+    assert all(0 < len(f["matches"]) <= 2 for f in faces)  # 2 kit_harington photos were ingested
+    # where / where_not (repeated form fields): the gallery has no CelebA attributes
+    r = c.post("/api/query", files={"image": ("k.jpg", photo.read_bytes())},
+               data={"where": ["has_attributes"], "k": "4"})
+    assert r.status_code == 200 and all(f["matches"] == [] for f in r.json()["photo"]["faces"])
+    assert r.json()["photo"]["filter"] == "has_attributes == true"
+    r = c.post("/api/query", files={"image": ("k.jpg", photo.read_bytes())},
+               data={"where_not": ["has_attributes", "Smiling"], "k": "4"})
+    assert r.status_code == 200 and all(len(f["matches"]) == 4 for f in r.json()["photo"]["faces"])
+
+
+def test_invalid_filter_names_the_field(web):
+    c = web["client"]
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    for form in ({"filter": "Smilng == true"}, {"where": ["Smilng"]}, {"where_not": ["Smilng"]}):
+        r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data=form)
+        assert r.status_code == 422, (form, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "invalid_filter" and err["field"] == "Smilng" and "Smiling" in err["message"]
+    # injection attempts are parse errors or plain string values, never raw Milvus text
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": 'identity == "x") or (1 == 1'})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_filter"
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": 'identity == "x\\") or (1 == 1"'})
+    assert r.status_code == 200 and all(f["matches"] == [] for f in r.json()["photo"]["faces"])
+
+
+def test_bad_options(web):
+    c = web["client"]
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    for k in ("0", "1001", "x", "2.5"):
+        r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"k": k})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_option", k
+    for model in ("facenet", "../../etc/passwd", "/etc/passwd", "dlib,nope"):
+        r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"model": model})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_model", model
+    r = c.post("/api/query", data={"k": "3"})  # no image
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_unreadable_uploads(web):
+    c = web["client"]
+    r = _post(c, data=b"hello, I am not a picture", name="x.jpg")
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_type"
+    r = _post(c, data=b"", name="x.jpg")
+    assert r.status_code == 422 and "empty" in r.json()["error"]["message"]
+    r = _post(c, data=b"\xff\xd8\xff\xe0" + b"\0" * 200, name="broken.jpg")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable"
+    assert "lookalike-upload" not in r.text  # the temporary path is not leaked
+    # decompression bomb: a PNG claiming 20000 x 20000 is refused from its header
+    r = _post(c, data=_png_header(20000, 20000), name="bomb.png")
+    assert r.status_code == 422 and "too large" in r.json()["error"]["message"]
+
+
+def test_upload_size_limit(web):
+    c = web["client"]
+    big = b"\xff\xd8\xff\xe0" + b"\0" * (MAX_UPLOAD_BYTES + 1024)
+    r = _post(c, data=big, name="big.jpg")  # Content-Length known: refused before reading
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+    def chunks():  # no Content-Length (chunked): refused while streaming
+        boundary = b"--xyz"
+        yield boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+        for _ in range(17):
+            yield b"\xff" * (1024 * 1024)
+        yield b"\r\n" + boundary + b"--\r\n"
+
+    r = c.post("/api/query", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413
+    # a file just under the limit is accepted as far as the type check
+    r = _post(c, data=b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_UPLOAD_BYTES - 100), name="ok.png")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable"
+
+
+def test_thumb(web):
+    c = web["client"]
+    r = _post(c, GROUPS / "couple.jpg", k="2")
+    m = r.json()["photo"]["faces"][0]["matches"][0]
+    t = c.get(f"/api/thumb/dlib/{m['id']}")
+    assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    im = Image.open(io.BytesIO(t.content))
+    assert im.format == "JPEG" and 16 <= max(im.size) <= 160
+    assert c.get("/api/thumb/dlib/" + "0" * 64 + "_0").status_code == 404  # well-formed, absent
+    assert c.get(f"/api/thumb/facenet/{m['id']}").status_code == 404  # no such collection
+
+
+@pytest.mark.parametrize("url", [
+    "/api/thumb/dlib/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/thumb/dlib/%2Fetc%2Fpasswd",
+    "/api/thumb/dlib/..",
+    "/api/thumb/..%2F..%2Fetc/passwd",
+    "/api/thumb/%2Fetc%2Fpasswd/x",
+    "/api/thumb/dlib/..%5C..%5Cwindows%5Cwin.ini",
+    "/api/thumb/dlib/" + "a" * 64 + "_0%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/../web.py",
+    "/static/..%2Fweb.py",
+    "/static/%2e%2e/web.py",
+    "/static/%2e%2e%2f%2e%2e%2fingest%2fsettings.py",
+    "/static//etc/passwd",
+    "/static/%2Fetc%2Fpasswd",
+    "/..%2F..%2Fetc%2Fpasswd",
+])
+def test_path_traversal_is_refused(web, url):
+    r = web["client"].get(url)
+    assert r.status_code in (400, 404), (url, r.status_code)
+    assert "root:" not in r.text and "create_app" not in r.text and "PROJECT_ROOT" not in r.text
+
+
+def test_upload_filename_is_never_a_path(web, tmp_path):
+    c = web["client"]
+    target = tmp_path / "evil.jpg"
+    for name in (f"../../../../{target}", str(target), "..\\..\\evil.jpg", "/etc/passwd"):
+        r = _post(c, GROUPS / "couple.jpg", name=name, k="1")
+        assert r.status_code == 200
+        assert "/" not in r.json()["photo"]["path"] and "\\" not in r.json()["photo"]["path"]
+    assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Real browser
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(web):
+    import uvicorn
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(web["app"], host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_browser_end_to_end(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    photo = GROUPS / "multiface.jpg"
+    lo, hi = _faces_range(photo.name)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_selector("#model option", state="attached")
+            assert page.locator("#model").input_value() == "dlib"
+            assert page.locator("details.group").count() == len(ATTRIBUTE_GROUPS)
+            page.fill("#k", "4")
+            page.set_input_files("#file", str(photo))  # choosing a file starts the search
+            page.wait_for_selector(".face", timeout=60_000)
+            boxes = page.locator("#stage .box").count()
+            rows = page.locator(".face").count()
+            assert lo <= boxes <= hi and rows == boxes
+            assert page.locator(".face").first.locator(".match").count() == 4
+            # thumbnails load from /api/thumb
+            page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            # clicking a face box highlights its row
+            page.locator("#stage .box").nth(1).click()
+            assert "sel" in (page.locator(".face").nth(1).get_attribute("class") or "")
+            assert "sel" not in (page.locator(".face").nth(0).get_attribute("class") or "")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(ARTIFACTS / "web_result.png"), full_page=True)
+
+            # an invalid filter is reported and the expression box is marked
+            page.fill("#filter", "Smilng == true")
+            page.click("#go")
+            page.wait_for_selector("#banner.error:not([hidden])")
+            assert "Smilng" in page.locator("#banner").inner_text()
+            assert "invalid" in (page.locator("#filter").get_attribute("class") or "")
+            page.click("#clear")
+
+            # a tri-state attribute filter goes out as where / where_not
+            page.locator("details.group", has_text="Expression").locator("summary").click()
+            page.locator('.tri[data-field="Smiling"] button[data-v="yes"]').click()
+            page.click("#go")
+            page.wait_for_selector(".nomatch")  # the gallery has no CelebA attributes
+            assert "Smiling == true" in page.locator("#summary").inner_text()
+
+            # a photo without a face: friendly empty state
+            page.click("#clear")
+            page.set_input_files("#file", str(GROUPS / "no-faces.jpg"))
+            page.wait_for_selector("#banner.info:not([hidden])")
+            assert "No face found" in page.locator("#banner").inner_text()
+            assert page.locator(".face").count() == 0
+            # a narrow (phone) layout still shows everything
+            page.set_viewport_size({"width": 420, "height": 900})
+            page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))
+            page.wait_for_selector(".face")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(ARTIFACTS / "web_result_narrow.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
