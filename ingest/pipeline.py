@@ -207,17 +207,23 @@ class Writer:
     def _face_rows(self, res: ImageResult, model: str, ts: int) -> List[Dict[str, Any]]:
         rec = self.records[res.path]
         attrs = rec.attribute_dict()
+        unknown = {a: False for a in attrs}
         vecs = res.vectors[model]
+        # A label (folder name, CelebA identity and attributes) describes the photo's subject:
+        # it goes to the largest face only; bystanders get no identity and no attributes.
+        main = max(range(len(res.faces)), key=lambda i: res.faces[i]["box"][2] * res.faces[i]["box"][3])
         rows = []
-        for meta, vec in zip(res.faces, vecs):
+        for i, (meta, vec) in enumerate(zip(res.faces, vecs)):
             x, y, w, h = meta["box"]
+            subject = i == main
             rows.append({
                 "id": f"{res.sha256}_{meta['face_index']}", "image_sha256": res.sha256,
                 "source_path": res.path, "face_index": int(meta["face_index"]),
                 "box_x": int(x), "box_y": int(y), "box_w": int(w), "box_h": int(h),
                 "confidence": float(meta["confidence"]), "detector": self.detector,
-                "identity": rec.identity[:256], "has_attributes": rec.attributes is not None,
-                **attrs, "ingested_at": ts, "vector": vec.tolist(),
+                "identity": rec.identity[:256] if subject else "",
+                "has_attributes": subject and rec.attributes is not None,
+                **(attrs if subject else unknown), "ingested_at": ts, "vector": vec.tolist(),
             })
         return rows
 
@@ -318,7 +324,7 @@ def run(
     celeba_images: Optional[str] = None,
     batch_size: int = 8,
     max_in_flight: Optional[int] = None,
-    min_face: int = 0,
+    min_face: int = 24,
     retry_failed: bool = False,
     report: Optional[str] = None,
     progress: bool = True,

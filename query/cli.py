@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--celeba-images", choices=["wild", "aligned"], default=None,
                     help="CelebA image folder when both exist (default: in-the-wild img_celeba)")
     pi.add_argument("--batch-size", type=int, default=8, help="images per task")
-    pi.add_argument("--min-face", type=int, default=0, help="skip faces smaller than N px")
+    pi.add_argument("--min-face", type=int, default=24,
+                    help="skip faces smaller than N px (default 24: smaller background faces embed as noise)")
     pi.add_argument("--retry-failed", action="store_true", help="retry images that failed before")
     pi.add_argument("--report", default=None, help="run report path (default ingest-report.txt)")
     pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
