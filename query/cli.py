@@ -140,10 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from query import web_cli
 
     web_cli.register(sub, _storage_args, _settings)
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "eval_cli.py")):
-        from query import eval_cli
+    from query import eval_cli
 
-        eval_cli.register(sub, _storage_args, _settings)
+    eval_cli.register(sub, _storage_args, _settings)
     return p
 
 
