@@ -199,7 +199,9 @@ class Embedder:
     """One interface for every model: `embed(image, faces) -> (n, dim) float32, L2-normalised`.
 
     Subclasses choose their own crop from the decoded image and the detected faces (so each model
-    gets the alignment it was trained with) and implement `_load` / `_predict`.
+    gets the alignment it was trained with) and implement `_load`, `model_input` (the crop the
+    model sees for one face) and `_predict_inputs` (a batch of those crops -> raw vectors);
+    `embed` and `embed_inputs` share that one path.
     """
 
     def __init__(self, spec: ModelSpec, settings: Settings):
@@ -225,14 +227,32 @@ class Embedder:
     def _load(self) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:  # pragma: no cover
+    def model_input(self, image: Decoded, face: Face) -> np.ndarray:  # pragma: no cover - interface
+        """The crop the model embeds for `face` (HxWx3; what explanations perturb)."""
         raise NotImplementedError
+
+    def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
+        return self._predict_inputs([self.model_input(image, f) for f in faces])
 
     def embed(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
         if not faces:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
-        vecs = np.asarray(self._predict(image, faces), dtype=np.float32).reshape(len(faces), -1)
+        return self._normalised(self._predict(image, faces), len(faces))
+
+    def embed_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """`(n, dim)` L2-normalised embeddings of model inputs (from `model_input`, possibly
+        perturbed), one batched forward pass."""
+        if not len(inputs):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        return self._normalised(self._predict_inputs(list(inputs)), len(inputs))
+
+    def _normalised(self, out: Any, n: int) -> np.ndarray:
+        vecs = np.asarray(out, dtype=np.float32).reshape(n, -1)
         if vecs.shape[1] != self.dim:
             raise ModelError(f"model {self.name} returned {vecs.shape[1]}-d vectors, schema declares {self.dim}")
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -265,10 +285,12 @@ class DeepFaceEmbedder(Embedder):
         img = preprocessing.resize_image(img=img, target_size=(target[1], target[0]))
         return preprocessing.normalize_input(img=img, normalization="base")
 
-    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
-        batch = np.concatenate([self._crop(image, f) for f in faces], axis=0)
-        out = self._model.forward(batch)
-        return np.asarray(out, dtype=np.float32).reshape(len(faces), -1)
+    def model_input(self, image: Decoded, face: Face) -> np.ndarray:
+        return self._crop(image, face)[0]  # HxWx3 float32 in [0, 1]
+
+    def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        out = self._model.forward(np.stack(inputs).astype(np.float32))
+        return np.asarray(out, dtype=np.float32).reshape(len(inputs), -1)
 
 
 class DlibEmbedder(DeepFaceEmbedder):
@@ -299,8 +321,11 @@ class DlibEmbedder(DeepFaceEmbedder):
         shape = self._shape(image.rgb, dlib.rectangle(x, y, x + w, y + h))
         return dlib.get_face_chip(image.rgb, shape, size=self.CHIP_SIZE, padding=self.CHIP_PADDING)
 
-    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
-        chips = [self._chip(image, f) for f in faces]
+    def model_input(self, image: Decoded, face: Face) -> np.ndarray:
+        return self._chip(image, face)  # 150x150x3 uint8 RGB
+
+    def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in inputs]
         # dlib computes a batch in one call; descriptors are identical to single calls.
         descriptors = self._model.model.model.compute_face_descriptor(chips)
         return np.array([np.array(d) for d in descriptors], dtype=np.float32)
@@ -431,11 +456,14 @@ class TransformerEmbedder(Embedder):
         model.eval()
         return model
 
-    def crops(self, image: Decoded, faces: Sequence[Face]) -> List[np.ndarray]:
-        return [face_square(image, f) for f in faces]
+    def model_input(self, image: Decoded, face: Face) -> np.ndarray:
+        return face_square(image, face)  # 224x224x3 uint8 RGB
 
-    def _predict(self, image: Decoded, faces: Sequence[Face]) -> np.ndarray:
-        return self.forward(self.crops(image, faces))
+    def crops(self, image: Decoded, faces: Sequence[Face]) -> List[np.ndarray]:
+        return [self.model_input(image, f) for f in faces]
+
+    def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.forward(inputs)
 
     def forward(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings (not yet normalised) of RGB face crops, one forward pass for the batch."""

@@ -20,6 +20,12 @@ output:
             drawn) with "score id IDENTITY" captions. The first photo's sheet is result.png,
             the n-th photo's result_<n>.png (result_2.png, result_3.png, ...); an unreadable
             photo gets no sheet.
+  --explain (needs --out) adds, for the top --explain-top matches (default 3) of every face,
+            heat-map panels DIR/explain/<sha>_face<F>_<model>_match<R>_<method>.png
+            (query | match | query map | match map, with the score), referenced from each
+            match's "explanations" in results.json. --method: occlusion (default, every model),
+            gradcam (FaceNet, CLIP, DINOv2), attention (CLIP, DINOv2), layers (a plot of the
+            similarity per block), or all. Several seconds per match and method on a CPU.
 
 filters (validated against the schema; `lookalike fields` lists the fields):
   --filter 'Smiling == true and identity in ["2880", "4262"]'   --where Male --where-not Eyeglasses
@@ -54,6 +60,11 @@ def register(sub, storage_args, settings_fn) -> None:
                         "one the collection was ingested with")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--out", default=None, metavar="DIR", help="write results.json and contact sheet PNGs to DIR")
+    p.add_argument("--explain", action="store_true",
+                   help="explain the top matches with heat maps (PNG panels in --out, see below)")
+    p.add_argument("--method", default="occlusion", metavar="M",
+                   help="explanation method: occlusion, gradcam, attention, layers, a comma list or all")
+    p.add_argument("--explain-top", default="3", metavar="N", help="matches explained per face (default 3)")
     storage_args(p)
     p.set_defaults(func=lambda args: cmd_query(args, settings_fn))
 
@@ -89,6 +100,18 @@ def cmd_query(args, settings_fn) -> int:
         if not -1.0 <= min_score <= 1.0:
             raise CliError(f"--min-score must be between -1 and 1, got {min_score}")
     flt = compile_filter(args.filter, args.where, args.where_not)  # FilterError -> exit 2
+    methods = None
+    explain_top = 0
+    if getattr(args, "explain", False):
+        if not args.out:
+            raise CliError("--explain needs --out DIR (the explanation panels are written there)")
+        from query.explain import ExplainError, parse_methods
+
+        try:
+            methods = ",".join(parse_methods(args.method))
+        except ExplainError as e:
+            raise CliError(str(e)) from None
+        explain_top = _int_arg("--explain-top", args.explain_top, 1, TOP_K_MAX)
     settings = settings_fn(args)
     if settings.detector not in DETECTORS:
         raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
@@ -97,6 +120,7 @@ def cmd_query(args, settings_fn) -> int:
                        f"lookalike ingest SOURCE --db {settings.db}")
 
     results = []
+    notes: list = []
     worst = EXIT_OK
     try:
         explicit = [b for b in ("clip", "dinov2") if getattr(args, f"{b}_model", None)]
@@ -109,7 +133,12 @@ def cmd_query(args, settings_fn) -> int:
                     r = searcher.search_photo(path, models=models, top_k=k, filter=flt,
                                               exclude_same_image=args.exclude_same_image,
                                               min_face=min_face, min_score=min_score,
-                                              keep_image=bool(args.out))
+                                              keep_image=bool(args.out), explain=methods,
+                                              explain_top=explain_top, explain_dir=args.out)
+                    for note in r.notes:
+                        if note not in notes:
+                            notes.append(note)
+                            print(f"lookalike: {note}", file=sys.stderr)
                 except ImageError as e:
                     if len(args.photos) == 1:
                         raise

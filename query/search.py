@@ -49,7 +49,12 @@ Results (JSON shape)
              "id": str, "identity": str, "source_path": str, "image_sha256": str,
              "face_index": int, "box": [x, y, w, h], "confidence": float, "detector": str,
              "has_attributes": bool,        # false: the 40 attributes are unknown (stored false)
-             "attributes": {name: bool}}    # the 40 CelebA attributes, schema names
+             "attributes": {name: bool},    # the 40 CelebA attributes, schema names
+             "explanations": [EXPLANATION]}  # only with --explain, for the top --explain-top matches
+    EXPLANATION = {"method": "occlusion" | "gradcam" | "attention" | "layers",
+                   "png": str,              # panel, relative to the --out directory
+                   "seconds": float,        # time to compute it
+                   "layer_scores": [float]} # "layers" only: query-match cosine per block
 
 `RESULT_SCHEMA` / `MATCH_SCHEMA` below hold the same shape as Python types, and
 `validate_result` checks a dict against them (used by the tests).
@@ -119,6 +124,7 @@ class Match:
     detector: str
     has_attributes: bool
     attributes: Dict[str, bool]
+    explanations: List[Any] = field(default_factory=list, repr=False)  # query.explain.Explanation
 
     @classmethod
     def from_row(cls, rank: int, score: float, row: Dict[str, Any]) -> "Match":
@@ -140,6 +146,7 @@ class Match:
             "image_sha256": self.image_sha256, "face_index": self.face_index, "box": list(self.box),
             "confidence": self.confidence, "detector": self.detector,
             "has_attributes": self.has_attributes, "attributes": dict(self.attributes),
+            **({"explanations": [e.to_dict() for e in self.explanations]} if self.explanations else {}),
         }
 
 
@@ -202,6 +209,7 @@ class PhotoResult:
     timings: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None
     image: Optional[Decoded] = field(default=None, repr=False)  # kept for rendering when asked
+    notes: List[str] = field(default_factory=list, repr=False)  # e.g. explanation methods skipped
 
     @property
     def ok(self) -> bool:
@@ -230,6 +238,7 @@ MATCH_SCHEMA: Dict[str, Any] = {
     "rank": int, "score": float, "distance": float, "id": str, "identity": str,
     "source_path": str, "image_sha256": str, "face_index": int, "box": [int], "confidence": float,
     "detector": str, "has_attributes": bool, "attributes": {"*": bool},
+    "explanations?": [{"method": str, "png": str, "seconds": float, "layer_scores?": [float]}],
 }
 FACE_SCHEMA: Dict[str, Any] = {
     "index": int, "box": [int], "confidence": float, "matches": [MATCH_SCHEMA],
@@ -533,8 +542,14 @@ class Searcher:
                      where: Iterable[str] = (), where_not: Iterable[str] = (),
                      exclude_same_image: bool = False, min_face: int = 0,
                      min_score: Optional[float] = None, detector: Optional[str] = None,
-                     keep_image: bool = False, models: Optional[List[str]] = None) -> PhotoResult:
+                     keep_image: bool = False, models: Optional[List[str]] = None,
+                     explain: Optional[str] = None, explain_top: int = 3,
+                     explain_dir: Optional[Union[str, Path]] = None) -> PhotoResult:
         """Detect every face of `photo`, search each model once with all faces.
+
+        `explain` ("occlusion", "gradcam", "attention", "layers", a comma list or "all") adds
+        heat-map explanations to the top `explain_top` matches of every face (query.explain),
+        with PNG panels written under `explain_dir`/explain/ when it is given.
 
         Raises ImageError (unreadable photo, message starts with the path), QueryError,
         FilterError, StoreError, WeightsMissing/ModelError. A photo without a face gives a
@@ -586,6 +601,13 @@ class Searcher:
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):
                 qf.matches_by_model[m] = ms
+        if explain:
+            from query.explain import explain_photo, parse_methods  # lazy: off by default
+
+            t = time.perf_counter()
+            res.notes += explain_photo(self, engine, image, faces, res, parse_methods(explain),
+                                       max(0, int(explain_top)), explain_dir)
+            timings["explain"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return res
 
@@ -596,7 +618,8 @@ def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Opti
                  filter: Optional[str] = None, where: Iterable[str] = (), where_not: Iterable[str] = (),
                  exclude_same_image: bool = False, min_face: int = 0, min_score: Optional[float] = None,
                  detector: Optional[str] = None, settings: Optional[Settings] = None,
-                 store: Optional[Store] = None, keep_image: bool = False) -> PhotoResult:
+                 store: Optional[Store] = None, keep_image: bool = False, explain: Optional[str] = None,
+                 explain_top: int = 3, explain_dir: Optional[str] = None) -> PhotoResult:
     """Python twin of `lookalike query PHOTO`: the faces of one photo and their top-k matches.
 
     >>> r = search_photo("group.jpg", db="lookalike.db", top_k=5, filter="Smiling == true")
@@ -606,7 +629,8 @@ def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Opti
     with Searcher(settings, store=store) as s:
         return s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where,
                               where_not=where_not, exclude_same_image=exclude_same_image,
-                              min_face=min_face, min_score=min_score, keep_image=keep_image)
+                              min_face=min_face, min_score=min_score, keep_image=keep_image,
+                              explain=explain, explain_top=explain_top, explain_dir=explain_dir)
 
 
 def search_photos(photos: Sequence[Union[str, Path]], **kwargs) -> List[PhotoResult]:

@@ -1,0 +1,552 @@
+"""Why does this face match? Heat maps over the query crop and the match crop.
+
+Imported lazily (only when `--explain` / `explain=` is asked), so the plain query path pays
+nothing. Every map is computed on the crop the model actually embeds (`Embedder.model_input`:
+dlib's 150-px 5-point chip, FaceNet's 160-px crop, the transformers' `face_square`) and is
+returned at that crop's resolution, values in [0, 1] (1 = most important for the similarity).
+
+Methods
+-------
+The match's crop: its source image is re-read and re-detected with the detector it was ingested
+with, and the detection overlapping the stored box (IoU >= 0.5) is used (`match_face`).
+
+* ``occlusion`` (every model, dlib included): a grey patch (OCC_PATCH of the crop side, stride
+  OCC_STRIDE) slides over one crop; the map is the drop of the cosine similarity to the other
+  face's embedding when a pixel is covered (averaged over the patches covering it). All masked
+  crops go through `Embedder.embed_inputs` in batches of OCC_BATCH: a few forward passes.
+* ``gradcam`` (FaceNet, CLIP, DINOv2): gradient of the cosine similarity (query vs match) with
+  respect to the last convolutional block (FaceNet: the input of InceptionResNetV1's AvgPool,
+  TensorFlow GradientTape) or the patch tokens entering the last transformer block (the block
+  the embedding is read from; at its output only the CLS token reaches the embedding, so the
+  patch tokens there get no gradient) (torch autograd); map = ReLU(sum_c mean_grad_c *
+  activation_c). For both faces at once.
+* ``attention`` (CLIP, DINOv2): attention rollout over all layers (heads averaged, identity
+  added for the residual, rows renormalised) read from the CLS token, plus the last layer's CLS
+  attention per head (drawn under the panel). Not a similarity explanation: it shows what each
+  crop's own CLS token looks at.
+* ``layers`` (FaceNet, CLIP, DINOv2): the query-match cosine similarity at each block (ViTs: the
+  CLS of every hidden state through the final norm; FaceNet: global-average-pooled activations
+  after each stage), drawn as a small plot.
+
+Faithfulness (`deletion_test`): mask the DELETE_FRACTION most important pixels of the match crop
+according to a map, and as many random pixels; a faithful map makes the similarity drop more.
+bench/bench_explain.py reports it for every method and model; tests/test_explain.py asserts it
+for occlusion with dlib's real weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+METHODS = ("occlusion", "gradcam", "attention", "layers")
+DEFAULT_METHOD = "occlusion"
+DEFAULT_TOP = 3
+OCC_PATCH = 1 / 6
+OCC_STRIDE = 1 / 12
+OCC_BATCH = 64
+DELETE_FRACTION = 0.2
+PANEL_SIDE = 192
+
+
+class ExplainError(ValueError):
+    """A method that cannot explain this model (one line)."""
+
+
+def parse_methods(method: Optional[str]) -> List[str]:
+    """'occlusion' | 'gradcam' | 'attention' | 'layers' | 'all' | a comma list -> methods."""
+    names = [m.strip() for m in (method or DEFAULT_METHOD).split(",") if m.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise ExplainError(f"unknown explanation method {', '.join(bad) or '(none)'!s} "
+                           f"(known: {', '.join(METHODS)}, all)")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Explanation:
+    method: str
+    model: str
+    score: float  # the match's cosine similarity, as the model gives it for these crops
+    query_input: np.ndarray = field(repr=False)  # the crops the model embeds
+    match_input: np.ndarray = field(repr=False)
+    query_map: Optional[np.ndarray] = field(default=None, repr=False)  # HxW in [0, 1]
+    match_map: Optional[np.ndarray] = field(default=None, repr=False)
+    heads: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, repr=False)  # attention
+    layer_scores: Optional[List[float]] = None  # layers
+    seconds: float = 0.0
+    png: Optional[str] = None  # path relative to the output directory, once written
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"method": self.method, "png": self.png or "", "seconds": round(self.seconds, 4)}
+        if self.layer_scores is not None:
+            out["layer_scores"] = [round(float(s), 6) for s in self.layer_scores]
+        return out
+
+
+def kind_of(embedder) -> str:
+    """'dlib' | 'facenet' (any DeepFace Keras model) | 'vit'."""
+    from ingest.models import DlibEmbedder, TransformerEmbedder
+
+    if isinstance(embedder, DlibEmbedder):
+        return "dlib"
+    if isinstance(embedder, TransformerEmbedder):
+        return "vit"
+    return "facenet"
+
+
+def available(method: str, embedder) -> Optional[str]:
+    """None when `method` can explain this embedder, else a one-line reason."""
+    k = kind_of(embedder)
+    if k == "dlib" and method in ("gradcam", "attention", "layers"):
+        return (f"{method} is not available for {embedder.name}: dlib's network runs in C++ without "
+                f"gradients or intermediate outputs (use --method occlusion); skipped")
+    if k == "facenet" and method == "attention":
+        return f"attention is not available for {embedder.name}: a convolutional network has no attention; skipped"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def _grey(x: np.ndarray):
+    return 128 if x.dtype == np.uint8 else 0.5
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
+def _normalise_map(m: np.ndarray) -> np.ndarray:
+    m = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    lo, hi = float(m.min()), float(m.max())
+    return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)).astype(np.float32)
+
+
+def _resize(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(np.asarray(m, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Occlusion
+# ---------------------------------------------------------------------------------------------
+def occlusion_map(embedder, x: np.ndarray, target: np.ndarray, patch: Optional[float] = None,
+                  stride: Optional[float] = None, batch: Optional[int] = None) -> np.ndarray:
+    """Similarity drop to `target` (a unit vector) when each pixel of `x` is covered by a grey
+    patch, averaged over the patches covering it; raw drops (not normalised), HxW. Defaults:
+    OCC_PATCH, OCC_STRIDE, OCC_BATCH (read at call time)."""
+    patch, stride, batch = patch or OCC_PATCH, stride or OCC_STRIDE, batch or OCC_BATCH
+    H, W = x.shape[:2]
+    p = max(1, round(min(H, W) * patch))
+    s = max(1, round(min(H, W) * stride))
+    ys = list(range(0, max(H - p, 0) + 1, s))
+    xs = list(range(0, max(W - p, 0) + 1, s))
+    if ys[-1] != H - p:
+        ys.append(H - p)
+    if xs[-1] != W - p:
+        xs.append(W - p)
+    boxes = [(y, xx) for y in ys for xx in xs]
+    base = float(embedder.embed_inputs([x])[0] @ target)
+    fill = _grey(x)
+    drops = []
+    for i in range(0, len(boxes), batch):
+        masked = []
+        for y, xx in boxes[i:i + batch]:
+            m = x.copy()
+            m[y:y + p, xx:xx + p] = fill
+            masked.append(m)
+        drops.append(base - embedder.embed_inputs(masked) @ target)
+    drops = np.concatenate(drops)
+    heat = np.zeros((H, W), np.float64)
+    count = np.zeros((H, W), np.float64)
+    for (y, xx), d in zip(boxes, drops):
+        heat[y:y + p, xx:xx + p] += d
+        count[y:y + p, xx:xx + p] += 1
+    return (heat / np.maximum(count, 1)).astype(np.float32)
+
+
+def _occlusion(embedder, q: np.ndarray, m: np.ndarray, vq: np.ndarray, vm: np.ndarray):
+    return (_normalise_map(occlusion_map(embedder, q, vm)), _normalise_map(occlusion_map(embedder, m, vq)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision transformers (torch)
+# ---------------------------------------------------------------------------------------------
+def _vit_pixels(embedder, crops: Sequence[np.ndarray]):
+    return embedder._processor(images=list(crops), return_tensors="pt")["pixel_values"]
+
+
+def _vit_embed(embedder, out):
+    layer = embedder.spec.layer
+    if layer is not None:
+        return embedder._final_norm(out.hidden_states[layer][:, 0])
+    if embedder.spec.kind == "hf-clip":
+        return out.image_embeds
+    return out.pooler_output
+
+
+def _vit_grid(embedder, pixels) -> Tuple[int, int]:
+    cfg = embedder.config()
+    patch = int(getattr(getattr(cfg, "vision_config", cfg), "patch_size"))
+    return pixels.shape[-2] // patch, pixels.shape[-1] // patch
+
+
+def vit_gradcam(embedder, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of the query-match cosine similarity on the last (embedding) block's patch tokens;
+    two (gh, gw) maps, not normalised."""
+    import torch
+
+    embedder.load()
+    model = embedder._model
+    pixels = _vit_pixels(embedder, [q, m])
+    gh, gw = _vit_grid(embedder, pixels)
+    with torch.enable_grad():
+        out = model(pixel_values=pixels, output_hidden_states=True)
+        # The patch tokens entering the block the embedding is read from (the last one unless a
+        # layer was chosen): at that block's output only the CLS token reaches the embedding.
+        last = embedder.spec.layer or (len(out.hidden_states) - 1)
+        hidden = out.hidden_states[last - 1]
+        hidden.retain_grad()
+        emb = torch.nn.functional.normalize(_vit_embed(embedder, out).float(), dim=-1)
+        sim = (emb[0] * emb[1]).sum()
+        model.zero_grad(set_to_none=True)
+        sim.backward()
+    tokens = hidden[:, -gh * gw:].detach()  # patch tokens (CLS and any registers first)
+    grads = hidden.grad[:, -gh * gw:]
+    weights = grads.mean(dim=1, keepdim=True)  # per channel
+    cam = torch.relu((weights * tokens).sum(-1)).reshape(2, gh, gw).numpy()
+    return cam[0], cam[1]
+
+
+def _eager(embedder):
+    model = embedder._model
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")  # attentions are only returned by eager attention
+    return model
+
+
+def vit_attention(embedder, crops: Sequence[np.ndarray]):
+    """(rollout (n, gh, gw), last layer CLS attention per head (n, heads, gh, gw))."""
+    import torch
+
+    embedder.load()
+    model = _eager(embedder)
+    pixels = _vit_pixels(embedder, crops)
+    gh, gw = _vit_grid(embedder, pixels)
+    with torch.inference_mode():
+        out = model(pixel_values=pixels, output_attentions=True)
+    atts = [a.float() for a in out.attentions]  # per layer (n, heads, T, T)
+    n, T = atts[0].shape[0], atts[0].shape[-1]
+    eye = torch.eye(T).expand(n, T, T)
+    roll = eye.clone()
+    for a in atts:
+        a = 0.5 * a.mean(1) + 0.5 * eye
+        a = a / a.sum(-1, keepdim=True)
+        roll = a @ roll
+    rollout = roll[:, 0, -gh * gw:].reshape(n, gh, gw).numpy()
+    heads = atts[-1][:, :, 0, -gh * gw:].reshape(n, atts[-1].shape[1], gh, gw).numpy()
+    return rollout, heads
+
+
+def vit_layer_scores(embedder, q: np.ndarray, m: np.ndarray) -> List[float]:
+    """Query-match cosine at each hidden state (0 = patch embeddings), CLS through the final norm."""
+    import torch
+
+    embedder.load()
+    pixels = _vit_pixels(embedder, [q, m])
+    with torch.inference_mode():
+        out = embedder._model(pixel_values=pixels, output_hidden_states=True)
+        scores = []
+        for h in out.hidden_states:
+            v = torch.nn.functional.normalize(embedder._final_norm(h[:, 0]).float(), dim=-1)
+            scores.append(float((v[0] * v[1]).sum()))
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# FaceNet (TensorFlow)
+# ---------------------------------------------------------------------------------------------
+FACENET_STAGES = ("Block35_5_Activation", "Mixed_6a", "Block17_10_Activation", "Mixed_7a",
+                  "Block8_5_Activation")
+
+
+def _keras(embedder):
+    embedder.load()
+    return embedder._model.model
+
+
+def _facenet_submodel(embedder, names: Tuple[str, ...]):
+    cache = embedder.__dict__.setdefault("_explain_submodels", {})
+    if names not in cache:
+        import tensorflow as tf
+
+        km = _keras(embedder)
+        outs = []
+        for n in names:
+            # "last_conv": the last convolutional block, i.e. what InceptionResNetV1 average-pools
+            outs.append(km.get_layer("AvgPool").input if n == "last_conv" else km.get_layer(n).output)
+        cache[names] = tf.keras.Model(inputs=km.inputs, outputs=outs + [km.outputs[0]])
+    return cache[names]
+
+
+def facenet_gradcam(embedder, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    sub = _facenet_submodel(embedder, ("last_conv",))
+    x = tf.constant(np.stack([q, m]).astype(np.float32))
+    with tf.GradientTape() as tape:
+        conv, emb = sub(x, training=False)
+        tape.watch(conv)
+        emb = tf.math.l2_normalize(emb, axis=-1)
+        sim = tf.reduce_sum(emb[0] * emb[1])
+    grads = tape.gradient(sim, conv)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
+    return cam[0], cam[1]
+
+
+def facenet_layer_scores(embedder, q: np.ndarray, m: np.ndarray) -> List[float]:
+    import tensorflow as tf
+
+    names = FACENET_STAGES + ("last_conv",)
+    sub = _facenet_submodel(embedder, names)
+    outs = sub(tf.constant(np.stack([q, m]).astype(np.float32)), training=False)
+    scores = []
+    for o in outs[:-1]:
+        v = tf.reduce_mean(o, axis=(1, 2)).numpy()
+        scores.append(float(_unit(v[0]) @ _unit(v[1])))
+    e = outs[-1].numpy()
+    scores.append(float(_unit(e[0]) @ _unit(e[1])))
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# One pair
+# ---------------------------------------------------------------------------------------------
+def explain_inputs(embedder, method: str, q: np.ndarray, m: np.ndarray) -> Explanation:
+    """Explain the similarity of two model inputs (crops from `Embedder.model_input`)."""
+    why = available(method, embedder)
+    if why:
+        raise ExplainError(why)
+    t0 = time.perf_counter()
+    vq, vm = embedder.embed_inputs([q, m])
+    ex = Explanation(method, embedder.name, float(vq @ vm), q, m)
+    k = kind_of(embedder)
+    Hq, Wq = q.shape[:2]
+    Hm, Wm = m.shape[:2]
+    if method == "occlusion":
+        ex.query_map, ex.match_map = _occlusion(embedder, q, m, vq, vm)
+    elif method == "gradcam":
+        cq, cm = (facenet_gradcam if k == "facenet" else vit_gradcam)(embedder, q, m)
+        ex.query_map = _normalise_map(_resize(cq, Hq, Wq))
+        ex.match_map = _normalise_map(_resize(cm, Hm, Wm))
+    elif method == "attention":
+        roll, heads = vit_attention(embedder, [q, m])
+        ex.query_map = _normalise_map(_resize(roll[0], Hq, Wq))
+        ex.match_map = _normalise_map(_resize(roll[1], Hm, Wm))
+        ex.heads = (heads[0], heads[1])
+    elif method == "layers":
+        ex.layer_scores = (facenet_layer_scores if k == "facenet" else vit_layer_scores)(embedder, q, m)
+    else:
+        raise ExplainError(f"unknown explanation method {method}")
+    ex.seconds = time.perf_counter() - t0
+    return ex
+
+
+# ---------------------------------------------------------------------------------------------
+# Faithfulness: the deletion test
+# ---------------------------------------------------------------------------------------------
+def deletion_test(embedder, x: np.ndarray, target: np.ndarray, heat: np.ndarray,
+                  fraction: float = DELETE_FRACTION, seed: int = 0) -> Dict[str, float]:
+    """Similarity of `x` to `target` (unit vector) before and after greying out the `fraction`
+    most important pixels by `heat` (HxW at x's resolution), and as many random pixels."""
+    H, W = x.shape[:2]
+    n = max(1, int(round(fraction * H * W)))
+    rng = np.random.default_rng(seed)
+    h = np.asarray(heat, dtype=np.float64).reshape(-1) + rng.uniform(0, 1e-9, H * W)  # random tie-break
+    top = np.zeros(H * W, bool)
+    top[np.argsort(-h)[:n]] = True
+    rand = np.zeros(H * W, bool)
+    rand[rng.choice(H * W, n, replace=False)] = True
+    fill = _grey(x)
+    xs = [x]
+    for mask in (top, rand):
+        y = x.copy()
+        y[mask.reshape(H, W)] = fill
+        xs.append(y)
+    s = embedder.embed_inputs(xs) @ np.asarray(target, dtype=np.float32)
+    return {"base": float(s[0]), "map": float(s[1]), "random": float(s[2]),
+            "drop_map": float(s[0] - s[1]), "drop_random": float(s[0] - s[2])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+def _rgb_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        x = np.clip(x * 255.0 if x.max() <= 1.5 else x, 0, 255).astype(np.uint8)
+    return x[..., :3]
+
+
+def _overlay(x: np.ndarray, heat: np.ndarray, side: int = PANEL_SIDE):
+    import cv2
+    from PIL import Image
+
+    img = _rgb_uint8(x)
+    col = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
+    mixed = (0.55 * img + 0.45 * col).astype(np.uint8)
+    return Image.fromarray(mixed).resize((side, side), Image.BILINEAR)
+
+
+def render_panel(ex: Explanation, title: str = ""):
+    """query | match | query overlay | match overlay (plus per-head rows for attention), or the
+    layer plot for `layers`."""
+    if ex.method == "layers":
+        return _layer_plot(ex, title)
+    from PIL import Image, ImageDraw
+
+    from query.render import _font
+
+    S, G, top = PANEL_SIDE, 8, 28
+    tiles = [Image.fromarray(_rgb_uint8(ex.query_input)).resize((S, S), Image.BILINEAR),
+             Image.fromarray(_rgb_uint8(ex.match_input)).resize((S, S), Image.BILINEAR),
+             _overlay(ex.query_input, ex.query_map), _overlay(ex.match_input, ex.match_map)]
+    head_rows = []
+    if ex.heads is not None:
+        for hm in ex.heads:
+            row = [Image.fromarray(np.uint8(255 * _normalise_map(h))).resize((S // 2, S // 2), Image.NEAREST)
+                   .convert("RGB") for h in hm]
+            head_rows.append(row)
+    hs = S // 2
+    width = max(4 * S + 5 * G, max((len(r) * (hs + G) + G for r in head_rows), default=0) + 90)
+    height = top + S + 22 + sum(hs + G for _ in head_rows) + G
+    panel = Image.new("RGB", (width, height), (255, 255, 255))
+    d = ImageDraw.Draw(panel)
+    d.text((G, 8), f"{ex.method} · {ex.model} · score {ex.score:.3f}  {title}", fill=(20, 20, 20), font=_font(14))
+    for i, (t, cap) in enumerate(zip(tiles, ("query", "match", "query map", "match map"))):
+        x = G + i * (S + G)
+        panel.paste(t, (x, top))
+        d.text((x, top + S + 4), cap, fill=(90, 90, 90), font=_font(12))
+    y = top + S + 22
+    for name, row in zip(("query heads", "match heads"), head_rows):
+        d.text((G, y + hs // 2 - 6), name, fill=(90, 90, 90), font=_font(12))
+        for j, t in enumerate(row):
+            panel.paste(t, (90 + j * (hs + G), y))
+        y += hs + G
+    return panel
+
+
+def _layer_plot(ex: Explanation, title: str = ""):
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    s = ex.layer_scores or []
+    ax.plot(range(len(s)), s, marker="o")
+    ax.axhline(ex.score, color="grey", linestyle="--", linewidth=1, label=f"final score {ex.score:.3f}")
+    ax.set_xlabel("block")
+    ax.set_ylabel("query-match cosine")
+    ax.set_title(f"layers · {ex.model} {title}".strip(), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Matches: the stored face's crop
+# ---------------------------------------------------------------------------------------------
+def _iou(a: Sequence[int], b: Sequence[int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    return inter / max(aw * ah + bw * bh - inter, 1)
+
+
+def match_face(searcher, models: Sequence[str], match, default_detector: str):
+    """(Decoded image, Face) of a stored match: its source re-read and re-detected with the
+    detector it was ingested with, the detection overlapping the stored box; a face built from
+    the stored box when none does."""
+    from ingest.images import load
+    from ingest.models import DETECTORS, Face
+
+    image = load(match.source_path)
+    det = match.detector if match.detector in DETECTORS else default_detector
+    engine = searcher.engine(list(models), det)
+    faces = engine.detector.detect(image)
+    best = max(faces, key=lambda f: _iou(f.box, match.box), default=None)
+    if best is not None and _iou(best.box, match.box) >= 0.5:
+        return image, best
+    s = image.scale
+    x, y, w, h = (int(round(v / s)) for v in match.box)
+    crop = image.rgb[y:y + h, x:x + w, ::-1]
+    return image, Face(index=match.face_index, box=tuple(match.box), confidence=match.confidence,
+                       dbox=(x, y, w, h), aligned_bgr=np.ascontiguousarray(crop))
+
+
+def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str], top: int,
+                  out_dir: Optional[str]) -> List[str]:
+    """Explain the top `top` matches of every face of `result` (a PhotoResult being built by
+    `Searcher.search_photo`), attach them to the matches, write PNG panels under
+    out_dir/explain/. Returns one-line notes (methods not available for a model)."""
+    from ingest.images import ImageError
+
+    notes: List[str] = []
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        (out / "explain").mkdir(parents=True, exist_ok=True)
+    tag = (result.sha256 or "photo")[:10]
+    match_cache: Dict[Tuple[str, str], Optional[np.ndarray]] = {}
+    for model in result.models:
+        emb = engine.embedders[model]
+        usable = []
+        for meth in methods:
+            why = available(meth, emb)
+            if why:
+                notes.append(why)
+            else:
+                usable.append(meth)
+        if not usable:
+            continue
+        for qf, face in zip(result.faces, faces):
+            q = emb.model_input(image, face)
+            for mt in qf.matches_by_model.get(model, [])[:top]:
+                key = (model, mt.id)
+                if key not in match_cache:
+                    try:
+                        mimg, mface = match_face(searcher, result.models, mt, result.detector)
+                        match_cache[key] = emb.model_input(mimg, mface)
+                    except ImageError as e:  # a moved or deleted source: that match only
+                        notes.append(f"match {mt.source_path} cannot be read ({e}); not explained")
+                        match_cache[key] = None
+                m = match_cache[key]
+                if m is None:
+                    continue
+                for meth in usable:
+                    ex = explain_inputs(emb, meth, q, m)
+                    if out is not None:
+                        rel = f"explain/{tag}_face{qf.index + 1}_{model}_match{mt.rank}_{meth}.png"
+                        title = f"face {qf.index + 1} -> match {mt.rank} ({mt.identity or '?'}, stored {mt.score:.3f})"
+                        render_panel(ex, title).save(out / rel, compress_level=1)
+                        ex.png = rel
+                    mt.explanations.append(ex)
+    return list(dict.fromkeys(notes))
