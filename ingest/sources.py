@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 from schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, field_for_attribute
 from ingest.images import IMAGE_SUFFIXES

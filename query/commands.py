@@ -37,6 +37,21 @@ photo is processed; the exit code is 4 if any photo was unreadable, else 3 if an
 """
 
 
+
+def existing_db_settings(args, settings_fn):
+    """Settings for a command that reads an existing database (query, serve): the detector must
+    be known and a Lite database must exist (opening a missing one would create it empty)."""
+    from ingest.models import DETECTORS
+    from query.cli import CliError
+
+    settings = settings_fn(args)
+    if settings.detector not in DETECTORS:
+        raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
+    if not settings.uri and not Path(settings.db).exists():
+        raise CliError(f"database {settings.db} does not exist; ingest first: "
+                       f"lookalike ingest SOURCE --db {settings.db}")
+    return settings
+
 def register(sub, storage_args, settings_fn) -> None:
     p = sub.add_parser("query", help=QUERY_HELP, description=QUERY_HELP.capitalize() + ".",
                        epilog=QUERY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +98,6 @@ def _int_arg(name: str, value: str, lo: int, hi: int):
 
 def cmd_query(args, settings_fn) -> int:
     from ingest.images import ImageError
-    from ingest.models import DETECTORS
     from query.cli import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, CliError
     from query.render import format_text, write_outputs
     from query.search import TOP_K_MAX, QueryError, Searcher
@@ -112,12 +126,7 @@ def cmd_query(args, settings_fn) -> int:
         except ExplainError as e:
             raise CliError(str(e)) from None
         explain_top = _int_arg("--explain-top", args.explain_top, 1, TOP_K_MAX)
-    settings = settings_fn(args)
-    if settings.detector not in DETECTORS:
-        raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
-    if not settings.uri and not Path(settings.db).exists():
-        raise CliError(f"database {settings.db} does not exist; ingest first: "
-                       f"lookalike ingest SOURCE --db {settings.db}")
+    settings = existing_db_settings(args, settings_fn)
 
     results = []
     notes: list = []

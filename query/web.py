@@ -200,7 +200,7 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
     """The web app. `searcher`: an open query.search.Searcher to use (its owner closes it);
     otherwise one is created at startup over `settings` and closed at shutdown. `warm` loads the
     default model's detector and embedder at startup, so the first query is as fast as the rest."""
-    from ingest.images import ImageError, decode  # noqa: F401  (decode: the bomb guard lives there)
+    from ingest.images import ImageError
     from ingest.models import ModelError, WeightsMissing
     from ingest.store import StoreError
     from query.search import DEFAULT_TOP_K, TOP_K_MAX, QueryError, results_document

@@ -34,17 +34,10 @@ def register(sub, storage_args, settings_fn) -> None:
 
 
 def cmd_serve(args, settings_fn) -> int:
-    from pathlib import Path
-
-    from ingest.models import DETECTORS
     from query.cli import EXIT_OK, CliError
+    from query.commands import existing_db_settings
 
-    settings = settings_fn(args)
-    if settings.detector not in DETECTORS:
-        raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
-    if not settings.uri and not Path(settings.db).exists():
-        raise CliError(f"database {settings.db} does not exist; ingest first: "
-                       f"lookalike ingest SOURCE --db {settings.db}")
+    settings = existing_db_settings(args, settings_fn)
     if not 0 < args.port < 65536:
         raise CliError(f"--port must be between 1 and 65535, got {args.port}")
     if not 0 < args.max_upload_mb <= 1024:

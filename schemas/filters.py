@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from schemas import FACE_FIELDS, FIELDS_BY_NAME, VECTOR_FIELD
+from schemas import FACE_FIELDS, VECTOR_FIELD
 
 
 class FilterError(ValueError):
