@@ -141,6 +141,7 @@ class Sampler(threading.Thread):
         self.every = every
         self.hwm: Dict[int, int] = {}
         self.rss: Dict[int, int] = {}
+        self.series: Dict[int, List[tuple]] = {}  # pid -> [(perf_counter, VmRSS bytes)]
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -152,6 +153,7 @@ class Sampler(threading.Thread):
                 hwm, rss = _status_kb(ch.pid, "VmHWM"), _status_kb(ch.pid, "VmRSS")
                 self.hwm[ch.pid] = max(self.hwm.get(ch.pid, 0), hwm)
                 self.rss[ch.pid] = max(self.rss.get(ch.pid, 0), rss)
+                self.series.setdefault(ch.pid, []).append((time.perf_counter(), rss))
             self._halt.wait(self.every)
 
     def stop(self) -> None:
@@ -170,7 +172,9 @@ def _settings():
 # ------------------------------------------------------------------------------------------------
 def phase_model(args) -> Dict[str, Any]:
     """(a) detector + embedder forward only, in one process, on images decoded beforehand."""
-    from ingest import images
+    import inspect
+
+    from ingest import images, pipeline
     from ingest.models import get_engine
     from ingest.pipeline import process_image, resolve_models, warm_worker
     from ingest.sources import ImageRecord
@@ -178,6 +182,8 @@ def phase_model(args) -> Dict[str, Any]:
     settings = _settings()
     det = args.detector or settings.detector
     models = resolve_models(args.models, settings)
+    # the smallest face the product keeps (ingest.run's default), so a counts the faces b/c store
+    min_face = inspect.signature(pipeline.run).parameters["min_face"].default
     paths = read_list(args.list)
     t = time.perf_counter()
     if args.pinned:
@@ -192,13 +198,17 @@ def phase_model(args) -> Dict[str, Any]:
     for emb in engine.embedders.values():
         emb.embed(decoded[0], f0)
 
+    if args.start_file:  # paired run: start the timed loop together with the other process
+        Path(f"{args.start_file}.ready.{os.getpid()}").touch()
+        while not os.path.exists(args.start_file):
+            time.sleep(0.01)
     faces = noface = 0
     t_det = t_emb = 0.0
     c0 = time.process_time()
     t0 = time.perf_counter()
     for img in decoded:
         a = time.perf_counter()
-        found = engine.detector.detect(img)
+        found = engine.detector.detect(img, min_face=min_face)
         b = time.perf_counter()
         if found:
             for emb in engine.embedders.values():
@@ -211,23 +221,27 @@ def phase_model(args) -> Dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
 
+    n = len(paths)
+    res = {
+        "detector": det, "models": models, "min_face": min_face, "threads": "pinned (thread_env(1), cv2 1 thread)"
+        if args.pinned else "library defaults", "cv2_threads": cv2.getNumThreads(), "images": n, "faces": faces,
+        "images_noface": noface, "model_load_seconds": round(load_s, 3), "seconds": round(wall, 3),
+        "images_per_second": n / wall, "faces_per_second": faces / wall,
+        "detect_seconds": round(t_det, 3), "embed_seconds": round(t_emb, 3), "cpu_per_wall": cpu / wall,
+        "cpu_seconds_per_image": cpu / n,
+    }
+    if args.start_file:
+        return res
     # the mapper's whole per-image work (read, sha256, decode, detect, embed), no Dask, no writer
     records = [ImageRecord(p) for p in paths]
     t1 = time.perf_counter()
     full_faces = 0
     for r in records:
-        full_faces += len(process_image(engine, r).faces)
+        full_faces += len(process_image(engine, r, min_face).faces)
     full_wall = time.perf_counter() - t1
-    n = len(paths)
-    return {
-        "detector": det, "models": models, "threads": "pinned (thread_env(1), cv2 1 thread)" if args.pinned
-        else "library defaults", "cv2_threads": cv2.getNumThreads(), "images": n, "faces": faces,
-        "images_noface": noface, "model_load_seconds": round(load_s, 3), "seconds": round(wall, 3),
-        "images_per_second": n / wall, "faces_per_second": faces / wall,
-        "detect_seconds": round(t_det, 3), "embed_seconds": round(t_emb, 3), "cpu_per_wall": cpu / wall,
-        "full_mapper": {"seconds": round(full_wall, 3), "faces": full_faces,
-                        "images_per_second": n / full_wall, "faces_per_second": full_faces / full_wall},
-    }
+    res["full_mapper"] = {"seconds": round(full_wall, 3), "faces": full_faces,
+                          "images_per_second": n / full_wall, "faces_per_second": full_faces / full_wall}
+    return res
 
 
 def phase_pipeline(args) -> Dict[str, Any]:
@@ -240,6 +254,7 @@ def phase_pipeline(args) -> Dict[str, Any]:
     marks: Dict[str, float] = {}
     cpu: Dict[str, Dict[int, float]] = {}
     writes = {"n": 0, "seconds": 0.0, "flush_seconds": 0.0, "flushes": 0}
+    progress: List[tuple] = []  # (perf_counter, images written so far)
 
     orig_client_run = distributed.Client.run
 
@@ -258,6 +273,7 @@ def phase_pipeline(args) -> Dict[str, Any]:
         e = time.perf_counter()
         writes["n"] += 1
         writes["seconds"] += e - t
+        progress.append((e, progress[-1][1] + len(results) if progress else len(results)))
         marks.setdefault("first_write_end", e)
         marks["last_write_end"] = e
         cpu["end"] = cpu_snapshot()
@@ -270,6 +286,20 @@ def phase_pipeline(args) -> Dict[str, Any]:
         writes["flush_seconds"] += time.perf_counter() - t
         writes["flushes"] += 1
 
+    # A writer that commits (flush + ledger) in groups has a last commit after the cluster closes:
+    # its duration counts as steady-state work.
+    tail = {"seconds": 0.0}
+    orig_commit = getattr(pipeline.Writer, "commit", None)
+
+    def commit(self, *a, **k):
+        t = time.perf_counter()
+        r = orig_commit(self, *a, **k)
+        if "last_write_end" in marks and t > marks["last_write_end"]:
+            tail["seconds"] += time.perf_counter() - t
+        return r
+
+    if orig_commit is not None:
+        pipeline.Writer.commit = commit
     distributed.Client.run = client_run
     pipeline.Writer.write = write
     Store.flush = flush
@@ -280,17 +310,16 @@ def phase_pipeline(args) -> Dict[str, Any]:
     t0 = time.perf_counter()
     try:
         summary = pipeline.run(args.list, db=str(tmp / "bench.db"), models=args.models, detector=args.detector,
-                               workers=args.workers, progress=False, report=str(tmp / "report.txt"),
-                               log=lambda *a, **k: None)
+                               workers=args.workers, progress=False, report=str(tmp / "report.txt"))
         total = time.perf_counter() - t0
     finally:
         sampler.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     n = summary.images_done + summary.images_noface + summary.images_failed
-    steady = marks["last_write_end"] - marks["warm_done"]
+    steady = marks["last_write_end"] - marks["warm_done"] + tail["seconds"]
     me = os.getpid()
-    workers = sorted(summary.worker_peak_rss)
+    workers = sorted(pid for pid, rss in summary.worker_peak_rss.items() if pid and rss)
     cpu_s = {pid: cpu["end"].get(pid, 0.0) - cpu["start"].get(pid, 0.0) for pid in cpu.get("end", {})}
     return {
         "workers": args.workers, "detector": summary.detector, "models": summary.models, "images": n,
@@ -308,9 +337,30 @@ def phase_pipeline(args) -> Dict[str, Any]:
         "steady_cpu_seconds": {"driver (scheduler, nanny, writer, Milvus Lite)": round(cpu_s.get(me, 0.0), 2),
                                **{f"worker {pid}": round(cpu_s.get(pid, 0.0), 2) for pid in workers},
                                "other": round(sum(v for p, v in cpu_s.items() if p != me and p not in workers), 2)},
+        # CPU seconds per image: robust to other load on the machine, unlike the rates
+        "worker_cpu_seconds_per_image": sum(cpu_s.get(pid, 0.0) for pid in workers) / n,
+        "driver_cpu_seconds_per_image": cpu_s.get(me, 0.0) / n,
         "worker_peak_rss": {str(pid): summary.worker_peak_rss[pid] for pid in workers},
+        # a plateau vs a slope tells a high-water mark from a leak
+        "worker_rss_by_progress": _rss_by_progress(progress, sampler.series, workers, marks["warm_done"]),
         "worker_vmhwm": {str(pid): sampler.hwm.get(pid, 0) for pid in workers},
     }
+
+
+def _rss_by_progress(progress: List[tuple], series: Dict[int, List[tuple]], workers: List[int],
+                     since: float) -> Dict[str, Any]:
+    """Per worker, the max VmRSS sampled after the warm-up (model load excluded) up to the moment
+    20 %, 40 % ... of the images were written."""
+    out: Dict[str, Any] = {}
+    if not progress:
+        return out
+    total = progress[-1][1]
+    for i in range(1, 6):
+        k = total * i / 5
+        t = next(tt for tt, cnt in progress if cnt >= k)
+        out[str(int(k))] = {str(pid): max((r for ts, r in series.get(pid, []) if since <= ts <= t), default=0)
+                            for pid in workers}
+    return out
 
 
 def phase_naive(args) -> Dict[str, Any]:
@@ -377,22 +427,103 @@ PHASES = {"model": phase_model, "pipeline": phase_pipeline, "naive": phase_naive
 # ------------------------------------------------------------------------------------------------
 # orchestration
 # ------------------------------------------------------------------------------------------------
-def run_phase(label: str, argv: List[str], env: Dict[str, str], log) -> Dict[str, Any]:
+def _busy_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def wait_idle(max_wait: float, log, busy_below: float = 0.15) -> float:
+    """Wait (at most max_wait s) until other processes leave the cores alone: a 2-core benchmark
+    shared with another job measures that job. Returns the busy fraction last seen."""
+    import psutil
+
+    t0 = time.monotonic()
+    pct = psutil.cpu_percent(interval=2.0) / 100
+    while pct > busy_below and time.monotonic() - t0 < max_wait:
+        log(f"           machine {pct:.0%} busy with other processes; waiting")
+        pct = psutil.cpu_percent(interval=10.0) / 100
+    return pct
+
+
+def run_phase(label: str, argv: List[str], env: Dict[str, str], log, idle_wait: float = 0.0) -> Dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--phase-out", out]
+    busy_before = wait_idle(idle_wait, log) if idle_wait > 0 else None
     log(f"[{time.strftime('%H:%M:%S')}] {label} ...")
     t = time.perf_counter()
+    busy0, ours0 = _busy_cpu(), _children_cpu()
     proc = subprocess.run(cmd, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace")
+    busy, ours = _busy_cpu() - busy0, _children_cpu() - ours0
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:])
         raise SystemExit(f"{label} failed (exit {proc.returncode})")
     res = json.loads(Path(out).read_text())
     os.unlink(out)
-    res["process_seconds"] = round(time.perf_counter() - t, 1)
+    wall = time.perf_counter() - t
+    res["process_seconds"] = round(wall, 1)
+    # CPU that processes outside this benchmark used meanwhile, in cores (0 on a quiet machine)
+    res["foreign_cores"] = round(max(0.0, busy - ours) / wall, 3)
+    if busy_before is not None:
+        res["busy_before"] = round(busy_before, 3)
+    warn = f"; WARNING: other processes used {res['foreign_cores']:.2f} cores meanwhile" \
+        if res["foreign_cores"] > 0.1 else ""
     log(f"           {res.get('images_per_second', 0):.2f} images/s, {res.get('faces_per_second', 0):.2f} faces/s "
-        f"({res['process_seconds']} s in all)")
+        f"({res['process_seconds']} s in all{warn})")
+    return res
+
+
+def run_pair(label: str, argv: List[str], env: Dict[str, str], log, idle_wait: float = 0.0) -> Dict[str, Any]:
+    """Two model-bound processes at once, their timed loops started together: the most two cores
+    give this work with no pipeline at all (the ceiling for c/b)."""
+    import glob
+
+    work = tempfile.mkdtemp(prefix="bench-pair-")
+    start = os.path.join(work, "go")
+    outs = [os.path.join(work, f"{i}.json") for i in range(2)]
+    busy_before = wait_idle(idle_wait, log) if idle_wait > 0 else None
+    log(f"[{time.strftime('%H:%M:%S')}] {label} ...")
+    t = time.perf_counter()
+    busy0, ours0 = _busy_cpu(), _children_cpu()
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--start-file", start,
+                               "--phase-out", out], env=env, cwd=str(ROOT), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace") for out in outs]
+    while len(glob.glob(start + ".ready.*")) < 2:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    Path(start).touch()
+    logs = [p.communicate()[0] for p in procs]
+    busy, ours = _busy_cpu() - busy0, _children_cpu() - ours0
+    for p, out in zip(procs, logs):
+        if p.returncode != 0:
+            sys.stderr.write(out[-4000:])
+            raise SystemExit(f"{label} failed (exit {p.returncode})")
+    runs = [json.loads(Path(o).read_text()) for o in outs]
+    shutil.rmtree(work, ignore_errors=True)
+    wall = time.perf_counter() - t
+    res = {"processes": runs, "images": sum(r["images"] for r in runs),
+           "images_per_second": sum(r["images_per_second"] for r in runs),
+           "faces_per_second": sum(r["faces_per_second"] for r in runs),
+           "cpu_seconds_per_image": statistics.mean(r["cpu_seconds_per_image"] for r in runs),
+           "process_seconds": round(wall, 1), "foreign_cores": round(max(0.0, busy - ours) / wall, 3)}
+    if busy_before is not None:
+        res["busy_before"] = round(busy_before, 3)
+    warn = f"; WARNING: other processes used {res['foreign_cores']:.2f} cores meanwhile" \
+        if res["foreign_cores"] > 0.1 else ""
+    log(f"           {res['images_per_second']:.2f} images/s, {res['faces_per_second']:.2f} faces/s together "
+        f"({res['process_seconds']} s in all{warn})")
     return res
 
 
@@ -409,6 +540,13 @@ def machine() -> Dict[str, Any]:
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True).stdout.strip()
+        info["ingest_modified"] = subprocess.run(["git", "status", "--porcelain", "ingest"], cwd=ROOT,
+                                                 capture_output=True, text=True).stdout.split("\n")[0:10]
     except OSError:
         pass
     try:
@@ -439,6 +577,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--models", default="dlib", help="product model(s) for a-c (default dlib)")
     ap.add_argument("--deepface-home", default=None,
                     help="DEEPFACE_HOME for every phase (default: a fresh temp dir, weights linked from packages)")
+    ap.add_argument("--wait-idle", type=float, default=120.0, metavar="S",
+                    help="before each run, wait up to S s for other processes to leave the CPUs (default 120; 0: no wait)")
     ap.add_argument("--out", default=str(RESULTS / "ingest.json"), help="JSON result (a .txt table goes beside it)")
     # internal: one phase in this process
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
@@ -446,6 +586,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--list", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--start-file", help=argparse.SUPPRESS)
     ap.add_argument("--naive-detector", default="yunet", help=argparse.SUPPRESS)
     ap.add_argument("--naive-model", default="Dlib", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -484,19 +625,24 @@ def orchestrate(args) -> int:
     common = ["--detector", args.detector, "--models", args.models, "--list", str(sample)]
     log(f"{len(paths)} images from {', '.join(sets)} under {data}; DEEPFACE_HOME={home}")
 
+    def phase(label: str, argv: List[str], penv: Dict[str, str]) -> Dict[str, Any]:
+        return run_phase(label, argv, penv, log, args.wait_idle)
+
     res: Dict[str, Any] = {}
     t_all = time.perf_counter()
     try:
-        res["a"] = run_phase("a  model-bound, threads pinned like a worker", ["--phase", "model", "--pinned", *common],
-                             pinned_env, log)
-        res["a_default_threads"] = run_phase("a' model-bound, library-default threads",
-                                             ["--phase", "model", *common], env, log)
-        res["b"] = run_phase("b  ingest.run workers=1", ["--phase", "pipeline", "--workers", "1", *common], env, log)
-        res["c"] = run_phase("c  ingest.run workers=2", ["--phase", "pipeline", "--workers", "2", *common], env, log)
+        res["a"] = phase("a  model-bound, threads pinned like a worker", ["--phase", "model", "--pinned", *common],
+                             pinned_env)
+        res["a_default_threads"] = phase("a' model-bound, library-default threads",
+                                             ["--phase", "model", *common], env)
+        res["a2"] = run_pair("a2 two model-bound processes at once (pinned threads)",
+                             ["--phase", "model", "--pinned", *common], pinned_env, log, args.wait_idle)
+        res["b"] = phase("b  ingest.run workers=1", ["--phase", "pipeline", "--workers", "1", *common], env)
+        res["c"] = phase("c  ingest.run workers=2", ["--phase", "pipeline", "--workers", "2", *common], env)
         naive_model = _naive_model_name(args.models)
-        res["d"] = run_phase(f"d  naive DeepFace.represent + insert per face ({args.detector} + {naive_model})",
+        res["d"] = phase(f"d  naive DeepFace.represent + insert per face ({args.detector} + {naive_model})",
                              ["--phase", "naive", "--naive-detector", args.detector, "--naive-model", naive_model,
-                              "--list", str(sample)], env, log)
+                              "--list", str(sample)], env)
         # Product defaults: what `lookalike ingest` picks with no --detector / --models here.
         from ingest.models import default_face_model
         from ingest.settings import Settings
@@ -506,23 +652,23 @@ def orchestrate(args) -> int:
         if (default_det, default_model) == (args.detector, args.models):
             res["c_product_defaults"] = {"same_as": "c", "detector": default_det, "models": [default_model]}
         else:
-            res["c_product_defaults"] = run_phase(
+            res["c_product_defaults"] = phase(
                 f"c* ingest.run workers=2, product defaults ({default_det} + {default_model})",
                 ["--phase", "pipeline", "--workers", "2", "--detector", "default", "--models", "auto",
-                 "--list", str(sample)], env, log)
-        res["d_seed_defaults"] = run_phase(
+                 "--list", str(sample)], env)
+        res["d_seed_defaults"] = phase(
             "d* naive loop, seed defaults (opencv + Dlib; VGG-Face weights not downloadable)",
             ["--phase", "naive", "--naive-detector", "opencv", "--naive-model", "Dlib", "--list", str(sample)],
-            env, log)
+            env)
         if not args.skip_rss:
             every = rss_paths(data)
             for n in (args.images, args.rss_images):
                 if n > len(every):
                     raise SystemExit(f"--rss-images {n}: only {len(every)} photos under {data}")
                 lst = write_list(every[:n], work / f"rss{n}.txt")
-                res[f"rss_{n}"] = run_phase(f"rss ingest.run workers=2 on {n} mixed photos",
+                res[f"rss_{n}"] = phase(f"rss ingest.run workers=2 on {n} mixed photos",
                                             ["--phase", "pipeline", "--workers", "2", "--detector", args.detector,
-                                             "--models", args.models, "--list", str(lst)], env, log)
+                                             "--models", args.models, "--list", str(lst)], env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -555,6 +701,8 @@ def build_report(args, res: Dict[str, Any], paths: List[str], sets: List[str], h
         "c/d product defaults vs seed defaults": _ratio(c_def, res["d_seed_defaults"]),
         "b_total/a": b["images_per_second_total"] / a["images_per_second"],
         "c_total/b_total": c["images_per_second_total"] / b["images_per_second_total"],
+        "a2/a (2-core ceiling for c/b)": _ratio(res["a2"], a),
+        "c/a2": _ratio(c, res["a2"]),
         "b/a_default_threads": _ratio(b, res["a_default_threads"]),
         "b/a_full_mapper": b["images_per_second"] / a["full_mapper"]["images_per_second"],
         "c/d faces/s": _ratio(c, d, "faces_per_second"),
@@ -592,14 +740,16 @@ def render_table(r: Dict[str, Any]) -> str:
     lines = [f"Lookalike ingest benchmark, {r['date']}, {r['machine'].get('cpus')} CPUs ({r['machine'].get('cpu', '?')})",
              f"{r['images']} images ({', '.join(r['image_sets'])}); product: {r['product']['detector']} + "
              f"{', '.join(r['product']['models'])}", "",
-             f"{'run':<52}{'images/s':>9}{'faces/s':>9}{'img/s incl. start-up':>22}"]
+             f"{'run':<52}{'images/s':>9}{'faces/s':>9}{'img/s incl. start-up':>22}{'other load':>12}"]
 
     def row(label: str, x: Dict[str, Any]) -> None:
         tot = f"{x['images_per_second_total']:.2f} ({x['total_seconds']:.0f} s)" if "images_per_second_total" in x else "-"
-        lines.append(f"{label:<52}{x['images_per_second']:>9.2f}{x['faces_per_second']:>9.2f}{tot:>22}")
+        lines.append(f"{label:<52}{x['images_per_second']:>9.2f}{x['faces_per_second']:>9.2f}{tot:>22}"
+                     f"{x.get('foreign_cores', 0):>11.2f}c")
 
     row("a  model-bound, 1 process (pinned threads)", res["a"])
     row("a' model-bound, library-default threads", res["a_default_threads"])
+    row("a2 two model-bound processes at once (sum)", res["a2"])
     fm = res["a"]["full_mapper"]
     lines.append(f"{'a+ + read/sha256/decode (process_image)':<52}{fm['images_per_second']:>9.2f}{fm['faces_per_second']:>9.2f}{'-':>22}")
     row("b  ingest.run workers=1", res["b"])
@@ -609,11 +759,15 @@ def render_table(r: Dict[str, Any]) -> str:
         row("c* ingest.run workers=2, product defaults", res["c_product_defaults"])
     ds = res["d_seed_defaults"]
     row(f"d* naive, seed defaults ({ds['detector']} + {ds['model']})", ds)
+    lines.append("(other load: cores used by processes outside the benchmark during the run; ~0 on a quiet machine)")
     lines += ["", "ratios (images/s; b, c steady state)"]
     for k, v in r["ratios"].items():
         t = r["targets"].get(k)
         mark = f"   target >= {t['target']}: {'met' if t['met'] else 'MISSED'}" if t else ""
         lines.append(f"  {k:<40}{v:>7.3f}{mark}")
+    lines.append(f"  CPU s/image: a {res['a']['cpu_seconds_per_image']:.3f}; a2 {res['a2']['cpu_seconds_per_image']:.3f}; " + "; ".join(
+        f"{k} workers {res[k]['worker_cpu_seconds_per_image']:.3f} + driver {res[k]['driver_cpu_seconds_per_image']:.3f}"
+        for k in ("b", "c")))
     for key in ("b", "c"):
         x = res[key]
         w = x["driver_write"]
@@ -629,6 +783,11 @@ def render_table(r: Dict[str, Any]) -> str:
             per = ", ".join(f"{_mib(v):.0f}/{_mib(blk['worker_vmhwm'].get(pid, 0)):.0f}"
                             for pid, v in blk["worker_peak_rss"].items())
             lines.append(f"  {n:>5} images ({blk['faces']} faces): {per}")
+        big = res.get(f"rss_{max(int(k) for k in rs if k.isdigit())}", {})
+        prog = big.get("worker_rss_by_progress", {})
+        if prog:
+            lines.append("  sampled RSS after warm-up in the larger run, max so far at N images written: " + ", ".join(
+                f"{n}: " + "/".join(f"{_mib(v):.0f}" for v in per.values()) for n, per in prog.items()))
         lines.append(f"  growth {rs['growth_max_peak_rss']:+.1%} (peak RSS), {rs['growth_max_vmhwm']:+.1%} (VmHWM): "
                      f"{'flat within 10%' if rs['flat_within_10pct'] else 'NOT flat within 10%'}")
     return "\n".join(lines) + "\n"
