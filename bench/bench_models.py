@@ -95,19 +95,9 @@ def _group(chunk):
 
 
 def _embed_chunk(emb, chunk):
-    """One forward for a batch of faces that may come from several images (the crops are made
-    per image, the forward is one call)."""
-    from ingest.models import TransformerEmbedder
-
-    if isinstance(emb, TransformerEmbedder):
-        crops = [c for image, f in chunk for c in emb.crops(image, [f])]
-        return emb.forward(crops)
-    if emb.name == "facenet":
-        import numpy as np
-
-        batch = np.concatenate([emb._crop(image, f) for image, f in chunk], axis=0)
-        return emb._model.forward(batch)
-    return [emb.embed(image, [f]) for image, f in chunk]
+    """One forward for a batch of faces that may come from several images: each face's model
+    input is made from its own image, then the batch goes through `embed_inputs` at once."""
+    return emb.embed_inputs([emb.model_input(image, f) for image, f in chunk])
 
 
 def pipeline_rate(models: str, paths: list, settings, tmp: Path) -> dict:
