@@ -3,14 +3,14 @@
 - reader: the source's records, minus those the images ledger already holds (resume);
 - mapper (`process_batch`, on Dask workers): read, hash, decode, detect, embed a batch of images
   with the worker's engine, built once per process;
-- writer (the driver): upserts each finished batch's faces, flushes, then records the batch's
-  images in the ledger. Milvus Lite allows one writer process, so the driver is it;
+- writer (the driver): upserts each finished batch's faces; every ~2 s flushes them, then records
+  their images in the ledger. Milvus Lite allows one writer process, so the driver is it;
 - runner: a bounded number of batches in flight (memory stays flat whatever the dataset size),
   a tqdm bar, a summary and a report of failed files.
 
 A batch is the unit of work and of resume: its images are recorded as done only after their faces
-are durable, so a kill -9 at any point redoes at most the batches in flight, and upserts keyed on
-content make redoing them harmless.
+are durable, so a kill -9 at any point redoes at most the batches in flight and the last ~2 s of
+writes, and upserts keyed on content make redoing them harmless.
 """
 from __future__ import annotations
 
@@ -195,12 +195,22 @@ def _ledger_id(model: str, path: str) -> str:
 
 
 class Writer:
+    """Writes results in the driver. Faces are upserted as batches complete; they are flushed and
+    the ledger records their images as done together, at most every `commit_every` seconds (and at
+    the end): a Lite flush costs ~30 ms and a segment, so per-batch flushes cost the driver half
+    its CPU (measured: 0.015 -> 0.008 CPU s per image, 76 -> 28 flushes per 300 images). A kill -9
+    loses only the uncommitted seconds, which a resume redoes: the ledger never gets ahead of
+    durable faces."""
+
     def __init__(self, store: Store, models: Sequence[str], detector: str,
-                 records: Dict[str, ImageRecord]):
+                 records: Dict[str, ImageRecord], commit_every: float = 2.0):
         self.store = store
         self.models = list(models)
         self.detector = detector
         self.records = records
+        self.commit_every = commit_every
+        self._ledger: List[Dict[str, Any]] = []
+        self._last_commit = time.monotonic()
 
     def _face_rows(self, res: ImageResult, model: str, ts: int) -> List[Dict[str, Any]]:
         rec = self.records[res.path]
@@ -258,17 +268,25 @@ class Writer:
             for r in chosen.values():
                 rows.extend(self._face_rows(r, model, ts))
             self.store.upsert_faces(model, rows)
-        self.store.flush([collection_name(m) for m in self.models])
-        ledger = []
         for r in results:
             for model in self.models:
-                ledger.append({
+                self._ledger.append({
                     "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
                     "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
                     "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
                 })
-        self.store.record_images(ledger)
+        if time.monotonic() - self._last_commit >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        """Flush the faces written so far, then record their images in the ledger (and flush it)."""
+        self._last_commit = time.monotonic()
+        if not self._ledger:
+            return
+        self.store.flush([collection_name(m) for m in self.models])
+        self.store.record_images(self._ledger)
         self.store.flush([LEDGER_COLLECTION])
+        self._ledger = []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,18 +435,28 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
         bar.update(len(res.images))
         bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
 
+    failed = True
     try:
         if not todo:
+            failed = False
             return
         if workers <= 0 and not scheduler:
             # In-process: no Dask, for debugging and for measuring the pipeline's own overhead.
             warm_worker(settings, det, models)
             for batch in batches:
                 done(process_batch(batch, settings, det, models, min_face))
-            return
-        _run_dask(batches, done, settings, det, models, workers, scheduler, max_in_flight, min_face)
+        else:
+            _run_dask(batches, done, settings, det, models, workers, scheduler, max_in_flight, min_face)
+        failed = False
     finally:
         bar.close()
+        # Record what is already written, also when interrupted or stopped by an error (but never
+        # let a failing commit hide the error that stopped the run).
+        try:
+            writer.commit()
+        except Exception:
+            if not failed:
+                raise
 
 
 def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
