@@ -72,7 +72,7 @@ import numpy as np
 from ingest.images import Decoded, ImageError, decode, read_bytes, sha256_bytes
 from ingest.settings import Settings
 from ingest.store import Store
-from schemas import ATTRIBUTES, OUTPUT_FIELDS, VECTOR_FIELD, collection_name
+from schemas import ATTRIBUTES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name
 from schemas.filters import CompiledFilter, compile_filter, encode_literal
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +522,8 @@ class Searcher:
         if key and key in params:
             base = int(params[key])
             params[key] = base if selectivity is None else ef_for(k, selectivity, base, self.ef_max)
-            params[key] = max(int(params[key]), k)
+            # never below k, never above what the index accepts (CAGRA: itopk_size <= 1024)
+            params[key] = min(max(int(params[key]), k), breadth_max(profile.index_type) or EF_MAX)
             info.ef = int(params[key])
         res = self.store.search(model, q, k, flt, extra_filter=extra, output_fields=fields,
                                 search_params=params)

@@ -188,6 +188,120 @@ PROFILES: Dict[str, IndexProfile] = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# Index parameter rules (Milvus documentation: HNSW, IVF, GPU index pages). A profile is checked
+# against them when this module is imported, so a bad value fails here, in one line, not as a
+# server error in the middle of an ingest. Bounds are inclusive; a string names another
+# parameter of the same index ("graph_degree <= intermediate_graph_degree").
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamRule:
+    lo: object = None
+    hi: object = None
+    choices: Tuple[object, ...] = ()
+    doc: str = ""
+
+
+INT_MAX = 2 ** 31 - 1
+GPU_INDEXES = ("GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ", "GPU_BRUTE_FORCE")
+_TRUE_FALSE = ("true", "false")
+
+# index type -> (build rules, search rules)
+INDEX_RULES: Dict[str, Tuple[Dict[str, ParamRule], Dict[str, ParamRule]]] = {
+    "FLAT": ({}, {}),
+    "HNSW": ({"M": ParamRule(2, 2048, doc="graph degree"),
+              "efConstruction": ParamRule(1, INT_MAX, doc="build breadth")},
+             {"ef": ParamRule(1, INT_MAX, doc="search breadth, raised to top-k when smaller")}),
+    "HNSW_SQ": ({"M": ParamRule(2, 2048), "efConstruction": ParamRule(1, INT_MAX),
+                 "sq_type": ParamRule(choices=("SQ6", "SQ8", "BF16", "FP16"))},
+                {"ef": ParamRule(1, INT_MAX)}),
+    "IVF_FLAT": ({"nlist": ParamRule(1, 65536)}, {"nprobe": ParamRule(1, "nlist")}),
+    "IVF_SQ8": ({"nlist": ParamRule(1, 65536)}, {"nprobe": ParamRule(1, "nlist")}),
+    "GPU_CAGRA": (
+        {"intermediate_graph_degree": ParamRule(1, 1024, doc="graph degree before pruning"),
+         "graph_degree": ParamRule(1, "intermediate_graph_degree", doc="graph degree after pruning"),
+         "build_algo": ParamRule(choices=("IVF_PQ", "NN_DESCENT")),
+         "cache_dataset_on_device": ParamRule(choices=_TRUE_FALSE),
+         "adapt_for_cpu": ParamRule(choices=_TRUE_FALSE)},
+        {"itopk_size": ParamRule(1, 1024, doc="intermediate results kept; >= top-k"),
+         "search_width": ParamRule(1, 1024, doc="entry points per iteration"),
+         "min_iterations": ParamRule(0, INT_MAX), "max_iterations": ParamRule(0, INT_MAX),
+         "team_size": ParamRule(choices=(0, 2, 4, 8, 16, 32))}),
+    "GPU_IVF_FLAT": ({"nlist": ParamRule(1, 65536), "cache_dataset_on_device": ParamRule(choices=_TRUE_FALSE)},
+                     {"nprobe": ParamRule(1, "nlist")}),
+    "GPU_BRUTE_FORCE": ({}, {}),
+}
+# Largest top-k a search may ask for per index type (GPU indexes: 1024; a server: 16384).
+LIMIT_MAX: Dict[str, int] = {**{t: 1024 for t in GPU_INDEXES}, "default": 16384}
+# GPU indexes take L2 and IP only.
+METRICS: Dict[str, Tuple[str, ...]] = {**{t: ("L2", "IP") for t in GPU_INDEXES},
+                                       "default": ("L2", "IP", "COSINE")}
+
+
+def _check_params(where: str, params: Mapping[str, object], rules: Mapping[str, ParamRule],
+                  context: Mapping[str, object]) -> List[str]:
+    problems = []
+    for name, value in params.items():
+        rule = rules.get(name)
+        if rule is None:
+            problems.append(f"{where}: unknown parameter {name} (known: {', '.join(rules) or 'none'})")
+            continue
+        if rule.choices:
+            if value not in rule.choices:
+                problems.append(f"{where}: {name}={value!r} not one of {', '.join(map(str, rule.choices))}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: {name}={value!r} must be an integer")
+            continue
+        lo = context.get(rule.lo, rule.lo) if isinstance(rule.lo, str) else rule.lo
+        hi = context.get(rule.hi, rule.hi) if isinstance(rule.hi, str) else rule.hi
+        if isinstance(lo, int) and value < lo or isinstance(hi, int) and value > hi:
+            bound = f"{rule.lo}..{rule.hi}" + (f" ({lo}..{hi})" if isinstance(rule.hi, str) else "")
+            problems.append(f"{where}: {name}={value} out of range {bound}")
+    return problems
+
+
+def check_index(index_type: str, metric: str, build: Mapping[str, object],
+                search: Mapping[str, object], top_k: Optional[int] = None) -> List[str]:
+    """Problems (one line each) with an index declaration; empty when valid."""
+    t = index_type.upper()
+    if t not in INDEX_RULES:
+        return [f"index {index_type}: no parameter rules declared (known: {', '.join(INDEX_RULES)})"]
+    build_rules, search_rules = INDEX_RULES[t]
+    problems = []
+    metrics = METRICS.get(t, METRICS["default"])
+    if metric.upper() not in metrics:
+        problems.append(f"index {t}: metric {metric} not supported (use {' or '.join(metrics)})")
+    problems += _check_params(f"index {t} build", build, build_rules, build)
+    problems += _check_params(f"index {t} search", search, search_rules, {**build, **search})
+    if top_k is not None:
+        cap = LIMIT_MAX.get(t, LIMIT_MAX["default"])
+        if top_k > cap:
+            problems.append(f"index {t}: top-k {top_k} above its limit {cap}")
+        if t == "GPU_CAGRA" and int(search.get("itopk_size", top_k)) < top_k:
+            problems.append(f"index {t}: itopk_size {search.get('itopk_size')} below top-k {top_k}")
+    return problems
+
+
+def breadth_max(index_type: str) -> Optional[int]:
+    """Upper bound of the search-breadth parameter (ef / itopk_size) of an index type."""
+    rules = INDEX_RULES.get(index_type.upper(), ({}, {}))[1]
+    for key in ("ef", "itopk_size"):
+        if key in rules and isinstance(rules[key].hi, int):
+            return int(rules[key].hi)
+    return None
+
+
+def _validate_profiles() -> None:
+    for p in PROFILES.values():
+        problems = check_index(p.index_type, p.metric, p.build_params, p.search_params)
+        if problems:
+            raise ValueError(f"profile {p.name}: {problems[0]}")
+
+
+_validate_profiles()
+
+
 def default_profile(server: bool) -> str:
     return "cpu" if server else "lite"
 
