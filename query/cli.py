@@ -155,6 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ingest.pipeline import IngestError
     from ingest.store import StoreError
     from schemas.filters import FilterError
+    from schemas import UnknownName
 
     try:
         return args.func(args)
@@ -173,8 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImageError as e:
         print(f"lookalike: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
-    except (IngestError, KeyError) as e:
-        print(f"lookalike: {str(e).strip(chr(39))}", file=sys.stderr)
+    except (IngestError, UnknownName) as e:
+        print(f"lookalike: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)

@@ -302,6 +302,13 @@ def _validate_profiles() -> None:
 _validate_profiles()
 
 
+class UnknownName(KeyError):
+    """A model or profile name that is not declared; str() is one line (no KeyError quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def default_profile(server: bool) -> str:
     return "cpu" if server else "lite"
 
@@ -317,7 +324,7 @@ def get_model(name: str) -> ModelSpec:
         return replace(base, name=name, dim=0, layer=int(m.group("layer")),
                        doc=f"{base.name} features of block {m.group('layer')}")
     known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N"
-    raise KeyError(f"unknown model '{name}' (known: {known})")
+    raise UnknownName(f"unknown model '{name}' (known: {known})")
 
 
 def layer_key(name: str, layer: Optional[int]) -> str:
@@ -332,7 +339,7 @@ def get_profile(name: str) -> IndexProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise KeyError(f"unknown profile '{name}' (known: {', '.join(PROFILES)})") from None
+        raise UnknownName(f"unknown profile '{name}' (known: {', '.join(PROFILES)})") from None
 
 
 def model_for_collection(collection: str) -> Optional[str]:
