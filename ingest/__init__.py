@@ -1,7 +1,9 @@
 """Lookalike ingestion: sources, decoding, detection, embedders, the Milvus store, the pipeline.
 
-`ingest.run(source, ...)` is the Python twin of `lookalike ingest SOURCE`.
+`ingest.run(source, ...)` is the Python twin of `lookalike ingest SOURCE`;
+`ingest.delete(image=..., sha256=..., identity=...)` the twin of `lookalike delete`.
 """
+from ingest.erase import DeleteError, DeleteSummary, delete
 from ingest.pipeline import IngestError, IngestSummary, run
 
-__all__ = ["run", "IngestSummary", "IngestError"]
+__all__ = ["run", "IngestSummary", "IngestError", "delete", "DeleteSummary", "DeleteError"]

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ingest.images import Decoded
-from ingest.settings import Settings
+from ingest.settings import Settings, thread_env
 from schemas import MODELS, ModelSpec, get_model
 
 DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
@@ -347,9 +347,118 @@ class DlibEmbedder(DeepFaceEmbedder):
 
     def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in inputs]
-        # dlib computes a batch in one call; descriptors are identical to single calls.
-        descriptors = self._model.model.model.compute_face_descriptor(chips)
-        return np.array([np.array(d) for d in descriptors], dtype=np.float32)
+        helper = self._helper
+        if helper is not None and len(chips) >= PARALLEL_MIN_FACES:
+            # The helper process takes the second half while this one computes the first.
+            half = (len(chips) + 1) // 2
+            with helper.lock:
+                if helper.send(chips[half:]):
+                    mine = _descriptors(self._model.model.model, chips[:half])
+                    theirs = helper.receive()
+                    if theirs is not None:
+                        return np.vstack([mine, theirs])
+            self.close()  # the helper died: carry on alone
+        return _descriptors(self._model.model.model, chips)
+
+    def enable_parallel(self, processes: int) -> bool:
+        """Compute the descriptors of a many-face photo in two processes (this one and a helper).
+        dlib holds the GIL, so threads do not help; the helper loads the same weights file with
+        dlib itself (no TensorFlow, ~0.5 s, started now so it overlaps the caller's model load).
+        For query-time use: an ingest worker is already one process per core."""
+        if processes < 2 or self._helper is not None:
+            return self._helper is not None
+        weights = provision_weights(self.settings, DLIB_MODEL_FILE)
+        if weights is None:
+            return False
+        self._helper = _DlibHelper(weights)
+        return True
+
+    def close(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
+
+    _helper: Any = None
+
+
+# Faces from which a many-face photo's dlib descriptors are split across processes (below it the
+# hand-over costs more than it saves).
+PARALLEL_MIN_FACES = 4
+DLIB_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def _descriptors(model: Any, chips: Sequence[np.ndarray]) -> np.ndarray:
+    # dlib computes a batch in one call; descriptors are identical to single calls.
+    return np.array([np.array(d) for d in model.compute_face_descriptor(list(chips))], dtype=np.float32)
+
+
+class _DlibHelper:
+    """A child process computing dlib descriptors: chips in, descriptors out, pickled over its
+    stdin/stdout. A plain subprocess rather than multiprocessing: spawn would re-run the caller's
+    unguarded __main__, fork would copy gRPC and TensorFlow threads. It exits when the pipe
+    closes, i.e. with this process."""
+
+    def __init__(self, weights: Path):
+        import subprocess
+        import sys
+
+        env = {**os.environ, **thread_env(1),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                           os.environ.get("PYTHONPATH")]))}
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from ingest.models import _dlib_helper_main; _dlib_helper_main()", str(weights)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+    def send(self, chips: Sequence[np.ndarray]) -> bool:
+        import pickle
+
+        try:
+            pickle.dump(list(chips), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def receive(self) -> Optional[np.ndarray]:
+        import pickle
+
+        try:
+            out = pickle.load(self.proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+        return out if isinstance(out, np.ndarray) else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def _dlib_helper_main() -> None:
+    import pickle
+    import sys
+
+    import dlib  # type: ignore
+
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # nothing but results on the pipe
+    model = dlib.face_recognition_model_v1(sys.argv[1])
+    src = sys.stdin.buffer
+    while True:
+        try:
+            chips = pickle.load(src)
+        except EOFError:
+            return
+        try:
+            result: Any = _descriptors(model, chips)
+        except Exception as e:  # noqa: BLE001 - reported to the caller, which carries on alone
+            result = f"{type(e).__name__}: {e}"
+        pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
 
 
 # ---------------------------------------------------------------------------------------------

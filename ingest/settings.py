@@ -37,6 +37,16 @@ class Settings:
     clip_model: str = field(default_factory=lambda: _env("LOOKALIKE_CLIP_MODEL", "openai/clip-vit-base-patch32"))
     dinov2_model: str = field(default_factory=lambda: _env("LOOKALIKE_DINOV2_MODEL", "facebook/dinov2-small"))
     yunet_threshold: float = field(default_factory=lambda: float(_env("LOOKALIKE_YUNET_THRESHOLD", "0.6")))
+    # Transient Milvus errors (server unreachable, restarting, deadline exceeded) are retried with
+    # exponential backoff, at most this many times and within this many seconds per call
+    # (ingest/store.py); then the command stops with one line (exit 6).
+    milvus_retries: int = field(default_factory=lambda: int(_env("LOOKALIKE_MILVUS_RETRIES", "8")))
+    milvus_retry_seconds: float = field(
+        default_factory=lambda: float(_env("LOOKALIKE_MILVUS_RETRY_SECONDS", "30")))
+    # Processes that compute the dlib descriptors of a many-face query photo (the query process
+    # and helpers; dlib is single-threaded). Ingest workers never use helpers.
+    query_processes: int = field(
+        default_factory=lambda: int(_env("LOOKALIKE_QUERY_PROCESSES", str(min(2, os.cpu_count() or 1)))))
 
     @property
     def weights_dir(self) -> Path:

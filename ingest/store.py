@@ -32,15 +32,79 @@ class StoreError(RuntimeError):
     """A Milvus problem a user can act on; str() is one line."""
 
 
+def _first_line(e: BaseException) -> str:
+    msg = getattr(e, "message", None) or (e.details() if callable(getattr(e, "details", None)) else None) \
+        or str(e) or type(e).__name__
+    return str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__
+
+
 @contextlib.contextmanager
 def _milvus_errors(what: str):
+    import grpc
     from pymilvus.exceptions import MilvusException
 
     try:
         yield
-    except MilvusException as e:
-        msg = getattr(e, "message", None) or str(e)
-        raise StoreError(f"{what}: {str(msg).splitlines()[0]}") from None
+    except (MilvusException, grpc.RpcError) as e:  # pymilvus re-raises some gRPC errors as they are
+        raise StoreError(f"{what}: {_first_line(e)}") from None
+
+
+# -- transient failures -----------------------------------------------------------------------------
+# A server restarting, a dropped connection, a deadline exceeded: retried with exponential backoff
+# (RETRY_BASE_DELAY doubling, capped at RETRY_MAX_DELAY) at most `retries` times and within
+# `retry_seconds` in all (Settings: LOOKALIKE_MILVUS_RETRIES, LOOKALIKE_MILVUS_RETRY_SECONDS), then
+# one StoreError line naming the target and the attempts. Anything else (a bad filter, a schema
+# mismatch, a missing collection, a full disk) fails at once. Every wrapped call is idempotent:
+# upserts keyed on content, flushes, reads.
+RETRY_BASE_DELAY = 0.5
+RETRY_MAX_DELAY = 8.0
+
+
+def transient(e: BaseException) -> bool:
+    """Whether retrying the same call may succeed: the server is unreachable, not ready, or slow.
+
+    pymilvus 3 answers a dropped or refused connection with MilvusException code 2 ("Fail
+    connecting to server", its CONNECT_FAILED; Milvus' own ServiceUnavailable is 2 too), re-raises
+    DEADLINE_EXCEEDED as a bare grpc.RpcError, and wraps other gRPC failures with the gRPC status
+    as code. A server's own verdict (`retriable`, `is_input_error`) wins where it gives one.
+    Milvus Lite never answers 2 (its errors are 1 and the 4..700 input codes)."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    transient_grpc = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    if isinstance(e, grpc.RpcError):
+        return callable(getattr(e, "code", None)) and e.code() in transient_grpc
+    if not isinstance(e, MilvusException):
+        return False
+    if getattr(e, "is_input_error", False):
+        return False
+    if getattr(e, "retriable", False) or e.code in transient_grpc or e.code == 2:
+        return True
+    msg = str(e.message or "").lower()
+    return any(s in msg for s in ("service not ready", "service unavailable", "server unavailable",
+                                  "deadline exceeded"))
+
+
+def _retry(what: str, fn, *, retries: int, retry_seconds: float, target: str,
+           base_delay: float = RETRY_BASE_DELAY, max_delay: float = RETRY_MAX_DELAY):
+    """fn(), retried on transient errors (see `transient`); other errors propagate unchanged."""
+    t0 = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - classified below
+            if not transient(e):
+                raise
+            elapsed = time.monotonic() - t0
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1), retry_seconds - elapsed)
+            if attempt > retries or delay <= 0:
+                raise StoreError(f"{what}: Milvus at {target} unavailable, gave up after {attempt} "
+                                 f"attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s "
+                                 f"({_first_line(e)})") from None
+            log.info("%s: %s; retry %d in %.1f s", what, _first_line(e), attempt, delay)
+            time.sleep(delay)
 
 
 def _quiet_pymilvus() -> None:
@@ -49,6 +113,47 @@ def _quiet_pymilvus() -> None:
     # Milvus Lite's in-process gRPC server logs unimplemented optional RPCs (AllocTimestamp) that
     # pymilvus probes for and then works around.
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    # Milvus Lite logs its failures (a full disk, a read-only folder) with tracebacks before
+    # answering them as errors, which we report in one line; and, on opening, the torn tail of a
+    # write-ahead log cut by a full disk or a kill (the unacknowledged write, dropped).
+    logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+
+
+def _lite_problem(path: Path) -> Optional[str]:
+    """Why Milvus Lite could not open the database folder `path`, found by doing what it does:
+    create the folder, take its lock, write a file (as root, only a read-only or full file system
+    or another process's lock stops it; permission bits do not)."""
+    import errno
+    import fcntl
+    import os
+
+    target = path
+    try:
+        path.mkdir(exist_ok=True)
+        target = path / "LOCK"
+        fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "in use by another process (Milvus Lite opens a database in one process at a time)"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        target = path / f".lookalike-write-test-{os.getpid()}"
+        try:
+            with open(target, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                target.unlink()
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            return f"no space left on the device of {path}"
+        return f"cannot write {e.filename or target}: {e.strerror or e}"
+    return None
 
 
 @dataclass
@@ -63,11 +168,19 @@ class CollectionStats:
 
 class Store:
     def __init__(self, db: Optional[str] = "lookalike.db", uri: Optional[str] = None,
-                 token: Optional[str] = None, profile: Optional[str] = None):
+                 token: Optional[str] = None, profile: Optional[str] = None,
+                 retries: Optional[int] = None, retry_seconds: Optional[float] = None):
         from pymilvus import MilvusClient
 
         _quiet_pymilvus()  # after the import: pymilvus sets its logger levels when imported
 
+        if retries is None or retry_seconds is None:
+            from ingest.settings import Settings
+
+            s = Settings()
+            retries = s.milvus_retries if retries is None else retries
+            retry_seconds = s.milvus_retry_seconds if retry_seconds is None else retry_seconds
+        self.retries, self.retry_seconds = max(0, int(retries)), float(retry_seconds)
         self.server = bool(uri)
         self.target = uri if uri else str(Path(db or "lookalike.db"))
         self.profile: IndexProfile = get_profile(profile or default_profile(self.server))
@@ -85,12 +198,16 @@ class Store:
                 self.client = MilvusClient(self.target, token=token or "") if self.server \
                     else MilvusClient(self.target)
         except StoreError:
+            why = None if self.server else _lite_problem(Path(self.target))
+            if why:  # Milvus Lite only says "Open local milvus failed"
+                raise StoreError(f"database {self.target}: {why}") from None
             raise
         except PermissionError as e:
             raise StoreError(f"database {self.target}: permission denied ({e.filename or self.target})") from None
         except Exception as e:  # connection refused, locked database, ...
             raise StoreError(f"cannot open Milvus at {self.target}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self._loaded: set = set()
+        self._templates: Optional[bool] = None  # does the server take filter templates? (probed)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -101,6 +218,13 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """One client call: transient failures retried (bounded, see `transient`), any failure
+        raised as one StoreError line."""
+        with _milvus_errors(what):
+            return _retry(what, lambda: fn(*args, **kwargs), retries=self.retries,
+                          retry_seconds=self.retry_seconds, target=self.target)
 
     # -- schema ----------------------------------------------------------------------------------
     def _schema(self, fields: Sequence[FieldSpec], dim: int):
@@ -185,7 +309,7 @@ class Store:
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:
-            self.client.load_collection(name)
+            self._call(f"loading {name}", self.client.load_collection, name)
             self._loaded.add(name)
 
     def has(self, model: str) -> bool:
@@ -202,31 +326,33 @@ class Store:
         if not rows:
             return
         name = collection_name(model)
-        with _milvus_errors(f"writing {len(rows)} faces to {name}"):
-            self.client.upsert(name, rows)
+        self._call(f"writing {len(rows)} faces to {name}", self.client.upsert, name, rows)
 
     def record_images(self, rows: List[Dict[str, Any]]) -> None:
         if not rows:
             return
         for r in rows:
             r.setdefault(VECTOR_FIELD, [0.0] * LEDGER_VECTOR_DIM)
-        with _milvus_errors(f"writing {len(rows)} image records"):
-            self.client.upsert(LEDGER_COLLECTION, rows)
+        self._call(f"writing {len(rows)} image records", self.client.upsert, LEDGER_COLLECTION, rows)
 
     def flush(self, names: Iterable[str]) -> None:
         """Make writes durable. Milvus Lite keeps recent writes in memory: without a flush a
-        kill -9 loses acknowledged rows (measured)."""
+        kill -9 loses acknowledged rows (measured). A server needs none for that: an acknowledged
+        write is already in its log (rocksmq/Pulsar/Kafka) and replayed after a crash (measured on
+        2.3.5: rows upserted without a flush, server killed -9, all there after the restart); a
+        server flush seals the growing segments, so it is for the end of a run only."""
         for n in names:
-            with _milvus_errors(f"flushing {n}"):
-                self.client.flush(n)
+            self._call(f"flushing {n}", self.client.flush, n)
 
     def build_indexes(self, names: Iterable[str]) -> None:
         """Milvus Lite indexes new segments only when a collection is loaded, and searches them
         brute force until then (measured: 30k new rows, search 0.17 s before, 0.06 s after; 200k
         rows took 137 s to index on a first query). Reloading at the end of an ingest puts that
         cost where it belongs; the index is persisted for later processes. A server indexes on
-        its own."""
+        its own, but only sealed segments: one flush at the end seals what the run wrote (rows in
+        growing segments are searched brute force)."""
         if self.server:
+            self.flush(names)
             return
         for n in names:
             with _milvus_errors(f"indexing {n}"):
@@ -234,23 +360,83 @@ class Store:
                 self.client.load_collection(n)
                 self._loaded.add(n)
 
+    # -- erasure (lookalike delete) -------------------------------------------------------------
+    def has_collection(self, name: str) -> bool:
+        return bool(self._call(f"reading {name}", self.client.has_collection, name))
+
+    def face_collections(self) -> List[str]:
+        """Every face collection in the database: `faces_*`, layer variants and models this
+        version does not declare included (erasure must not miss one)."""
+        names = self._call("listing collections", self.client.list_collections)
+        return sorted(n for n in names if n.startswith("faces_"))
+
+    @staticmethod
+    def in_filter(field: str, values: Sequence[Any]) -> str:
+        """`field in [v, ...]`: a declared field, each value encoded by schemas.filters."""
+        if field not in _ERASE_FIELDS:
+            raise ValueError(f"not a declared field: {field!r}")
+        return f"{field} in {_lit(list(values))}"
+
+    def rows_where(self, name: str, field: str, values: Iterable[Any], output_fields: List[str],
+                   chunk: int = 500) -> Iterator[Dict[str, Any]]:
+        """Rows whose `field` is one of `values` (any number: asked `chunk` values at a time)."""
+        values = list(dict.fromkeys(values))
+        for i in range(0, len(values), chunk):
+            yield from self.iterate(name, output_fields, filter=self.in_filter(field, values[i:i + chunk]))
+
+    def delete(self, name: str, filter: str) -> int:
+        """Delete the rows matching `filter` (built by in_filter); returns how many. The primary
+        keys are read first and deleted by key: the count is then exact on Lite and on a server
+        alike (Lite answers a delete with the keys it was given, a server with a count), and a
+        retried delete (by key) is harmless."""
+        if not self.has_collection(name):
+            return 0
+        ids = [r["id"] for r in self.iterate(name, ["id"], filter=filter)]
+        for i in range(0, len(ids), 1000):
+            self._call(f"deleting {len(ids[i:i + 1000])} rows from {name}", self.client.delete, name,
+                       ids=ids[i:i + 1000])
+        return len(ids)
+
+    def delete_where(self, name: str, field: str, values: Iterable[Any], chunk: int = 500) -> int:
+        """Delete the rows whose `field` is one of `values`; returns how many."""
+        values = list(dict.fromkeys(values))
+        return sum(self.delete(name, self.in_filter(field, values[i:i + chunk]))
+                   for i in range(0, len(values), chunk))
+
+    def compact(self, names: Iterable[str]) -> None:
+        """Ask a server to compact: deleted rows stay in its segments (masked by delete logs) until
+        a compaction rewrites them; this starts one now instead of waiting for the automatic one.
+        Milvus Lite has no compaction on demand (its ManualCompaction answers success and does
+        nothing; it compacts on its own when segment files pile up): a no-op there."""
+        if not self.server:
+            return
+        for n in names:
+            self._call(f"compacting {n}", self.client.compact, n)
+
     # -- reads -----------------------------------------------------------------------------------
     def iterate(self, name: str, output_fields: List[str], filter: str = "",
                 batch_size: int = 2000) -> Iterator[Dict[str, Any]]:
         """All rows matching `filter`, in batches (never the whole collection in memory)."""
-        if not self.client.has_collection(name):
+        if not self._call(f"reading {name}", self.client.has_collection, name):
             return
         self._load(name)
-        with _milvus_errors(f"reading {name}"):
-            it = self.client.query_iterator(name, filter=filter, output_fields=output_fields,
-                                            batch_size=batch_size)
-            try:
-                while True:
-                    batch = it.next()
-                    if not batch:
-                        break
-                    yield from batch
-            finally:
+        if self.server:
+            # A server's query iterator reads with the collection's default consistency (Bounded:
+            # on 2.3.5 it missed rows upserted a moment before, measured). A Strong read first
+            # makes the server catch up with every acknowledged write, so the iterator sees them
+            # (what a resume needs: the ledger as the workers left it).
+            self.count(name)
+        what = f"reading {name}"
+        it = self._call(what, self.client.query_iterator, name, filter=filter,
+                        output_fields=output_fields, batch_size=batch_size)
+        try:
+            while True:
+                batch = self._call(what, it.next)
+                if not batch:
+                    break
+                yield from batch
+        finally:
+            with contextlib.suppress(Exception):
                 it.close()
 
     def ledger(self, model: str) -> Dict[str, Dict[str, Any]]:
@@ -262,38 +448,65 @@ class Store:
         return out
 
     def count(self, name: str, flt: Optional[CompiledFilter] = None, extra_filter: str = "") -> int:
-        if not self.client.has_collection(name):
+        if not self._call(f"counting {name}", self.client.has_collection, name):
             return 0
         self._load(name)
-        with _milvus_errors(f"counting {name}"):
-            res = self.client.query(name, output_fields=["count(*)"], **self.filter_args(flt, extra_filter))
+        # Strong on a server: a count follows writes (of this or another process) at once.
+        res = self._call(f"counting {name}", self.client.query, name, output_fields=["count(*)"],
+                         **self._strong(), **self.filter_args(flt, extra_filter, name))
         return int(res[0]["count(*)"]) if res else 0
 
-    def filter_args(self, flt: Optional[CompiledFilter], extra: str = "") -> Dict[str, Any]:
+    def _strong(self) -> Dict[str, Any]:
+        # Costs ~0.2 s a call on a server (it waits for the next time tick): used where a read must
+        # see every acknowledged write, not on the query path.
+        return {"consistency_level": "Strong"} if self.server else {}
+
+    def filter_args(self, flt: Optional[CompiledFilter], extra: str = "",
+                    name: Optional[str] = None) -> Dict[str, Any]:
         """Filter keyword arguments for a search or query: templated expression + parameters on a
-        server, literals encoded by schemas.filters on Lite (which has no templating)."""
+        server that takes templates (Milvus >= 2.5), literals encoded by schemas.filters on Lite and
+        older servers (no templating; `name` is the collection to probe the server with)."""
         from schemas.filters import combine
 
         if flt is None:
             return {"filter": extra}
-        if self.server:
+        if self.server and self._templating(name):
             return {"filter": combine([flt.template, extra]), "filter_params": dict(flt.params)}
         return {"filter": combine([flt.render(), extra])}
+
+    def _templating(self, name: Optional[str]) -> bool:
+        """Whether the server takes filter templates, probed once with a harmless templated query.
+        Milvus 2.3/2.4 ignore `filter_params` and reject `{p}` ("cannot parse expression",
+        measured on 2.3.5); the rendered expression is as safe, only parsed slower."""
+        if self._templates is None:
+            from pymilvus.exceptions import MilvusException
+
+            if not name or not self.client.has_collection(name):
+                return False  # nothing to probe with yet: render (always correct)
+            try:
+                self.client.query(name, filter="id == {p}", filter_params={"p": ""},
+                                  output_fields=["id"], limit=1)
+                self._templates = True
+            except MilvusException:
+                self._templates = False
+        return self._templates
 
     def query(self, name: str, output_fields: List[str], flt: Optional[CompiledFilter] = None,
               extra_filter: str = "", limit: int = 1000) -> List[Dict[str, Any]]:
         """One query call: at most `limit` rows matching the filter (a server caps limit at
         16,384). Used by the query path to probe a filter and fetch its rows' vectors at once."""
         self._load(name)
-        with _milvus_errors(f"reading {name}"):
-            return self.client.query(name, output_fields=output_fields, limit=limit,
-                                     **self.filter_args(flt, extra_filter))
+        return self._call(f"reading {name}", self.client.query, name, output_fields=output_fields,
+                          limit=limit, **self.filter_args(flt, extra_filter, name))
 
     def get(self, model: str, ids: Sequence[str], output_fields: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         name = collection_name(model)
         self._load(name)
-        with _milvus_errors(f"reading {name}"):
-            return self.client.get(name, ids=list(ids), output_fields=output_fields or OUTPUT_FIELDS)
+        # Session on a server: sees this process's own writes at once (the writer's duplicate
+        # check), at no cost; the collection default (Bounded) may not.
+        kw = {"consistency_level": "Session"} if self.server else {}
+        return self._call(f"reading {name}", self.client.get, name, ids=list(ids),
+                          output_fields=output_fields or OUTPUT_FIELDS, **kw)
 
     def search(self, model: str, vectors: np.ndarray, limit: int, flt: Optional[CompiledFilter] = None,
                extra_filter: str = "", output_fields: Optional[List[str]] = None,
@@ -303,12 +516,12 @@ class Store:
         self._load(name)
         params = {"metric_type": self.profile.metric,
                   "params": dict(search_params if search_params is not None else self.profile.search_params)}
-        with _milvus_errors(f"searching {name}"):
-            return self.client.search(
-                name, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit,
-                output_fields=output_fields if output_fields is not None else OUTPUT_FIELDS,
-                search_params=params, anns_field=VECTOR_FIELD, **self.filter_args(flt, extra_filter),
-            )
+        return self._call(
+            f"searching {name}", self.client.search,
+            name, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit,
+            output_fields=output_fields if output_fields is not None else OUTPUT_FIELDS,
+            search_params=params, anns_field=VECTOR_FIELD, **self.filter_args(flt, extra_filter, name),
+        )
 
     def stats(self) -> List[CollectionStats]:
         out = []
@@ -324,6 +537,10 @@ class Store:
                 index_type=str(idx.get("index_type", "?")), metric=str(idx.get("metric_type", "?")),
             ))
         return out
+
+
+# Fields erasure selects on (face and ledger collections).
+_ERASE_FIELDS = {"id", "image_sha256", "identity", "source_path"}
 
 
 def _lit(value: str) -> str:

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from query import eval_cli
 
     eval_cli.register(sub, _storage_args, _settings)
+    from query import delete_cli
+
+    delete_cli.register(sub, _storage_args, _settings)
     return p
 
 
@@ -183,4 +186,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m query.cli`: run the package's module, not this __main__ copy, so the CliError that
+    # subcommands import from query.cli is the one main() catches (else: a traceback, exit 1).
+    from query.cli import main as _main
+
+    sys.exit(_main())

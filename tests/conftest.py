@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from ingest.settings import Settings, default_data_dir
+# The real Milvus server's fixtures (milvus_server, milvus_server_process, server_uri).
+from milvus_server import milvus_server, milvus_server_process, server_uri  # noqa: E402,F401
 
 DATA = default_data_dir()
 

@@ -581,3 +581,30 @@ def test_filtered_recall_at_10_on_20k_synthetic_rows(synthetic):
     raw_recall = np.mean([len(t & {h["id"] for h in g}) / 10 for t, g in zip(truth, raw)])
     print(f"0.1% filter, plain HNSW ef 64: recall@10 {raw_recall:.3f}")
     assert raw_recall < 0.9
+
+
+def test_many_face_photo_descriptors_split_across_processes(settings):
+    """A query photo with many faces has its dlib descriptors computed by this process and a
+    helper process: the same vectors as one process computes, and the helper goes away."""
+    from ingest.models import PARALLEL_MIN_FACES, DlibEmbedder, get_engine
+
+    engine = get_engine(settings, settings.detector, ["dlib"]).load()
+    image = load(GROUPS / "multiface.jpg")
+    faces = engine.detector.detect(image)
+    assert len(faces) >= PARALLEL_MIN_FACES
+    alone = DlibEmbedder(engine.embedders["dlib"].spec, settings).load()
+    together = DlibEmbedder(engine.embedders["dlib"].spec, settings).load()
+    try:
+        assert together.enable_parallel(2)
+        proc = together._helper.proc
+        want = alone.embed(image, faces)
+        got = together.embed(image, faces)
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-6
+        assert together._helper is not None  # still healthy after a photo
+        # a helper that died is dropped and the photo still gets its vectors
+        proc.kill()
+        proc.wait()
+        again = together.embed(image, faces)
+        assert np.abs(again - want).max() < 1e-6 and together._helper is None
+    finally:
+        together.close()

@@ -1,0 +1,473 @@
+"""Reliability (issue #7) with real processes and real faults: a Dask worker SIGKILLed mid-run, a
+file that kills its worker every time, a read-only database folder, a disk that fills up mid-ingest
+(a real tmpfs of a few hundred KB), and a Milvus server that is unreachable or goes away.
+
+The mount tests run their commands in a private mount namespace (`unshare -m`): the tmpfs and
+read-only mounts exist only there and vanish with it, so nothing leaks into the machine's mount
+table. Where mounting is not permitted (no CAP_SYS_ADMIN) they are skipped, saying so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ingest
+from conftest import DATA, read_ledger, read_rows
+
+CELEBA = DATA / "celeba"
+N = 40  # CelebA images of the worker-kill and disk-full runs
+ROOT = Path(__file__).resolve().parent.parent
+
+# ingest.run (the Python API) in a process of its own; its summary as one JSON line on stdout.
+_RUN = r"""
+import json, sys
+import ingest
+s = ingest.run(**json.loads(sys.argv[1]))
+print(json.dumps({"seen": s.images_seen, "done": s.images_done, "noface": s.images_noface,
+                  "failed": s.images_failed, "skipped": s.images_skipped, "failures": s.failures,
+                  "worker_pids": sorted(s.worker_peak_rss)}))
+"""
+
+
+def _popen_run(**kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _RUN, json.dumps(kw)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _cli(*args: str) -> list:
+    return [sys.executable, "-m", "query.cli", *args]
+
+
+def assert_same_rows(got: dict, expected: dict, atol: float = 1e-5) -> None:
+    assert got.keys() == expected.keys()
+    for k, e in expected.items():
+        assert {f: v for f, v in got[k].items() if f != "vector"} == {f: v for f, v in e.items() if f != "vector"}
+        np.testing.assert_allclose(got[k]["vector"], e["vector"], atol=atol)
+
+
+def assert_ledger_only_for_stored_faces(db: Path) -> dict:
+    """Every image the ledger calls done has all its faces in the collection."""
+    rows = read_rows(db, "dlib", with_vectors=False)
+    per_image: dict = {}
+    for r in rows.values():
+        per_image[r["image_sha256"]] = per_image.get(r["image_sha256"], 0) + 1
+    ledger = read_ledger(db)
+    for path, r in ledger.items():
+        if r["status"] == "done":
+            assert per_image.get(r["image_sha256"], 0) == r["faces"], (path, r)
+    return ledger
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, settings):
+    """The first N CelebA images, ingested without interruption (in-process, batches of 4)."""
+    db = tmp_path_factory.mktemp("reference") / "clean.db"
+    s = ingest.run(str(CELEBA), db=str(db), limit=N, workers=0, batch_size=4, progress=False,
+                   settings=settings, report=str(db.parent / "r.txt"))
+    assert s.images_failed == 0
+    return read_rows(db, "dlib")
+
+
+def _dask_workers(driver_pid: int) -> list:
+    """The Dask worker processes of a driver running a LocalCluster: the nannies live in the
+    driver; each worker is a multiprocessing-spawned child of it (the resource tracker is not)."""
+    import psutil
+
+    out = []
+    for p in psutil.Process(driver_pid).children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "multiprocessing.spawn" in cmd and "resource_tracker" not in cmd:
+            out.append(p)
+    return out
+
+
+# -- 1. Dask workers dying ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_worker_killed_mid_run_gives_the_uninterrupted_result(tmp_path, reference):
+    db = tmp_path / "killed.db"
+    proc = _popen_run(source=str(CELEBA), db=str(db), limit=N, workers=2, batch_size=4, progress=True,
+                      report=str(tmp_path / "r.txt"))
+    try:
+        buf, done_at_kill = "", None
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            ch = proc.stderr.read(1)
+            if not ch:
+                break
+            buf += ch
+            seen = re.findall(rf"(\d+)/{N}\b", buf[-40:])
+            if seen and 4 <= int(seen[-1]) < N:  # a batch is stored; the others are in flight
+                done_at_kill = int(seen[-1])
+                break
+        assert done_at_kill is not None and proc.poll() is None, f"run ended before the kill:\n{buf[-2000:]}"
+        workers = _dask_workers(proc.pid)
+        assert len(workers) == 2, workers
+        victim = workers[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (buf + err)[-3000:]
+    summary = _summary(out)
+    assert summary["seen"] == N and summary["failed"] == 0, summary
+    assert summary["done"] + summary["noface"] == N
+    assert_same_rows(read_rows(db, "dlib"), reference)
+    ledger = read_ledger(db)
+    assert len(ledger) == N and all(r["status"] in ("done", "noface") for r in ledger.values())
+
+
+class _PoisonWatcher:
+    """Makes `fifo` a file that kills whichever process reads it, every time.
+
+    The FIFO stands in for a file that crashes its decoder (a segfault in native code): a worker
+    that opens it blocks in read(); the watcher sees it there (/proc/PID/fd) and SIGKILLs it.
+    Only descendants of `root_pid` are touched."""
+
+    def __init__(self, fifo: Path, root_pid: int):
+        self.fifo, self.root_pid = fifo, root_pid
+        self.kills = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _readers(self):
+        import psutil
+
+        out = []
+        for p in psutil.Process(self.root_pid).children(recursive=True):
+            try:
+                if any(os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(self.fifo)
+                       for fd in os.listdir(f"/proc/{p.pid}/fd")):
+                    out.append(p)
+            except (OSError, psutil.Error):
+                continue
+        return out
+
+    def _loop(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:  # succeeds only while a reader has the FIFO open (or is opening it)
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            try:
+                # Closing the write end first would hand the reader an end of file (an "empty
+                # file", a plain failure): kill it while it waits for data.
+                deadline = time.time() + 10
+                while not self._stop.is_set() and time.time() < deadline:
+                    readers = self._readers()
+                    if readers:
+                        for p in readers:
+                            p.send_signal(signal.SIGKILL)
+                            self.kills += 1
+                        psutil.wait_procs(readers, timeout=10)
+                        break
+                    time.sleep(0.02)
+            finally:
+                os.close(fd)
+
+
+@pytest.mark.slow
+def test_file_that_kills_its_worker_every_time_is_quarantined(tmp_path):
+    photos = sorted((CELEBA / "img_celeba").iterdir())[:6]
+    poison = tmp_path / "poison.jpg"
+    os.mkfifo(poison)
+    src = tmp_path / "list.txt"
+    src.write_text("\n".join(str(p) for p in photos[:3] + [poison] + photos[3:]))
+    db = tmp_path / "q.db"
+    t0 = time.perf_counter()
+    proc = _popen_run(source=str(src), db=str(db), workers=2, batch_size=2, progress=False,
+                      report=str(tmp_path / "r.txt"))
+    with _PoisonWatcher(poison, proc.pid) as watcher:
+        try:
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, err[-3000:]
+    summary = _summary(out)
+    assert summary["failed"] == 1 and summary["done"] + summary["noface"] == 6, summary
+    [(path, reason)] = summary["failures"]
+    assert path == str(poison) and reason.startswith("worker crashed on this file"), reason
+    # Dask runs a task on up to 4 workers (allowed-failures 3) before it gives up on it: the batch
+    # holding the file 4 times, then the file alone 4 times. Bounded, never forever.
+    assert watcher.kills == 8, (watcher.kills, err[-2000:])
+    print(f"\nquarantined after {watcher.kills} worker kills in {seconds:.0f} s")
+    # A re-run skips it (it is in the ledger as failed; --retry-failed would try it again). Before
+    # this process opens the database: Milvus Lite keeps it locked here until the process ends.
+    proc = _popen_run(source=str(src), db=str(db), workers=2, progress=False, report=str(tmp_path / "r2.txt"))
+    with _PoisonWatcher(poison, proc.pid) as watcher:
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    ledger = read_ledger(db)
+    assert ledger[str(poison)]["status"] == "failed"
+    assert ledger[str(poison)]["reason"].startswith("worker crashed on this file")
+    assert all(ledger[str(p)]["status"] == "done" for p in photos)
+    assert {r["source_path"] for r in read_rows(db, "dlib", with_vectors=False).values()} == {str(p) for p in photos}
+    assert _summary(out)["skipped"] == 7 and watcher.kills == 0
+
+
+# -- 2. Milvus Lite faults: read-only folder, full disk ---------------------------------------------
+def _private_mounts_possible() -> str:
+    """'' where `unshare -m` + `mount -t tmpfs` work here, else why not."""
+    probe = Path(f"/tmp/lookalike-mount-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        r = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare/mount unavailable: {e}"
+    finally:
+        probe.rmdir()
+    return "" if r.returncode == 0 else f"cannot mount a tmpfs in a private mount namespace: {r.stderr.strip()}"
+
+
+needs_mounts = pytest.mark.skipif(bool(_private_mounts_possible()), reason=_private_mounts_possible() or "-")
+
+
+def _in_mount_namespace(script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lookalike: "), stderr
+    return lines[0]
+
+
+@needs_mounts
+def test_read_only_database_folder_gives_one_line_and_exit_6(tmp_path):
+    """As root, permission bits do not stop a write: a read-only file system does. Two cases: a new
+    database on a read-only mount, and an existing one whose folder is remounted read-only."""
+    from ingest.store import Store
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with Store(str(existing / "faces.db")) as s:
+        s.ensure_ledger()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    py, src = shlex.quote(sys.executable), shlex.quote(str(CELEBA))
+    ingest_cmd = f"{py} -m query.cli ingest {src} --limit 2 --workers 0 -q --report {tmp_path}/r.txt --db"
+    script = f"""
+        mount -t tmpfs -o ro,size=1m tmpfs {fresh} || exit 100
+        mount --bind -o ro {existing} {existing} || exit 100
+        {ingest_cmd} {fresh}/faces.db 2>{tmp_path}/fresh.err; echo $? >{tmp_path}/fresh.rc
+        {ingest_cmd} {existing}/faces.db 2>{tmp_path}/existing.err; echo $? >{tmp_path}/existing.rc
+    """
+    r = _in_mount_namespace(script)
+    assert r.returncode == 0, r.stderr
+    for case, where in (("fresh", fresh / "faces.db"), ("existing", existing / "faces.db" / "LOCK")):
+        assert (tmp_path / f"{case}.rc").read_text().strip() == "6", (tmp_path / f"{case}.err").read_text()
+        line = _one_line((tmp_path / f"{case}.err").read_text())
+        assert "Read-only file system" in line and str(where) in line, line
+
+
+@needs_mounts
+@pytest.mark.slow
+def test_disk_full_mid_ingest_stops_cleanly_and_resume_completes(tmp_path, reference):
+    """A 16 MB tmpfs filled but for 150 KB (an empty database takes ~30 KB, the N images ~240 KB):
+    the ingest stops with one line and exit 6, the ledger holds only images whose faces are stored,
+    and after the filler is deleted the same command completes with the uninterrupted result."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    py, src = shlex.quote(sys.executable), shlex.quote(str(CELEBA))
+    cmd = f"{py} -m query.cli ingest {src} --limit {N} --workers 0 --batch-size 4 --db {mnt}/faces.db"
+    script = f"""
+        set -u
+        mount -t tmpfs -o size=16m tmpfs {mnt} || exit 100
+        avail=$(df -k --output=avail {mnt} | tail -1)
+        fallocate -l $(( (avail - 150) * 1024 )) {mnt}/filler || exit 101
+        {cmd} -q --report {tmp_path}/r1.txt 2>{tmp_path}/full.err; echo $? >{tmp_path}/full.rc
+        cp -a {mnt}/faces.db {tmp_path}/after_full.db
+        rm {mnt}/filler
+        {cmd} -q --report {tmp_path}/r2.txt 2>{tmp_path}/resume.err; echo $? >{tmp_path}/resume.rc
+        cp -a {mnt}/faces.db {tmp_path}/resumed.db
+    """
+    r = _in_mount_namespace(script)
+    assert r.returncode == 0, r.stderr
+    full_err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "6", full_err
+    line = _one_line(full_err)
+    assert "No space left on device" in line, line
+    ledger = assert_ledger_only_for_stored_faces(tmp_path / "after_full.db")
+    assert len(ledger) < N
+    print(f"\ndisk full after {len(ledger)} of {N} images recorded: {line}")
+    assert (tmp_path / "resume.rc").read_text().strip() == "0", (tmp_path / "resume.err").read_text()
+    assert_same_rows(read_rows(tmp_path / "resumed.db", "dlib"), reference)
+    ledger = assert_ledger_only_for_stored_faces(tmp_path / "resumed.db")
+    assert len(ledger) == N and all(r["status"] in ("done", "noface") for r in ledger.values())
+
+
+# -- 3. transient Milvus errors: bounded retries ----------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _LiteServer:
+    """Milvus Lite's own gRPC server (`python -m milvus_lite server`) as a process of its own: a
+    real server on a real port, that can be killed -9 and started again on the same port."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir, self.port = data_dir, _free_port()
+        self.proc = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "_LiteServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+             "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "milvus_lite server exited"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise AssertionError("milvus_lite server did not listen")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def lite_server(tmp_path):
+    server = _LiteServer(tmp_path / "server.db").start()
+    yield server
+    server.kill()
+
+
+def _ledger_row(i: int) -> dict:
+    return {"id": f"t:{i}", "model": "dlib", "source_path": f"/x/{i}.jpg", "image_sha256": "", "status": "noface",
+            "faces": 0, "reason": "", "detector": "yunet", "ingested_at": 0}
+
+
+def test_unreachable_server_fails_at_once_with_one_line():
+    from ingest.store import Store, StoreError
+
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens: connection refused
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError) as e:
+        Store(None, uri=uri)
+    seconds = time.perf_counter() - t0
+    msg = str(e.value)
+    assert "\n" not in msg and uri in msg and "cannot open Milvus" in msg, msg
+    assert seconds < 10, seconds
+    print(f"\nunreachable server refused in {seconds:.2f} s: {msg}")
+
+
+def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server):
+    from ingest.store import Store, StoreError
+
+    store = Store(None, uri=lite_server.uri, retries=3, retry_seconds=30)
+    store.ensure_ledger()
+    store.record_images([_ledger_row(1)])
+    assert store.count("lookalike_images") == 1
+    lite_server.kill()
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError) as e:
+        store.record_images([_ledger_row(2)])
+    seconds = time.perf_counter() - t0
+    msg = str(e.value)
+    # 4 attempts, 0.5 + 1 + 2 s apart
+    assert "\n" not in msg and lite_server.uri in msg and "gave up after 4 attempts" in msg, msg
+    assert 3.4 <= seconds < 8, seconds
+    # the time budget bounds it too, whatever the number of retries
+    store.retries, store.retry_seconds = 100, 2.0
+    t0 = time.perf_counter()
+    with pytest.raises(StoreError, match="unavailable, gave up after"):
+        store.count("lookalike_images")
+    budget_seconds = time.perf_counter() - t0
+    assert 1.9 <= budget_seconds < 5, budget_seconds
+    store.close()
+    print(f"\nserver gone: 4 attempts in {seconds:.1f} s; 2-s budget gave up after {budget_seconds:.1f} s")
+
+
+def test_server_back_within_the_retry_budget_loses_nothing(lite_server):
+    from ingest.store import Store
+
+    store = Store(None, uri=lite_server.uri, retries=8, retry_seconds=30)
+    store.ensure_ledger()
+    store.record_images([_ledger_row(1)])
+    store.flush(["lookalike_images"])
+    lite_server.kill()
+    restart = threading.Timer(1.5, lite_server.start)
+    restart.start()
+    t0 = time.perf_counter()
+    try:
+        store.record_images([_ledger_row(2)])  # retried until the server is back
+        store.flush(["lookalike_images"])
+        seconds = time.perf_counter() - t0
+    finally:
+        restart.join()  # then the fixture stops the restarted server
+    store.close()
+    with Store(None, uri=lite_server.uri) as fresh:
+        assert fresh.count("lookalike_images") == 2
+    assert seconds >= 1.5
+    print(f"\nwrite retried until the server was back: {seconds:.1f} s")
+
+
+def test_only_transient_errors_are_retried(tmp_path):
+    """Classification on real exceptions from real failing calls."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    from ingest.store import Store, StoreError, transient
+
+    with pytest.raises(MilvusException) as refused:
+        MilvusClient(f"http://127.0.0.1:{_free_port()}")
+    assert transient(refused.value)  # connection refused: the server may be restarting
+    with Store(str(tmp_path / "t.db"), retries=8, retry_seconds=30) as store:
+        store.ensure_ledger()
+        store.record_images([_ledger_row(1)])
+        for bad in (lambda: store.client.query("lookalike_images", filter="id >>> 3"),  # bad filter
+                    lambda: store.client.upsert("lookalike_images", [{"id": "x"}]),  # schema
+                    lambda: store.client.upsert("no_such_collection", [_ledger_row(2)])):
+            with pytest.raises(MilvusException) as e:
+                bad()
+            assert not transient(e.value), e.value
+        # and through the Store: one line at once, no retries
+        t0 = time.perf_counter()
+        with pytest.raises(StoreError) as e:
+            store.count("lookalike_images", extra_filter="id >>> 3")
+        assert time.perf_counter() - t0 < 0.5 and "attempt" not in str(e.value) and "\n" not in str(e.value)
