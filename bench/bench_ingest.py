@@ -2,7 +2,7 @@
 """Ingestion benchmark: model-bound rate vs the Dask pipeline (1 and 2 workers) vs the seed's naive
 loop, plus peak RSS per worker at two dataset sizes. A benchmark, not a test: nothing here asserts.
 
-    python bench/bench_ingest.py                 # 300 images, RSS at 300 and 1500 (~10 min, 2 cores)
+    python bench/bench_ingest.py                 # 300 images, RSS at 300 and 2000 (~15 min, 2 cores)
     python bench/bench_ingest.py --images 100 --skip-rss
 
 Every measurement runs in a fresh Python process (this script re-invoked with --phase), one after
@@ -23,8 +23,8 @@ the other, so no phase inherits another's models, threads or page of memory:
       as the seed ran. Run with the product's detector and model (yunet + Dlib, env
       yunet_score_threshold like the product) and with the seed's defaults (DeepFace's defaults are
       opencv + VGG-Face; VGG-Face weights cannot be downloaded here, so opencv + Dlib).
-  rss ingest.run(workers=2) on the first 300 and 1500 of every photo under the data dir (a fixed
-      shuffle, so both sizes hold the same mix); per worker: summary.worker_peak_rss (RSS after each
+  rss ingest.run(workers=2) on the first 300 and 2000 of every photo under the data dir (a fixed
+      shuffle, so both sizes hold the same mix; beyond the ~1,640 photos there, mirrored copies); per worker: summary.worker_peak_rss (RSS after each
       batch, reported by the worker) and VmHWM sampled from /proc while the run goes.
 
 Results: bench/results/ingest.json and ingest.txt (override with --out).
@@ -93,6 +93,25 @@ def rss_paths(data: Path) -> List[str]:
         if (data / s).is_dir():
             out.extend(image_files(data / s))
     random.Random(0).shuffle(out)
+    return out
+
+
+def extend_with_mirrors(paths: List[str], n: int, folder: Path) -> List[str]:
+    """`paths` grown to n photos with left-right mirrored copies (new bytes, so new images to the
+    pipeline, with the same faces), for a run longer than the sample data holds."""
+    from PIL import Image, ImageOps
+
+    out = list(paths)
+    folder.mkdir(parents=True, exist_ok=True)
+    i = 0
+    while len(out) < n:
+        src = paths[i % len(paths)]
+        dst = folder / f"mirror{i:05d}_{Path(src).stem}.jpg"
+        if not dst.exists():
+            with Image.open(src) as im:
+                ImageOps.mirror(ImageOps.exif_transpose(im).convert("RGB")).save(dst, quality=92)
+        out.append(str(dst))
+        i += 1
     return out
 
 
@@ -570,7 +589,8 @@ def rss_block(res: Dict[str, Any]) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=300, help="images for a-d (default 300)")
-    ap.add_argument("--rss-images", type=int, default=1500, help="larger size for the RSS check (default 1500)")
+    ap.add_argument("--rss-images", type=int, default=2000,
+                    help="larger size for the RSS check (default 2000; mirrored copies beyond the sample's photos)")
     ap.add_argument("--skip-rss", action="store_true", help="skip the RSS runs")
     ap.add_argument("--data", default=str(default_data_dir()), help="sample data dir (default ../shared/data)")
     ap.add_argument("--detector", default="yunet", help="product detector for a-d (default yunet)")
@@ -662,9 +682,9 @@ def orchestrate(args) -> int:
             env)
         if not args.skip_rss:
             every = rss_paths(data)
+            if args.rss_images > len(every):  # the sample data holds ~1,640 photos
+                every = extend_with_mirrors(every, args.rss_images, work / "mirrors")
             for n in (args.images, args.rss_images):
-                if n > len(every):
-                    raise SystemExit(f"--rss-images {n}: only {len(every)} photos under {data}")
                 lst = write_list(every[:n], work / f"rss{n}.txt")
                 res[f"rss_{n}"] = phase(f"rss ingest.run workers=2 on {n} mixed photos",
                                             ["--phase", "pipeline", "--workers", "2", "--detector", args.detector,
