@@ -38,7 +38,7 @@ DEFAULT_SERVER_PYTHON = Path.home() / ".cache" / "lookalike" / "milvus-server" /
 # Runs under the server venv's python: configures and starts the server, prints one JSON line
 # once /healthz answers OK, then waits for the server process (and exits with its status).
 _LAUNCHER = r"""
-import json, random, socket, sys
+import json, os, random, socket, sys
 from milvus import MilvusServer, MilvusServerConfig
 
 base, port = sys.argv[1], int(sys.argv[2])
@@ -62,6 +62,30 @@ rng = random.Random(port)
 for key, item in config.configurable_items.items():
     if key.endswith("_port") and key != "proxy_port":
         item[1] = rng.randrange(20000, 60000)
+# The embedded etcd listens on 2379/2380 whatever etcd_port says (its client is in-process), so a
+# second server on the machine would die at start: give it ports of its own in a config file
+# (etcd.config.path, which the template lacks).
+def pick(start):
+    p, sock = config.resolve_port(start)
+    sock.close()
+    return p
+client, peer = pick(rng.randrange(20000, 60000)), pick(rng.randrange(20000, 60000))
+config.update(etcd_port=client)
+etcd_yaml = os.path.join(base, "etcd.yaml")
+os.makedirs(base, exist_ok=True)
+with open(etcd_yaml, "w") as f:
+    f.write(f"name: default\nlisten-client-urls: http://127.0.0.1:{client}\n"
+            f"advertise-client-urls: http://127.0.0.1:{client}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer}\n")
+assert "\netcd:\n  endpoints:" in config.template_text
+config.template_text = config.template_text.replace(
+    "\netcd:\n  endpoints:", f"\netcd:\n  config:\n    path: {etcd_yaml}\n  endpoints:", 1)
+# After a crash the new process waits for the dead one's etcd sessions to expire before it serves
+# the collections again (measured: ~25 s to load with the default 30 s ttl); 10 s keeps a crash
+# test short and is still far above a keep-alive's delay on a loaded machine.
+config.set("common.session.ttl", 10)
 server = MilvusServer(config)
 server.webservice_port = rng.randrange(20000, 60000)  # /healthz; searched upwards from here
 server.set_base_dir(base)
