@@ -51,12 +51,8 @@ import json
 import math
 import os
 import platform
-import select
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -193,114 +189,27 @@ def data_stats(data: Dict[str, np.ndarray]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Milvus server (Milvus 2.3.5 standalone, its own venv)
 # ---------------------------------------------------------------------------------------------
-# Runs under the server venv's python. Like tests/milvus_server.py, but the embedded etcd's client
-# and peer ports (2379/2380 by default, not configurable through the package) are free ones too,
-# through an etcd config file, so this server never collides with another one on the machine.
-_LAUNCHER = r"""
-import json, os, random, socket, sys, time
-import milvus
-from milvus import MilvusServer, MilvusServerConfig
-
-base, port = sys.argv[1], int(sys.argv[2])
-rng = random.Random(port)
-
-def try_bind_port(self, p):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", p)); s.listen(); return s
-    except OSError:
-        s.close(); return None
-
-taken = set()
-def pick():
-    while True:
-        p = rng.randrange(20000, 60000)
-        s = p not in taken and try_bind_port(None, p)
-        if s:
-            s.close(); taken.add(p); return p
-
-MilvusServerConfig.try_bind_port = try_bind_port
-os.makedirs(base, exist_ok=True)
-etcd_client, etcd_peer = pick(), pick()
-etcd_cfg = os.path.join(base, "embed-etcd.yaml")
-with open(etcd_cfg, "w") as f:
-    f.write(f"name: bench\nlisten-client-urls: http://127.0.0.1:{etcd_client}\n"
-            f"advertise-client-urls: http://127.0.0.1:{etcd_client}\n"
-            f"listen-peer-urls: http://127.0.0.1:{etcd_peer}\n"
-            f"initial-advertise-peer-urls: http://127.0.0.1:{etcd_peer}\n"
-            f"initial-cluster: bench=http://127.0.0.1:{etcd_peer}\n")
-config = MilvusServerConfig()
-text = config.template_text
-anchor = "etcd:\n  endpoints:"
-assert anchor in text and "    enableAutoCompaction: true" in text
-text = text.replace(anchor, "etcd:\n  config:\n    path: " + etcd_cfg + "\n  endpoints:", 1)
-text = text.replace("    enableAutoCompaction: true", "    enableAutoCompaction: false", 1)
-config.template_text = text
-config.update(proxy_port=port, etcd_port=etcd_client)
-taken.add(port)
-for key, item in config.configurable_items.items():
-    if key.endswith("_port") and key not in ("proxy_port", "etcd_port"):
-        item[1] = pick()
-server = MilvusServer(config)
-server.webservice_port = pick()
-server.set_base_dir(base)
-t0 = time.time()
-server.start()
-print(json.dumps({"port": server.listen_port, "pid": server.server_proc.pid,
-                  "seconds": round(time.time() - t0, 1)}), flush=True)
-sys.exit(server.server_proc.wait())
-"""
+# The tests' launcher (tests/milvus_server.py): free ports for the proxy, the coordinators and the
+# embedded etcd, so this server never collides with another one on the machine; automatic
+# compaction off, so no background merge runs while searches are timed.
+sys.path.insert(0, str(ROOT / "tests"))
+from milvus_server import MilvusServerProcess, ServerUnavailable  # noqa: E402
 
 
-class MilvusServer:
+class MilvusServer(MilvusServerProcess):
     def __init__(self, base_dir: Path, python: Path = SERVER_PYTHON):
-        self.base_dir, self.python = base_dir, python
-        self.proc: Optional[subprocess.Popen] = None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        super().__init__(python, base_dir, auto_compaction=False)
 
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 240.0) -> float:
+    def start(self, timeout: float = 240.0) -> float:  # type: ignore[override]
         if not self.python.is_file():
             raise SystemExit(f"Milvus server venv not found: {self.python} (set LOOKALIKE_MILVUS_SERVER_PYTHON; "
                              f"see tests/milvus_server.py for how to make it), or run --backends lite")
         shutil.rmtree(self.base_dir, ignore_errors=True)
-        self.base_dir.mkdir(parents=True)
         t0 = time.perf_counter()
-        with open(self.base_dir / "launcher.log", "ab") as err:
-            self.proc = subprocess.Popen([str(self.python), "-c", _LAUNCHER, str(self.base_dir), str(self.port)],
-                                         stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        line, deadline = b"", time.monotonic() + timeout
-        while not line.endswith(b"\n"):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                tail = ""
-                for name in ("launcher.log", "logs/milvus-stderr.log"):
-                    p = self.base_dir / name
-                    if p.is_file():
-                        tail += "\n".join(p.read_text(errors="replace").splitlines()[-10:]) + "\n"
-                self.stop()
-                raise SystemExit(f"Milvus server did not start (logs in {self.base_dir}):\n{tail}")
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line += os.read(self.proc.stdout.fileno(), 4096)
-        from pymilvus import MilvusClient
-
-        while True:  # /healthz answers before every coordinator is ready
-            try:
-                c = MilvusClient(uri=self.uri, timeout=10)
-                c.list_collections()
-                c.close()
-                break
-            except Exception:  # noqa: BLE001 - not ready yet
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"Milvus server at {self.uri} does not answer")
-                time.sleep(0.5)
+        try:
+            super().start(timeout)
+        except ServerUnavailable as e:
+            raise SystemExit(str(e)) from None
         return time.perf_counter() - t0
 
     def pids(self) -> List[int]:
@@ -313,18 +222,6 @@ class MilvusServer:
             return [p.pid] + [c.pid for c in p.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # launcher + milvus binary: their own group
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc = None
 
 
 # ---------------------------------------------------------------------------------------------

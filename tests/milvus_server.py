@@ -42,6 +42,7 @@ import json, os, random, socket, sys
 from milvus import MilvusServer, MilvusServerConfig
 
 base, port = sys.argv[1], int(sys.argv[2])
+auto_compaction = len(sys.argv) < 4 or sys.argv[3] == "1"
 
 def try_bind_port(self, p):
     # SO_REUSEADDR: a restarted server binds the same port while the old connections linger in
@@ -86,6 +87,10 @@ config.template_text = config.template_text.replace(
 # the collections again (measured: ~25 s to load with the default 30 s ttl); 10 s keeps a crash
 # test short and is still far above a keep-alive's delay on a loaded machine.
 config.set("common.session.ttl", 10)
+if not auto_compaction:  # benchmarks: no background merge of segments while timing searches
+    assert "    enableAutoCompaction: true" in config.template_text
+    config.template_text = config.template_text.replace(
+        "    enableAutoCompaction: true", "    enableAutoCompaction: false", 1)
 server = MilvusServer(config)
 server.webservice_port = rng.randrange(20000, 60000)  # /healthz; searched upwards from here
 server.set_base_dir(base)
@@ -115,10 +120,12 @@ class ServerUnavailable(RuntimeError):
 class MilvusServerProcess:
     """One Milvus standalone server in its own process group; data persists across restarts."""
 
-    def __init__(self, python: Path, base_dir: Path, port: Optional[int] = None):
+    def __init__(self, python: Path, base_dir: Path, port: Optional[int] = None,
+                 auto_compaction: bool = True):
         self.python = Path(python)
         self.base_dir = Path(base_dir)
         self.port = port or free_port()
+        self.auto_compaction = auto_compaction
         self.proc: Optional[subprocess.Popen] = None
         self.start_seconds: Optional[float] = None
         self.info: dict = {}
@@ -146,7 +153,8 @@ class MilvusServerProcess:
         log = open(self.base_dir / "launcher.log", "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(self.python), "-c", _LAUNCHER, str(self.base_dir), str(self.port)],
+            [str(self.python), "-c", _LAUNCHER, str(self.base_dir), str(self.port),
+             "1" if self.auto_compaction else "0"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         line = b""
