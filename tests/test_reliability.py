@@ -471,3 +471,35 @@ def test_only_transient_errors_are_retried(tmp_path):
         with pytest.raises(StoreError) as e:
             store.count("lookalike_images", extra_filter="id >>> 3")
         assert time.perf_counter() - t0 < 0.5 and "attempt" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unreadable_file_is_reported_and_the_rest_stored(tmp_path, settings):
+    """A photo the process may not read (mode 000) ends as one report line, the run completes.
+    Root reads any file whatever its mode, so as root the run is started without the two
+    capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): a real EACCES."""
+    import shutil
+
+    folder = tmp_path / "photos" / "Jackie_Chan"
+    folder.mkdir(parents=True)
+    src = sorted((DATA / "people" / "Jackie_Chan").iterdir())
+    shutil.copy(src[0], folder / "readable.jpg")
+    shutil.copy(src[1], folder / "locked.jpg")
+    os.chmod(folder / "locked.jpg", 0)
+    prefix: list = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv is missing: cannot make a file unreadable")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    report = tmp_path / "report.txt"
+    r = subprocess.run(prefix + _cli("ingest", str(tmp_path / "photos"), "--db", str(tmp_path / "p.db"),
+                                     "--workers", "0", "--report", str(report)),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "DEEPFACE_HOME": settings.deepface_home})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in report.read_text().splitlines() if not ln.startswith("#")]
+    assert len(lines) == 1 and lines[0].startswith(str(folder / "locked.jpg"))
+    assert "permission denied" in lines[0]
+    os.chmod(folder / "locked.jpg", 0o644)
+    stored = {Path(v["source_path"]).name for v in read_rows(tmp_path / "p.db", "dlib", with_vectors=False).values()}
+    assert stored == {"readable.jpg"}
