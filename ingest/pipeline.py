@@ -573,16 +573,15 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
                 kind, message = err
                 raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
         limit = max_in_flight or 2 * n_workers
-        # Dask retries a batch whose worker died (2 retries). A batch that still fails is split
-        # into single images, so one poisonous file is quarantined (failed, with its reason) and
-        # the rest of its batch is stored.
+        # Dask runs a batch again when its worker dies, on up to 4 workers in all
+        # (distributed.scheduler.allowed-failures 3; retries=2 covers exceptions), then gives up.
         futures = as_completed()
-        pending: Dict[Any, Tuple[List[ImageRecord], bool]] = {}
+        pending: Dict[Any, List[ImageRecord]] = {}
+        mapper = _mapper(settings)
 
-        def submit(batch: List[ImageRecord], single: bool = False) -> None:
-            fut = client.submit(_mapper(settings), batch, settings, det, models, min_face, pure=False,
-                                retries=2)
-            pending[fut.key] = (batch, single)
+        def submit(batch: List[ImageRecord]) -> None:
+            fut = client.submit(mapper, batch, settings, det, models, min_face, pure=False, retries=2)
+            pending[fut.key] = batch
             futures.add(fut)
 
         for _ in range(limit):
@@ -590,26 +589,38 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
             if batch is None:
                 break
             submit(batch)
+        # A batch whose workers kept dying is not blamed yet: a killed worker also loses the other
+        # tasks it held, so an innocent batch can fail beside the guilty one. Its images are run
+        # again one by one, each ALONE on the cluster, once everything else is done: an image that
+        # still kills its worker then is the culprit and is quarantined (failed, with the reason).
+        suspects: List[ImageRecord] = []
         for fut in futures:
-            batch, single = pending.pop(fut.key)
+            batch = pending.pop(fut.key)
             try:
                 res = fut.result()
             except (WeightsMissing, ModelError):
                 raise
-            except Exception as e:  # noqa: BLE001 - KilledWorker, a crash inside a model, ...
+            except Exception:  # noqa: BLE001 - KilledWorker, a crash inside a model, ...
+                suspects.extend(batch)
+            else:
+                done(res)
+            finally:
                 fut.release()
-                if single or len(batch) == 1:
-                    reason = f"worker crashed on this file: {_reason(e)}"
-                    done(BatchResult([ImageResult(r.path, "", "failed", reason) for r in batch], 0.0, 0, 0))
-                else:
-                    for r in batch:
-                        submit([r], single=True)
-                continue
-            fut.release()
-            done(res)
             batch = next(batches, None)
             if batch is not None:
                 submit(batch)
+        for r in suspects:
+            fut = client.submit(mapper, [r], settings, det, models, min_face, pure=False, retries=2)
+            try:
+                res = fut.result()
+            except (WeightsMissing, ModelError):
+                raise
+            except Exception as e:  # noqa: BLE001
+                res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {_reason(e)}")],
+                                  0.0, 0, 0)
+            finally:
+                fut.release()
+            done(res)
     finally:
         client.close()
         if cluster is not None:
