@@ -24,7 +24,7 @@ without a filter and with two filters. Writes bench/results/index.json and index
   Lite really builds FLAT, IVF_FLAT and HNSW (schemas.PROFILES["lite"].buildable); the IVF nprobe
   sweep and the HNSW latency against FLAT show the index is used.
 - Server: Milvus 2.3.5 standalone from the `milvus` package's own venv
-  (~/.cache/lookalike/milvus-server, or $LOOKALIKE_MILVUS_SERVER_PYTHON), started and killed by
+  (~/.cache/lookalike/milvus-server-2.3.5, built by `make test`, or $LOOKALIKE_MILVUS_SERVER_PYTHON), started and killed by
   this script, with its data in bench/.cache/index/server; every port it opens (embedded etcd's
   included) is a free one, so it runs beside other servers. Auto compaction off; one manual
   compaction after the insert (timed); then per index type create_index, wait until every row is
@@ -78,7 +78,7 @@ BALD_IDENTITY_P = 0.01
 FILTERS = {"none": "", "Smiling (~48 %)": "Smiling == true", "Bald (~1 %)": "Bald == true"}
 SEED_CLAIM = {"FLAT": (500, 1.00), "IVF_FLAT": (50, 0.99), "HNSW": (2, 0.98)}  # ms/query, accuracy
 SERVER_PYTHON = Path(os.environ.get("LOOKALIKE_MILVUS_SERVER_PYTHON") or
-                     Path.home() / ".cache" / "lookalike" / "milvus-server" / "bin" / "python")
+                     Path.home() / ".cache" / "lookalike" / "milvus-server-2.3.5" / "bin" / "python")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The `milvus` package (Milvus 2.3.5 "lite" standalone: the C++/Go server with embedded etcd and
 rocksmq, no Docker) lives in a virtualenv of its own, because it pins an old pymilvus: its python is
-$LOOKALIKE_MILVUS_SERVER_PYTHON (default ~/.cache/lookalike/milvus-server/bin/python; `.ci/run`
+$LOOKALIKE_MILVUS_SERVER_PYTHON (default ~/.cache/lookalike/milvus-server-2.3.5/bin/python; `make test`
 creates it). The server runs as a subprocess in a new process group, on a free port, with its data
 in a temporary folder; the whole group is killed at the end.
 
@@ -33,7 +33,7 @@ import pytest
 
 SERVER_PYTHON_ENV = "LOOKALIKE_MILVUS_SERVER_PYTHON"
 REQUIRE_ENV = "LOOKALIKE_REQUIRE_SERVER"
-DEFAULT_SERVER_PYTHON = Path.home() / ".cache" / "lookalike" / "milvus-server" / "bin" / "python"
+DEFAULT_SERVER_PYTHON = Path.home() / ".cache" / "lookalike" / "milvus-server-2.3.5" / "bin" / "python"
 
 # Runs under the server venv's python: configures and starts the server, prints one JSON line
 # once /healthz answers OK, then waits for the server process (and exits with its status).
@@ -265,7 +265,7 @@ def start_server(base_dir: Path, port: Optional[int] = None) -> MilvusServerProc
     if not python.is_file():
         _unavailable(f"Milvus server venv not found: {python} does not exist; create it with "
                      f"`python3 -m venv V && V/bin/pip install milvus==2.3.5 pymilvus==2.3.7 'setuptools<70' "
-                     f"'marshmallow<4'` and set {SERVER_PYTHON_ENV}=V/bin/python (.ci/run does this)")
+                     f"'marshmallow<4'` and set {SERVER_PYTHON_ENV}=V/bin/python (`make test` does this)")
     try:
         return MilvusServerProcess(python, base_dir, port).start()
     except ServerUnavailable as e:
