@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,6 @@ def build_models(cache: Path) -> dict:
 
 def embed_rates(models: list, paths: list, settings, threads: int) -> dict:
     """faces/s of each embedder's forward at batch sizes 1, 8, 32 (faces already detected)."""
-    import numpy as np
     import torch
 
     from ingest.images import load

@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         f"filter {broad} (~25 %)": {"filter": broad},
         "filter identity in 5 ids (0.5 %)": {"filter": narrow},
         "exclude same image": {"exclude_same_image": True},
-        f"filter ~25 %, next photo of the run (probe reused)": {"filter": broad, "keep_probes": True},
+        "filter ~25 %, next photo of the run (probe reused)": {"filter": broad, "keep_probes": True},
         "filter 0.5 %, next photo of the run (probe reused)": {"filter": narrow, "keep_probes": True},
     }
     result["warm"] = {}

@@ -57,7 +57,7 @@ def _packaged_weights() -> Dict[str, Path]:
     spec = importlib.util.find_spec("face_recognition_models")
     for location in (spec.submodule_search_locations or []) if spec else []:
         base = Path(location) / "models"
-        for name in ("dlib_face_recognition_resnet_model_v1.dat", DLIB_LANDMARKS_FILE):
+        for name in (MODELS["dlib"].weights_file, DLIB_LANDMARKS_FILE):
             if (base / name).is_file():
                 found.setdefault(name, base / name)
     return found
@@ -355,9 +355,11 @@ class DlibEmbedder(DeepFaceEmbedder):
                 if helper.send(chips[half:]):
                     mine = _descriptors(self._model.model.model, chips[:half])
                     theirs = helper.receive()
-                    if theirs is not None:
-                        return np.vstack([mine, theirs])
-            self.close()  # the helper died: carry on alone
+                    if theirs is None:  # the helper died: its half here, and alone from now on
+                        self.close()
+                        theirs = _descriptors(self._model.model.model, chips[half:])
+                    return np.vstack([mine, theirs])
+            self.close()  # the helper died before taking its half
         return _descriptors(self._model.model.model, chips)
 
     def enable_parallel(self, processes: int) -> bool:
@@ -367,7 +369,7 @@ class DlibEmbedder(DeepFaceEmbedder):
         For query-time use: an ingest worker is already one process per core."""
         if processes < 2 or self._helper is not None:
             return self._helper is not None
-        weights = provision_weights(self.settings, DLIB_MODEL_FILE)
+        weights = provision_weights(self.settings, self.spec.weights_file)
         if weights is None:
             return False
         self._helper = _DlibHelper(weights)
@@ -384,7 +386,6 @@ class DlibEmbedder(DeepFaceEmbedder):
 # Faces from which a many-face photo's dlib descriptors are split across processes (below it the
 # hand-over costs more than it saves).
 PARALLEL_MIN_FACES = 4
-DLIB_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
 def _descriptors(model: Any, chips: Sequence[np.ndarray]) -> np.ndarray:

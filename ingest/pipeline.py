@@ -31,7 +31,7 @@ from ingest.models import (DETECTORS, Engine, ModelError, WeightsMissing, defaul
                            make_embedder, model_source)
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
-from ingest.store import Store, now_ms
+from ingest.store import Store, StoreError, now_ms
 from schemas import LEDGER_COLLECTION, collection_name, layer_key
 
 
@@ -324,8 +324,12 @@ class ServerWriter(Writer):
 _STORES: Dict[Tuple, Store] = {}
 
 
+def _store_key(settings: Settings) -> Tuple:
+    return settings.uri, settings.token, settings.profile
+
+
 def worker_store(settings: Settings) -> Store:
-    key = (settings.uri, settings.token, settings.profile)
+    key = _store_key(settings)
     store = _STORES.get(key)
     if store is None:
         store = _STORES[key] = Store(None, settings.uri, settings.token, settings.profile,
@@ -339,13 +343,11 @@ def process_and_write_batch(records: Sequence[ImageRecord], settings: Settings, 
     driver gets the results without their vectors, only to account for them. A Milvus error comes
     back as `store_error` (not raised: Dask would retry the batch, and then the driver would split
     it into single images) and stops the run."""
-    from ingest.store import StoreError
-
     res = process_batch(records, settings, detector, models, min_face)
     try:
         ServerWriter(worker_store(settings), models, detector, {r.path: r for r in records}).write(res.images)
     except StoreError as e:
-        bad = _STORES.pop((settings.uri, settings.token, settings.profile), None)
+        bad = _STORES.pop(_store_key(settings), None)
         if bad is not None:
             bad.close()  # reconnect on the next batch (the server may come back)
         res.store_error = str(e)
@@ -497,8 +499,6 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
 
     def done(res: BatchResult) -> None:
         if res.store_error:
-            from ingest.store import StoreError
-
             raise StoreError(res.store_error)
         if not res.written:  # Lite: the driver is the single writer
             writer.write(res.images)

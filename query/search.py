@@ -498,15 +498,18 @@ class Searcher:
         if cap <= 0:
             return None
         key = (name, flt.render(), extra)
-        hit = self._probes.get(key)
-        if hit is not None and time.monotonic() - hit[0] < PROBE_TTL:
-            return hit[1]
+        if self._fresh_probe(key):
+            return self._probes[key][1]
         fut = self._inflight.pop(key, None)
         out = fut.result() if fut is not None else self._fetch_probe(name, flt, extra)
         if len(self._probes) >= 16:
             self._probes.pop(next(iter(self._probes)))
         self._probes[key] = (time.monotonic(), out)
         return out
+
+    def _fresh_probe(self, key: Tuple[str, str, str]) -> bool:
+        hit = self._probes.get(key)
+        return hit is not None and time.monotonic() - hit[0] < PROBE_TTL
 
     def _fetch_probe(self, name: str, flt: CompiledFilter, extra: str) -> Optional[Tuple[List[str], np.ndarray]]:
         cap = self.exact_max_rows
@@ -517,7 +520,7 @@ class Searcher:
             else np.zeros((0, 0), dtype=np.float32))
 
     def prefetch(self, models: Sequence[str], flt: Optional[CompiledFilter], extra: str = "") -> None:
-        """Start the filter probes (and row counts) of `models` in a background thread, so they
+        """Start the filter probes of `models` in a background thread, so they
         run while the photo's faces are detected and embedded. The probe is a scan in the Milvus
         process (~0.2-0.5 s on Lite at 200k rows) and the embedder holds this process' core for
         ~80 ms a face: done one after the other they add up, overlapped the probe is hidden."""
@@ -528,8 +531,7 @@ class Searcher:
         for m in models:
             name = collection_name(m)
             key = (name, flt.render(), extra)
-            hit = self._probes.get(key)
-            if key in self._inflight or (hit is not None and time.monotonic() - hit[0] < PROBE_TTL):
+            if key in self._inflight or self._fresh_probe(key):
                 continue
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-probe")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -56,3 +59,20 @@ def read_ledger(db: Path | str) -> dict:
     with Store(str(db)) as store:
         return {r["source_path"]: r for r in store.iterate(
             LEDGER_COLLECTION, ["source_path", "status", "faces", "reason", "image_sha256", "model"])}
+
+
+def wait_for_progress(proc, total: int, at_least: int, timeout: float = 300.0) -> Tuple[int, str]:
+    """Read the progress bar a running ingest writes to its stderr (a text pipe) until it shows at
+    least `at_least` of `total` images. Returns the count shown (0 when the run ended or the time
+    ran out first) and the stderr read so far."""
+    buf = ""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        buf += ch
+        seen = re.findall(rf"(\d+)/{total}\b", buf[-80:])
+        if seen and int(seen[-1]) >= at_least:
+            return int(seen[-1]), buf
+    return 0, buf

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import ingest
-from conftest import DATA, read_ledger, read_rows
+from conftest import DATA, read_ledger, read_rows, wait_for_progress
 from schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, MODELS
 
 CELEBA = DATA / "celeba"
@@ -202,16 +201,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # wait until some batches are written, then kill at a random moment
         wanted = int(rng.integers(2, 12))
-        buf = ""
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            ch = proc.stderr.read(1)
-            if not ch:
-                break
-            buf += ch
-            seen = re.findall(r"(\d+)/16", buf[-60:])
-            if seen and int(seen[-1]) >= wanted:
-                break
+        wait_for_progress(proc, 16, wanted)
         time.sleep(float(rng.uniform(0, 0.3)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import socket
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 import ingest
-from conftest import DATA, read_ledger, read_rows
+from conftest import DATA, read_ledger, read_rows, wait_for_progress
 
 CELEBA = DATA / "celeba"
 N = 40  # CelebA images of the worker-kill and disk-full runs
@@ -107,18 +106,9 @@ def test_worker_killed_mid_run_gives_the_uninterrupted_result(tmp_path, referenc
     proc = _popen_run(source=str(CELEBA), db=str(db), limit=N, workers=2, batch_size=4, progress=True,
                       report=str(tmp_path / "r.txt"))
     try:
-        buf, done_at_kill = "", None
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            ch = proc.stderr.read(1)
-            if not ch:
-                break
-            buf += ch
-            seen = re.findall(rf"(\d+)/{N}\b", buf[-40:])
-            if seen and 4 <= int(seen[-1]) < N:  # a batch is stored; the others are in flight
-                done_at_kill = int(seen[-1])
-                break
-        assert done_at_kill is not None and proc.poll() is None, f"run ended before the kill:\n{buf[-2000:]}"
+        # a batch is stored; the others are in flight
+        done_at_kill, buf = wait_for_progress(proc, N, 4, timeout=400)
+        assert 4 <= done_at_kill < N and proc.poll() is None, f"run ended before the kill:\n{buf[-2000:]}"
         workers = _dask_workers(proc.pid)
         assert len(workers) == 2, workers
         victim = workers[0]

@@ -22,7 +22,7 @@ import pytest
 
 import ingest
 import ingest.store
-from conftest import DATA
+from conftest import DATA, wait_for_progress
 from milvus_server import free_port, start_server
 
 pytestmark = pytest.mark.server
@@ -160,18 +160,8 @@ def test_kill_9_driver_mid_run_then_resume(server_ingest, server_db, tmp_path):
             "--batch-size", "4", "--report", str(tmp_path / "r.txt")]
     proc = subprocess.Popen([sys.executable, "-m", "query.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    buf, seen = "", 0
-    deadline = time.time() + 300
     try:
-        while time.time() < deadline:
-            ch = proc.stderr.read(1)
-            if not ch:
-                break
-            buf += ch
-            got = re.findall(rf"(\d+)/{N}", buf[-80:])
-            if got and int(got[-1]) >= wanted:
-                seen = int(got[-1])
-                break
+        seen, buf = wait_for_progress(proc, N, wanted)
         time.sleep(float(rng.uniform(0, 0.5)))
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # the driver ...
