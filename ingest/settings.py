@@ -43,10 +43,9 @@ class Settings:
     milvus_retries: int = field(default_factory=lambda: int(_env("LOOKALIKE_MILVUS_RETRIES", "8")))
     milvus_retry_seconds: float = field(
         default_factory=lambda: float(_env("LOOKALIKE_MILVUS_RETRY_SECONDS", "30")))
-    # Processes that compute the dlib descriptors of a many-face query photo (the query process
-    # and helpers; dlib is single-threaded). Ingest workers never use helpers.
-    query_processes: int = field(
-        default_factory=lambda: int(_env("LOOKALIKE_QUERY_PROCESSES", str(min(2, os.cpu_count() or 1)))))
+    # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default) or "dlib" (dlib's
+    # own code through DeepFace; the same vectors, 5-12x slower, the reference).
+    dlib_engine: str = field(default_factory=lambda: _env("LOOKALIKE_DLIB_ENGINE", "torch"))
 
     @property
     def weights_dir(self) -> Path:

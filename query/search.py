@@ -434,10 +434,6 @@ class Searcher:
                         settings = settings.with_(**{f"{spec.base}_model": recorded})
             self._engine_settings[key] = settings
         engine = get_engine(settings, detector or settings.detector, list(models))
-        for emb in engine.embedders.values():
-            # started before the models load, so the helper's start-up overlaps with it
-            if hasattr(emb, "enable_parallel"):
-                emb.enable_parallel(self.settings.query_processes)
         return engine.load()
 
     def rows(self, model: str) -> int:

@@ -583,28 +583,36 @@ def test_filtered_recall_at_10_on_20k_synthetic_rows(synthetic):
     assert raw_recall < 0.9
 
 
-def test_many_face_photo_descriptors_split_across_processes(settings):
-    """A query photo with many faces has its dlib descriptors computed by this process and a
-    helper process: the same vectors as one process computes, and the helper goes away."""
-    from ingest.models import PARALLEL_MIN_FACES, DlibEmbedder, get_engine
+def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
+    """The default torch engine computes dlib's own descriptors (ingest/dlib_resnet.py): the same
+    vectors as dlib's compute_face_descriptor through DeepFace, batched or one face at a time;
+    a damaged weights file is one line naming it."""
+    import dataclasses
+
+    from ingest.models import DlibEmbedder, ModelError, get_engine
 
     engine = get_engine(settings, settings.detector, ["dlib"]).load()
     image = load(GROUPS / "multiface.jpg")
     faces = engine.detector.detect(image)
-    assert len(faces) >= PARALLEL_MIN_FACES
-    alone = DlibEmbedder(engine.embedders["dlib"].spec, settings).load()
-    together = DlibEmbedder(engine.embedders["dlib"].spec, settings).load()
-    try:
-        assert together.enable_parallel(2)
-        proc = together._helper.proc
-        want = alone.embed(image, faces)
-        got = together.embed(image, faces)
-        assert got.shape == want.shape and np.abs(got - want).max() < 1e-6
-        assert together._helper is not None  # still healthy after a photo
-        # a helper that died is dropped and the photo still gets its vectors
-        proc.kill()
-        proc.wait()
-        again = together.embed(image, faces)
-        assert np.abs(again - want).max() < 1e-6 and together._helper is None
-    finally:
-        together.close()
+    assert len(faces) >= 4
+    spec = engine.embedders["dlib"].spec
+    torch_net = DlibEmbedder(spec, dataclasses.replace(settings, dlib_engine="torch")).load()
+    dlib_net = DlibEmbedder(spec, dataclasses.replace(settings, dlib_engine="dlib")).load()
+    want = dlib_net.embed(image, faces)
+    got = torch_net.embed(image, faces)
+    assert got.shape == want.shape == (len(faces), 128)
+    assert np.abs(got - want).max() < 1e-5
+    one_by_one = np.vstack([torch_net.embed(image, [f]) for f in faces])
+    assert np.abs(one_by_one - got).max() < 1e-5
+    # distinct faces stay distinct (the comparison above is not between constant outputs)
+    assert (got @ got.T)[~np.eye(len(faces), dtype=bool)].max() < 0.99
+
+    home = tmp_path / "home"
+    weights = home / ".deepface" / "weights"
+    weights.mkdir(parents=True)
+    real = settings.weights_dir / spec.weights_file
+    (weights / spec.weights_file).write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    broken = DlibEmbedder(spec, dataclasses.replace(settings, deepface_home=str(home), dlib_engine="torch"))
+    with pytest.raises(ModelError) as err:
+        broken.load()
+    assert spec.weights_file in str(err.value) and "\n" not in str(err.value)
