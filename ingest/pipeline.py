@@ -138,44 +138,84 @@ def ledger_path(path: str) -> str:
     return s if len(b) <= MAX_PATH_BYTES else b[:MAX_PATH_BYTES].decode("utf-8", "ignore")
 
 
-def process_image(engine: Engine, record: ImageRecord, min_face: int = 0) -> ImageResult:
+Inputs = Dict[str, List[np.ndarray]]  # model -> the crop it embeds, one per face
+
+
+def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[ImageResult, Optional[Inputs]]:
+    """Read, hash, decode, detect, and cut every model's crops: everything up to the forward pass.
+    The result is final unless inputs come back (status done, vectors still to fill)."""
     path = record.path
     if storable(path) != path:
-        return ImageResult(path, "", "failed", "file name is not valid UTF-8; rename the file")
+        return ImageResult(path, "", "failed", "file name is not valid UTF-8; rename the file"), None
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
-        return ImageResult(path, "", "failed", f"path longer than {MAX_PATH_BYTES} bytes")
+        return ImageResult(path, "", "failed", f"path longer than {MAX_PATH_BYTES} bytes"), None
     try:
         data = read_bytes(path)
         sha = sha256_bytes(data)
     except ImageError as e:
-        return ImageResult(path, "", "failed", f"unreadable: {e}")
+        return ImageResult(path, "", "failed", f"unreadable: {e}"), None
     try:
         image = decode(data)
         del data
         faces = engine.detector.detect(image, min_face=min_face)
     except ImageError as e:
-        return ImageResult(path, sha, "failed", str(e))
+        return ImageResult(path, sha, "failed", str(e)), None
     except (WeightsMissing, ModelError):
         raise  # configuration problems stop the run
     except Exception as e:  # noqa: BLE001 - a detector crash on one file must not stop the run
-        return ImageResult(path, sha, "failed", f"detector error: {_reason(e)}")
+        return ImageResult(path, sha, "failed", f"detector error: {_reason(e)}"), None
     if not faces:
-        return ImageResult(path, sha, "noface")
+        return ImageResult(path, sha, "noface"), None
     try:
-        vectors = {name: emb.embed(image, faces) for name, emb in engine.embedders.items()}
+        inputs = {name: [emb.model_input(image, f) for f in faces] for name, emb in engine.embedders.items()}
     except (WeightsMissing, ModelError):
         raise
     except Exception as e:  # noqa: BLE001
-        return ImageResult(path, sha, "failed", f"embedding error: {_reason(e)}")
+        return ImageResult(path, sha, "failed", f"embedding error: {_reason(e)}"), None
     meta = [{"face_index": f.index, "box": f.box, "confidence": f.confidence} for f in faces]
-    return ImageResult(path, sha, "done", faces=meta, vectors=vectors)
+    return ImageResult(path, sha, "done", faces=meta), inputs
+
+
+def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs]]]) -> List[ImageResult]:
+    """One forward pass per model for all faces of all images of a batch (batched, dlib's ResNet
+    on torch costs 6 ms per face instead of 16 one image at a time, measured). If the batch
+    fails, each image is tried alone so that only the culprit fails."""
+    results = [res for res, _ in prepared]
+    pending = [i for i, (_, inputs) in enumerate(prepared) if inputs is not None]
+    for name, emb in engine.embedders.items():
+        crops = [crop for i in pending for crop in prepared[i][1][name]]
+        try:
+            vectors = emb.embed_inputs(crops)
+        except (WeightsMissing, ModelError):
+            raise
+        except Exception:  # noqa: BLE001 - isolated below
+            vectors = None
+        offset = 0
+        for i in pending:
+            n = len(prepared[i][1][name])
+            res = results[i]
+            if vectors is not None:
+                res.vectors[name] = vectors[offset:offset + n]
+            elif res.status == "done":
+                try:
+                    res.vectors[name] = emb.embed_inputs(prepared[i][1][name])
+                except (WeightsMissing, ModelError):
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    results[i] = ImageResult(res.path, res.sha256, "failed", f"embedding error: {_reason(e)}")
+            offset += n
+    return results
+
+
+def process_image(engine: Engine, record: ImageRecord, min_face: int = 0) -> ImageResult:
+    return _embed(engine, [_prepare(engine, record, min_face)])[0]
 
 
 def process_batch(records: Sequence[ImageRecord], settings: Settings, detector: str,
                   models: Sequence[str], min_face: int = 0) -> BatchResult:
     t0 = time.perf_counter()
     engine = get_engine(settings, detector, models).load()
-    results = [process_image(engine, r, min_face) for r in records]
+    results = _embed(engine, [_prepare(engine, r, min_face) for r in records])
     return BatchResult(results, time.perf_counter() - t0, os.getpid(), _rss())
 
 
