@@ -17,7 +17,7 @@ import numpy as np
 
 from schemas import (
     FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
-    VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
+    PROFILES, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
     get_profile, model_for_collection,
 )
 
@@ -182,12 +182,14 @@ class Store:
             retry_seconds = s.milvus_retry_seconds if retry_seconds is None else retry_seconds
         self.retries, self.retry_seconds = max(0, int(retries)), float(retry_seconds)
         self.server = bool(uri)
+        self._index_types: Dict[str, str] = {}
         self.target = uri if uri else str(Path(db or "lookalike.db"))
         self.profile: IndexProfile = get_profile(profile or default_profile(self.server))
-        if not self.server and self.profile.name != "lite":
+        if self.profile.embedded == self.server:
             raise StoreError(
                 f"profile '{self.profile.name}' needs a Milvus server (--uri); Milvus Lite would accept "
-                f"{self.profile.index_type} and silently search brute force"
+                f"{self.profile.index_type} and silently search brute force" if not self.server else
+                f"profile '{self.profile.name}' is for Milvus Lite (--db), not a server"
             )
         if not self.server:
             parent = Path(self.target).resolve().parent
@@ -243,7 +245,9 @@ class Store:
         info = self.client.describe_index(name, VECTOR_FIELD) or {}
         got = str(info.get("index_type", "")).upper()
         if got != want.upper():
-            raise StoreError(f"collection {name}: index is {got or 'missing'}, profile {self.profile.name} wants {want}")
+            fits = [p.name for p in PROFILES.values() if p.embedded == self.profile.embedded and p.index_type == got]
+            raise StoreError(f"collection {name}: index is {got or 'missing'}, profile {self.profile.name} wants {want}"
+                             + (f" (use --profile {fits[0]})" if fits else ""))
         if want.upper() not in self.profile.buildable:
             raise StoreError(f"collection {name}: {want} cannot be built by this deployment "
                              f"(Milvus Lite would silently brute-force it)")
@@ -306,6 +310,22 @@ class Store:
 
     def ensure_ledger(self) -> None:
         self._ensure(LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, "FLAT", {})
+
+    def index_type(self, name: str) -> str:
+        """The vector index `name` was built with (upper case; '' when none)."""
+        got = self._index_types.get(name)
+        if got is None:
+            info = self._call(f"reading {name}", self.client.describe_index, name, VECTOR_FIELD) or {}
+            got = self._index_types[name] = str(info.get("index_type", "")).upper()
+        return got
+
+    def search_params(self, name: str) -> Dict[str, Any]:
+        """Search parameters for `name`: the profile's, or, for a collection built with another
+        index (an HNSW collection read with the FLAT lite profile), those of the profile that
+        builds that index."""
+        have = self.index_type(name)
+        fits = [p for p in PROFILES.values() if p.embedded == self.profile.embedded and p.index_type == have]
+        return dict((self.profile if have == self.profile.index_type or not fits else fits[0]).search_params)
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:
@@ -515,7 +535,7 @@ class Store:
         name = collection_name(model)
         self._load(name)
         params = {"metric_type": self.profile.metric,
-                  "params": dict(search_params if search_params is not None else self.profile.search_params)}
+                  "params": dict(search_params if search_params is not None else self.search_params(name))}
         return self._call(
             f"searching {name}", self.client.search,
             name, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit,

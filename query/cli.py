@@ -27,12 +27,14 @@ class CliError(Exception):
 
 
 def _storage_args(p: argparse.ArgumentParser) -> None:
+    from schemas import PROFILES
+
     g = p.add_argument_group("storage")
     g.add_argument("--db", default=None, help="Milvus Lite database path (default lookalike.db, or $LOOKALIKE_DB)")
     g.add_argument("--uri", default=None, help="Milvus server URI, e.g. http://localhost:19530 (or $LOOKALIKE_URI)")
     g.add_argument("--token", default=None, help="Milvus server token (or $LOOKALIKE_TOKEN)")
-    g.add_argument("--profile", choices=["lite", "cpu", "gpu"], default=None,
-                   help="index profile (default: lite for --db, cpu for --uri)")
+    g.add_argument("--profile", choices=list(PROFILES), default=None,
+                   help="index profile (default: lite = exact FLAT for --db, cpu = HNSW for --uri)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,11 @@ searched in ONE `Store.search` call per model (a batch of query vectors).
 
 Filtered search stays accurate
 ------------------------------
+On the default Milvus Lite profile the collections are FLAT (schemas: Lite scans its rows in
+Python on every call, so an index buys little there): Milvus applies the filter and compares the
+query with every row it keeps, exact at any selectivity, in the one search call (mode "exact").
+
+An ANN index (HNSW on a server or with the lite-hnsw profile) needs more care.
 Milvus Lite's HNSW loses true neighbours under a restrictive filter (measured on 20,000 uniform
 random 128-d rows: a filter keeping 0.1 % gives recall@10 0.13 at ef 64 and 0.95 at ef 2048).
 So a filtered search first probes the filter with one query capped at `exact_max_rows + 1` rows,
@@ -95,6 +100,8 @@ EF_FACTOR = 10.0
 EF_MAX = 8192
 # Seconds a filter probe is reused (the photos of one `lookalike query` run share a filter).
 PROBE_TTL = 60.0
+# Indexes that compare the query with every row the filter keeps: no probe, no widening.
+EXACT_INDEXES = frozenset({"FLAT", "GPU_BRUTE_FORCE", "BIN_FLAT"})
 # Search parameter that sets the breadth of the ANN search, per index type.
 _BREADTH_PARAM = {"HNSW": "ef", "HNSW_SQ": "ef", "GPU_CAGRA": "itopk_size"}
 
@@ -459,10 +466,17 @@ class Searcher:
             info.mode = "empty"
             return [], info
         hits: List[List[Tuple[float, Dict[str, Any]]]]
-        if flt is None:
+        index = self.store.index_type(name)
+        if index in EXACT_INDEXES:
+            # Exact whatever the filter: Milvus applies it and compares every row it keeps.
+            hits = self._ann(model, q, k, flt, extra_filter, fields, None, info)
+            info.mode = "empty" if flt is not None and not any(hits) else "exact"
+            info.note = (f"{index} index: exact search" + (" with the filter" if flt is not None else "")
+                         + ("; the filter keeps no row" if info.mode == "empty" else ""))
+        elif flt is None:
             # No user filter: plain ANN (the exclusion filter, if any, removes one image's faces).
             hits = self._ann(model, q, k, None, extra_filter, fields, None, info)
-            info.note = f"no filter: ANN search with the {self.store.profile.name} profile's parameters"
+            info.note = f"no filter: ANN search ({index}) with its profile's parameters"
         else:
             probe = self._probe(name, flt, extra_filter)
             if probe is not None:
@@ -477,7 +491,7 @@ class Searcher:
                 hits = self._ann(model, q, k, flt, extra_filter, fields, selectivity, info)
                 info.note = (f"filter keeps > {self.exact_max_rows} rows (>= {100 * selectivity:.2g} %): "
                              + (f"ANN search, ef raised to {info.ef}" if info.ef is not None else
-                                f"ANN search; {self.store.profile.index_type} has no breadth parameter "
+                                f"ANN search; {index} has no breadth parameter "
                                 f"to raise, so neighbours may be missed"))
         out: List[List[Match]] = []
         for per in hits:
@@ -527,13 +541,19 @@ class Searcher:
         for m in models:
             name = collection_name(m)
             key = (name, flt.render(), extra)
-            if key in self._inflight or self._fresh_probe(key):
+            if key in self._inflight or self._fresh_probe(key) or self._exact_index(name):
                 continue
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-probe")
             if len(self._inflight) >= 16:  # started but never used (e.g. photos without faces)
                 self._inflight.pop(next(iter(self._inflight)))
             self._inflight[key] = self._pool.submit(self._fetch_probe, name, flt, extra)
+
+    def _exact_index(self, name: str) -> bool:
+        try:
+            return self.store.index_type(name) in EXACT_INDEXES
+        except Exception:  # noqa: BLE001 - a missing collection is reported by the search itself
+            return False
 
     def clear_cache(self) -> None:
         """Forget remembered filter probes (after writing to the collection, or to time them)."""
@@ -552,14 +572,14 @@ class Searcher:
     def _ann(self, model: str, q: np.ndarray, k: int, flt: Optional[CompiledFilter], extra: str,
              fields: List[str], selectivity: Optional[float], info: SearchInfo
              ) -> List[List[Tuple[float, Dict[str, Any]]]]:
-        profile = self.store.profile
-        params = dict(profile.search_params)
-        key = _BREADTH_PARAM.get(profile.index_type.upper())
+        index = self.store.index_type(collection_name(model))
+        params = self.store.search_params(collection_name(model))
+        key = _BREADTH_PARAM.get(index)
         if key and key in params:
             base = int(params[key])
             params[key] = base if selectivity is None else ef_for(k, selectivity, base, self.ef_max)
             # never below k, never above what the index accepts (CAGRA: itopk_size <= 1024)
-            params[key] = min(max(int(params[key]), k), breadth_max(profile.index_type) or EF_MAX)
+            params[key] = min(max(int(params[key]), k), breadth_max(index) or EF_MAX)
             info.ef = int(params[key])
         res = self.store.search(model, q, k, flt, extra_filter=extra, output_fields=fields,
                                 search_params=params)

@@ -159,6 +159,7 @@ class IndexProfile:
     # index types this deployment really builds; used to refuse a silent brute-force fallback
     buildable: Tuple[str, ...] = ()
     doc: str = ""
+    embedded: bool = False  # a Milvus Lite profile (--db), else a server profile (--uri)
 
 
 # Every stored vector is L2-normalised, so inner product == cosine similarity. IP is used on every
@@ -166,11 +167,23 @@ class IndexProfile:
 METRIC = "IP"
 
 PROFILES: Dict[str, IndexProfile] = {
+    # Milvus Lite answers every search call with a scan of its rows in Python (measured at 200k
+    # rows: ~0.15 s per call whatever the index), so an index barely speeds it up and HNSW costs
+    # minutes to build and most true neighbours under a restrictive filter. FLAT is exact for any
+    # filter and as fast for a photo's batch of faces with a filter (0.16-0.18 s for 8 faces at
+    # 200k x 128-d, HNSW 0.17-0.19 s; 0.35 vs 0.20 s with no filter; bench/results/query.txt).
+    # Past a few hundred thousand faces (or 512-d models) use a server; lite-hnsw is there for
+    # collections built with it.
     "lite": IndexProfile(
-        "lite", "HNSW", METRIC, {"M": 16, "efConstruction": 200}, {"ef": 128},
-        buildable=("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"),
-        doc="Milvus Lite (embedded). Lite builds FLAT/HNSW/HNSW_SQ/IVF_FLAT/IVF_SQ8 and silently "
-            "brute-forces any other index name, so only these are allowed.",
+        "lite", "FLAT", METRIC, {}, {},
+        buildable=("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"), embedded=True,
+        doc="Milvus Lite (embedded), exact search. Lite builds FLAT/HNSW/HNSW_SQ/IVF_FLAT/IVF_SQ8 and "
+            "silently brute-forces any other index name, so only these are allowed.",
+    ),
+    "lite-hnsw": IndexProfile(
+        "lite-hnsw", "HNSW", METRIC, {"M": 16, "efConstruction": 200}, {"ef": 128},
+        buildable=("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"), embedded=True,
+        doc="Milvus Lite (embedded) with HNSW: filtered searches are probed and widened (query/search.py).",
     ),
     "cpu": IndexProfile(
         "cpu", "HNSW", METRIC, {"M": 16, "efConstruction": 200}, {"ef": 128},

@@ -233,7 +233,7 @@ def test_group_photo_every_face_gets_k_matches(searcher, photo):
     r = searcher.search_photo(GROUPS / photo, top_k=5)
     assert lo <= len(r.faces) <= hi
     assert [f.index for f in r.faces] == list(range(len(r.faces)))
-    assert len(r.search) == 1 and r.search[0].mode == "ann"  # one batched search call
+    assert len(r.search) == 1 and r.search[0].mode == "exact"  # one batched search call (FLAT on Lite)
     for f in r.faces:
         assert len(f.matches) == 5
         assert [m.rank for m in f.matches] == [1, 2, 3, 4, 5]
@@ -314,15 +314,35 @@ def _brute(rows, q, flt, k):
     return out
 
 
+@pytest.fixture(scope="session")
+def hnsw_store(sample, all_rows):
+    """The sample's rows in a Milvus Lite collection indexed with HNSW (profile lite-hnsw), where
+    the query path probes a filter and widens the search."""
+    from ingest.store import Store
+
+    store = Store(str(sample["base"] / "hnsw.db"), profile="lite-hnsw")
+    store.ensure_collection("dlib")
+    store.upsert_faces("dlib", [dict(r) for r in all_rows])
+    store.flush(["faces_dlib"])
+    store.client.release_collection("faces_dlib")  # load() builds the segment's HNSW index
+    store.client.load_collection("faces_dlib")
+    assert store.index_type("faces_dlib") == "HNSW" and store.count("faces_dlib") == len(all_rows)
+    yield store
+    store.close()
+
+
 @pytest.mark.parametrize("expr", FILTERS)
-@pytest.mark.parametrize("exact_max_rows", [2000, 0])  # exact path, and the widened ANN path
-def test_filtered_search_matches_brute_force(sample, searcher, all_rows, query_vectors, expr, exact_max_rows):
+@pytest.mark.parametrize("path", ["flat", "probe", "widened"])  # FLAT index; HNSW: exact probe, widened ANN
+def test_filtered_search_matches_brute_force(sample, searcher, hnsw_store, all_rows, query_vectors, expr, path):
     flt = compile_filter(expr)
-    s = Searcher(sample["settings"], store=searcher.store, exact_max_rows=exact_max_rows)
+    s = searcher if path == "flat" else \
+        Searcher(sample["settings"], store=hnsw_store, exact_max_rows=2000 if path == "probe" else 0)
     got, info = s.search_vectors("dlib", query_vectors, 10, flt)
     want = _brute(all_rows, query_vectors, flt, 10)
     n_keep = sum(flt.evaluate(r) for r in all_rows)
-    if exact_max_rows:
+    if path == "flat":
+        assert info.mode == ("exact" if n_keep else "empty") and info.filtered_rows is None
+    elif path == "probe":
         assert info.filtered_rows == n_keep
         assert info.mode == ("exact" if n_keep else "empty")
     else:
@@ -336,11 +356,21 @@ def test_filtered_search_matches_brute_force(sample, searcher, all_rows, query_v
         assert all(g == [] for g in got)
 
 
-def test_filter_probe_is_reused_within_a_run(sample, searcher, query_vectors, monkeypatch):
-    s = Searcher(sample["settings"], store=searcher.store)
+def test_flat_index_needs_no_probe(sample, searcher, query_vectors, monkeypatch):
+    """On the FLAT lite profile a filtered search is one search call: no probe query."""
     calls = []
     real = searcher.store.query
     monkeypatch.setattr(searcher.store, "query", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    searcher.prefetch(["dlib"], compile_filter("Smiling"))
+    _, info = searcher.search_vectors("dlib", query_vectors, 5, compile_filter("Smiling"))
+    assert calls == [] and info.mode == "exact" and searcher.store.index_type("faces_dlib") == "FLAT"
+
+
+def test_filter_probe_is_reused_within_a_run(sample, hnsw_store, query_vectors, monkeypatch):
+    s = Searcher(sample["settings"], store=hnsw_store)
+    calls = []
+    real = hnsw_store.query
+    monkeypatch.setattr(hnsw_store, "query", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     flt = compile_filter("Smiling")
     first, _ = s.search_vectors("dlib", query_vectors, 5, flt)
     again, info = s.search_vectors("dlib", query_vectors, 5, compile_filter("Smiling == true"))
@@ -529,7 +559,7 @@ def synthetic(tmp_path_factory):
     from ingest.store import Store
 
     db = str(tmp_path_factory.mktemp("synthetic") / "syn.db")
-    store = Store(db)
+    store = Store(db, profile="lite-hnsw")  # the probe / widened-ef policy; FLAT is exact by construction
     store.ensure_collection("dlib")
     rows = []
     for start in range(0, SYN_N, 5000):
