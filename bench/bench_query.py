@@ -1,23 +1,26 @@
 #!/usr/bin/env python
 """Query benchmark: a group photo with 8 faces against a 200,000-row collection.
 
-    python bench/bench_query.py [--rows 200000] [--reps 5] [--queries 50] [--rebuild]
+    python bench/bench_query.py [--rows 200000] [--reps 5] [--queries 50] [--rebuild] [--profile lite]
 
-Writes bench/results/query.json and bench/results/query.txt (the table printed).
+Writes bench/results/query.json and query.txt (the table printed); with --profile P other than the
+default lite (FLAT), query_P.json / query_P.txt (e.g. --profile lite-hnsw).
 
 - Collection: SYNTHETIC rows, not faces: uniform random unit 128-d vectors (the hardest case for
   HNSW: no cluster structure, near-equal distances) with random attributes (each true with
   p = 0.5), identity s<j mod 1000> (one identity = 0.1 % of the rows) and source paths/boxes
   pointing at real CelebA sample images (so the contact sheet loads real files). Inserted in
-  batches of 5,000 into faces_dlib of a Milvus Lite DB cached in bench/.cache/ (first run: a few
-  minutes, mostly Lite building the HNSW index); later runs reuse it.
+  batches of 5,000 into faces_dlib of a Milvus Lite DB cached in bench/.cache/, one per index
+  (first run: ~2 minutes for FLAT, ~10 for HNSW, mostly Lite building the graph); later runs reuse it.
 - Photo: multiface.jpg and kit_with_rose.jpg tiled side by side (8 faces), dlib + yunet, k = 10.
 - Warm end-to-end time per photo (models loaded once per process, the first query excluded) and
   its split: read, detect, embed, search, render (contact sheet PNG), for no filter, a broad
-  filter (ANN, ef raised), a restrictive filter (exact) and --exclude-same-image.
+  filter, a restrictive filter and --exclude-same-image (FLAT: one exact search each; HNSW: the
+  filter probed, then exact or ANN with ef raised).
 - One batched search call for all faces vs one call per face.
 - Filtered recall@10 vs brute-force numpy over the same rows, selectivity 0.1 % .. 100 %, for the
-  query path's policy and for a plain HNSW search with the filter.
+  query path's policy and for a plain search of the index with the filter at the profile's
+  parameters.
 """
 from __future__ import annotations
 
@@ -90,17 +93,19 @@ def synthetic_rows(start: int, n: int, sources: List[tuple]) -> List[Dict[str, A
     return rows
 
 
-def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log) -> Dict[str, Any]:
+def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log, profile: str) -> Dict[str, Any]:
     from ingest.store import Store
+    from schemas import get_profile
+
+    index = get_profile(profile).index_type
 
     CACHE.mkdir(parents=True, exist_ok=True)
     ignore = CACHE / ".gitignore"
     if not ignore.exists():
         ignore.write_text("*\n")
-    db = CACHE / f"query_{rows}.db"
-    marker = CACHE / f"query_{rows}.json"
+    db, marker = cache_paths(rows, profile)
     want = {"rows": rows, "seed": SEED, "dim": DIM, "identities": IDENTITIES, "batch": BATCH,
-            "sources": len(sources)}
+            "sources": len(sources), "index": index}
     if not rebuild and marker.exists():
         info = json.loads(marker.read_text())
         if all(info.get(k) == v for k, v in want.items()) and db.exists():
@@ -111,7 +116,7 @@ def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log) -> Dict[str, 
     shutil.rmtree(db, ignore_errors=True)
     log(f"building {rows:,} synthetic rows in {db} (batches of {BATCH:,}; a few minutes)")
     t0 = time.perf_counter()
-    store = Store(str(db))
+    store = Store(str(db), profile=profile)
     store.ensure_collection("dlib")
     for start in range(0, rows, BATCH):
         store.upsert_faces("dlib", synthetic_rows(start, min(BATCH, rows - start), sources))
@@ -128,7 +133,7 @@ def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log) -> Dict[str, 
     store.close()
     # Lite may compact on close; reopening and loading builds any index still missing.
     t2 = time.perf_counter()
-    with Store(str(db)) as store:
+    with Store(str(db), profile=profile) as store:
         store.count("faces_dlib")
     t_reload = time.perf_counter() - t2
     if n != rows:
@@ -138,6 +143,13 @@ def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log) -> Dict[str, 
     marker.write_text(json.dumps(info, indent=2))
     info["reused"] = False
     return info
+
+
+def cache_paths(rows: int, profile: str):
+    from schemas import get_profile
+
+    stem = CACHE / f"query_{rows}_{get_profile(profile).index_type.lower()}"
+    return stem.with_suffix(".db"), stem.with_suffix(".json")
 
 
 def all_vectors(rows: int):
@@ -207,6 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=50, help="random query vectors for recall")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--profile", default="lite", help="index profile of the collection (lite = FLAT, lite-hnsw)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -226,8 +239,8 @@ def main(argv=None) -> int:
 
     settings = Settings()
     sources = celeba_sources(settings.data_dir)
-    build = ensure_db(args.rows, sources, args.rebuild, log)
-    db = CACHE / f"query_{args.rows}.db"
+    build = ensure_db(args.rows, sources, args.rebuild, log, args.profile)
+    db = cache_paths(args.rows, args.profile)[0]
     photo = tiled_photo(settings.data_dir)
     out_dir = CACHE / "out"
     out_dir.mkdir(exist_ok=True)
@@ -243,10 +256,11 @@ def main(argv=None) -> int:
     }
 
     t0 = time.perf_counter()
-    store = Store(str(db))
+    store = Store(str(db), profile=args.profile)
     n_rows = store.count("faces_dlib")
     t_open = time.perf_counter() - t0
-    searcher = Searcher(settings.with_(db=str(db), detector="yunet"), store=store)
+    index = store.index_type("faces_dlib")
+    searcher = Searcher(settings.with_(db=str(db), detector="yunet", profile=args.profile), store=store)
     assert n_rows == args.rows, n_rows
 
     # cold: first query of the process loads the models
@@ -260,13 +274,14 @@ def main(argv=None) -> int:
 
     broad = "Smiling and not Eyeglasses"  # ~25 %
     narrow = 'identity in ["s0001", "s0002", "s0003", "s0004", "s0005"]'  # 0.5 %
+    reused = "" if index == "FLAT" else " (probe reused)"  # FLAT searches never probe
     scenarios = {
         "no filter": {},
         f"filter {broad} (~25 %)": {"filter": broad},
         "filter identity in 5 ids (0.5 %)": {"filter": narrow},
         "exclude same image": {"exclude_same_image": True},
-        "filter ~25 %, next photo of the run (probe reused)": {"filter": broad, "keep_probes": True},
-        "filter 0.5 %, next photo of the run (probe reused)": {"filter": narrow, "keep_probes": True},
+        f"filter ~25 %, next photo of the run{reused}": {"filter": broad, "keep_probes": True},
+        f"filter 0.5 %, next photo of the run{reused}": {"filter": narrow, "keep_probes": True},
     }
     result["warm"] = {}
     for name, kw in scenarios.items():
@@ -312,7 +327,7 @@ def main(argv=None) -> int:
             (0.05, id_filter(50)), (0.10, id_filter(100)), (0.25, "Male and Smiling"), (0.5, "Male"),
             (1.0, "has_attributes")]
     recall_rows = []
-    profile_ef = int(store.profile.search_params.get("ef", 0))
+    profile_ef = int(store.search_params("faces_dlib").get("ef", 0)) or None
     for sel, expr in sels:
         flt = compile_filter(expr)
         # the predicate itself, evaluated per row on the fields it uses
@@ -337,7 +352,7 @@ def main(argv=None) -> int:
         recall_rows.append({"selectivity": round(float(mask.mean()), 5), "filter": shown,
                             "rows": int(mask.sum()), "recall_policy": round(rec, 4), "mode": info.mode,
                             "ef": info.ef, "policy_s": round(t_policy, 3),
-                            "recall_plain_hnsw": round(rec_raw, 4), "plain_hnsw_ef": profile_ef,
+                            "recall_plain": round(rec_raw, 4), "plain_index": index, "plain_ef": profile_ef,
                             "plain_s": round(t_raw, 3)})
     # unfiltered plain path (profile ef) for reference
     top = np.argsort(-(q @ vecs.T), axis=1)[:, :10]
@@ -355,7 +370,7 @@ def main(argv=None) -> int:
     log(f"Lookalike query benchmark  ({os.cpu_count()} CPUs, load average {load0:.1f} at start, "
         f"{result['load_average_at_end'][0]:.1f} at end)")
     log(f"collection: {args.rows:,} SYNTHETIC rows (uniform random unit 128-d vectors, random attributes), "
-        f"Milvus Lite HNSW, {'reused cache' if build.get('reused') else 'built now'}"
+        f"Milvus Lite {index} (profile {args.profile}), {'reused cache' if build.get('reused') else 'built now'}"
         f" (insert {build.get('insert_seconds')} s, index {build.get('index_seconds')} s)")
     log(f"photo: {result['photo']['path']} ({result['cold']['faces']} faces), model dlib, detector yunet, k={k}")
     log(f"cold: open+load collection {t_open:.2f} s, first query (loads models) {t_cold:.2f} s; "
@@ -377,19 +392,24 @@ def main(argv=None) -> int:
     log(f"search of {b['faces']} faces: one batched call {b['one_call_s']:.3f} s, one call per face "
         f"{b['one_call_per_face_s']:.3f} s -> batching is {b['ratio']:.1f}x faster")
     log()
-    log(f"recall@10 vs brute force ({args.queries} random queries), policy: exact when the filter keeps "
-        f"<= {EXACT_MAX_ROWS} rows, else HNSW with ef raised (max {EF_MAX})")
+    policy = ("FLAT index: every search exact, no probe" if index == "FLAT" else
+              f"probe; exact when the filter keeps <= {EXACT_MAX_ROWS} rows, else {index} with ef raised "
+              f"(max {EF_MAX})")
+    log(f"recall@10 vs brute force ({args.queries} random queries), policy: {policy}")
+    plain = f"plain {index}" + (f" ef {profile_ef}" if profile_ef else "")
     log(f"{'selectivity':>11} {'rows':>7} {'policy':>7} {'mode':>6} {'ef':>5} {'time':>6}   "
-        f"{'plain HNSW':>10} {'time':>6}")
+        f"{plain:>14} {'time':>6}")
     for r in recall_rows:
         log(f"{100 * r['selectivity']:10.2f}% {r['rows']:7d} {r['recall_policy']:7.3f} {r['mode']:>6} "
-            f"{(r['ef'] or '-'):>5} {r['policy_s']:6.2f}   {r['recall_plain_hnsw']:10.3f} {r['plain_s']:6.2f}")
-    log(f"no filter, profile ef {info.ef}: recall@10 {rec_unf:.3f} (uniform random data is HNSW's worst case)")
+            f"{(r['ef'] or '-'):>5} {r['policy_s']:6.2f}   {r['recall_plain']:14.3f} {r['plain_s']:6.2f}")
+    log(f"no filter ({index}" + (f", profile ef {info.ef}" if info.ef else "") + f"): recall@10 {rec_unf:.3f}"
+        + (" (uniform random data is HNSW's worst case)" if index != "FLAT" else ""))
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "query.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "query.txt").write_text("\n".join(lines) + "\n")
-    print(f"\nwrote {RESULTS / 'query.json'} and {RESULTS / 'query.txt'}")
+    stem = RESULTS / ("query" if args.profile == "lite" else f"query_{args.profile}")
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.txt')}")
     return 0
 
 
