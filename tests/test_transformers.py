@@ -2,9 +2,6 @@
 the tests build and `save_pretrained` (no hub weights here), and through the real pipeline."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
