@@ -646,3 +646,30 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     with pytest.raises(ModelError) as err:
         broken.load()
     assert spec.weights_file in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
+    """An HNSW collection (built with lite-hnsw) opened with the default FLAT lite profile: writing
+    is refused with the profile that fits; searching works, by the collection's own index."""
+    from ingest.store import Store, StoreError
+
+    db = str(tmp_path / "hnsw.db")
+    rows = synthetic_rows(0, 600)
+    with Store(db, profile="lite-hnsw") as store:
+        store.ensure_collection("dlib")
+        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in rows])
+        store.flush(["faces_dlib"])
+    store = Store(db)
+    try:
+        assert store.profile.index_type == "FLAT" and store.index_type("faces_dlib") == "HNSW"
+        with pytest.raises(StoreError, match="index is HNSW, profile lite wants FLAT.*--profile lite-hnsw"):
+            store.ensure_collection("dlib")
+        assert store.search_params("faces_dlib") == {"ef": 128}
+        q = np.stack([r["vector"] for r in rows[:3]])
+        flt = compile_filter("Male")
+        got, info = Searcher(settings.with_(db=db), store=store).search_vectors("dlib", q, 5, flt)
+        assert info.mode == "exact" and info.filtered_rows == sum(r["Male"] for r in rows)  # probed
+        want = _brute([{**r, "vector": r["vector"]} for r in rows], q, flt, 5)
+        assert [[m.id for m in g] for g in got] == [[i for i, _ in w] for w in want]
+    finally:
+        store.close()
