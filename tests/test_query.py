@@ -673,3 +673,28 @@ def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
         assert [[m.id for m in g] for g in got] == [[i for i, _ in w] for w in want]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["yunet", "dlib"])
+def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(settings, backend):
+    """Detector.detect gives DeepFace's detect_faces(align=True) boxes, eyes and aligned crops
+    (the crop computed only when a model asks for it)."""
+    from deepface.modules import detection
+
+    from ingest.models import _NO_BORDER, get_engine
+
+    det = get_engine(settings, backend, ["dlib"]).detector
+    image = load(GROUPS / "multiface.jpg")
+    faces = det.detect(image)
+    assert len(faces) >= 4 and all(f.aligned_bgr is None for f in faces)
+    bgr = np.ascontiguousarray(image.rgb[:, :, ::-1])
+    if backend in _NO_BORDER:
+        ref = [detection.extract_face(facial_area=a, img=bgr, align=True, expand_percentage=0, width_border=0,
+                                      height_border=0, detector_backend=backend) for a in det._model.detect_faces(bgr)]
+    else:
+        ref = detection.detect_faces(detector_backend=backend, img=bgr, align=True)
+    ref = sorted(ref, key=lambda d: (max(0, d.facial_area.x), max(0, d.facial_area.y)))
+    assert [f.dbox[:2] for f in faces] == [(max(0, d.facial_area.x), max(0, d.facial_area.y)) for d in ref]
+    for f, d in zip(faces, ref):
+        assert f.left_eye == tuple(d.facial_area.left_eye) and f.right_eye == tuple(d.facial_area.right_eye)
+        assert np.array_equal(f.aligned(), d.img.astype(np.uint8))
