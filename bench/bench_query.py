@@ -126,8 +126,7 @@ def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log, profile: str)
     t_insert = time.perf_counter() - t0
     # A flushed segment is searched brute force until its HNSW index exists; load() builds it.
     t1 = time.perf_counter()
-    store.client.release_collection("faces_dlib")
-    store.client.load_collection("faces_dlib")
+    store.build_indexes(["faces_dlib"])
     t_index = time.perf_counter() - t1
     n = store.count("faces_dlib")
     store.close()

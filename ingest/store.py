@@ -375,9 +375,21 @@ class Store:
             self.flush(names)
             return
         for n in names:
+            if self.index_type(n) == "FLAT":
+                continue  # brute force is the index: nothing to build
             with _milvus_errors(f"indexing {n}"):
-                self.client.release_collection(n)
-                self.client.load_collection(n)
+                for attempt in range(6):
+                    try:
+                        self.client.release_collection(n)
+                        self.client.load_collection(n)
+                        break
+                    except Exception:  # noqa: BLE001
+                        # Lite's background thread writes a new segment's index file after a
+                        # flush, not atomically; a load that reads it half-written fails with
+                        # "file seems not fully written" (seen here). It is complete moments later.
+                        if attempt == 5:
+                            raise
+                        time.sleep(0.5 * (attempt + 1))
                 self._loaded.add(n)
 
     # -- erasure (lookalike delete) -------------------------------------------------------------

@@ -324,8 +324,7 @@ def hnsw_store(sample, all_rows):
     store.ensure_collection("dlib")
     store.upsert_faces("dlib", [dict(r) for r in all_rows])
     store.flush(["faces_dlib"])
-    store.client.release_collection("faces_dlib")  # load() builds the segment's HNSW index
-    store.client.load_collection("faces_dlib")
+    store.build_indexes(["faces_dlib"])  # release + load: builds the segment's HNSW index
     assert store.index_type("faces_dlib") == "HNSW" and store.count("faces_dlib") == len(all_rows)
     yield store
     store.close()
@@ -569,8 +568,7 @@ def synthetic(tmp_path_factory):
     store.flush(["faces_dlib"])
     # Milvus Lite searches a freshly flushed segment brute force until its HNSW index exists;
     # load() builds missing indexes, so release + load makes the searches below go through HNSW.
-    store.client.release_collection("faces_dlib")
-    store.client.load_collection("faces_dlib")
+    store.build_indexes(["faces_dlib"])
     assert store.count("faces_dlib") == SYN_N
     yield store, rows
     store.close()
