@@ -82,7 +82,14 @@ def transient(e: BaseException) -> bool:
         return True
     msg = str(e.message or "").lower()
     return any(s in msg for s in ("service not ready", "service unavailable", "server unavailable",
-                                  "deadline exceeded"))
+                                  "deadline exceeded", *_LITE_HALF_WRITTEN))
+
+
+# Milvus Lite's background thread writes a new segment's index file after a flush, not atomically;
+# a load that reads it half-written fails with these (seen here). It is complete moments later.
+# (numpy reading a FLAT index: the first two; faiss reading an HNSW one: the third.) A file that
+# stays broken is reported after the bounded retries like any other.
+_LITE_HALF_WRITTEN = ("file seems not fully written", "no data left in file", "read error in")
 
 
 def _retry(what: str, fn, *, retries: int, retry_seconds: float, target: str,
@@ -377,20 +384,8 @@ class Store:
         for n in names:
             if self.index_type(n) == "FLAT":
                 continue  # brute force is the index: nothing to build
-            with _milvus_errors(f"indexing {n}"):
-                for attempt in range(6):
-                    try:
-                        self.client.release_collection(n)
-                        self.client.load_collection(n)
-                        break
-                    except Exception:  # noqa: BLE001
-                        # Lite's background thread writes a new segment's index file after a
-                        # flush, not atomically; a load that reads it half-written fails with
-                        # "file seems not fully written" (seen here). It is complete moments later.
-                        if attempt == 5:
-                            raise
-                        time.sleep(0.5 * (attempt + 1))
-                self._loaded.add(n)
+            self._call(f"indexing {n}", lambda: (self.client.release_collection(n), self.client.load_collection(n)))
+            self._loaded.add(n)
 
     # -- erasure (lookalike delete) -------------------------------------------------------------
     def has_collection(self, name: str) -> bool:

@@ -493,3 +493,37 @@ def test_unreadable_file_is_reported_and_the_rest_stored(tmp_path, settings):
     os.chmod(folder / "locked.jpg", 0o644)
     stored = {Path(v["source_path"]).name for v in read_rows(tmp_path / "p.db", "dlib", with_vectors=False).values()}
     assert stored == {"readable.jpg"}
+
+
+def test_index_file_still_being_written_is_waited_for(tmp_path):
+    """Milvus Lite writes a segment's index file in a background thread after a flush, not
+    atomically; a load meeting it half-written (seen in a full suite run) is retried until the
+    file is complete, then the collection loads with every row."""
+    import glob
+
+    from pymilvus.exceptions import MilvusException
+
+    from ingest.store import Store, transient
+    from test_query import synthetic_rows
+
+    db = str(tmp_path / "x.db")
+    with Store(db, profile="lite-hnsw") as store:
+        store.ensure_collection("dlib")
+        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in synthetic_rows(0, 300)])
+        store.flush(["faces_dlib"])
+        store.build_indexes(["faces_dlib"])
+        deadline = time.time() + 30
+        while not glob.glob(f"{db}/collections/faces_dlib/**/indexes/*.idx", recursive=True):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)  # Lite's background thread is done with it
+        index_file = glob.glob(f"{db}/collections/faces_dlib/**/indexes/*.idx", recursive=True)[0]
+        whole = Path(index_file).read_bytes()
+        Path(index_file).write_bytes(whole[:64])  # as a reader finds it mid-write
+        with pytest.raises(MilvusException) as e:
+            store.client.release_collection("faces_dlib")
+            store.client.load_collection("faces_dlib")
+        assert transient(e.value), e.value
+        threading.Timer(0.3, Path(index_file).write_bytes, [whole]).start()  # the writer finishes
+        store.build_indexes(["faces_dlib"])
+        assert store.count("faces_dlib") == 300
