@@ -1,7 +1,7 @@
 """dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat) run by torch.
 
 Same weights file, same network, same numbers as dlib's own `compute_face_descriptor` (max
-difference ~1e-6 on real chips, tests/test_models.py), but batched and on oneDNN: measured here
+difference ~1e-6 on real chips, tests/test_query.py), but batched and on oneDNN: measured here
 on one core 16 ms for one face and 6 ms/face in a batch of 8, against dlib's 76 ms/face whatever
 the batch. The embedding is the bulk of an image's work, so this is what lets two ingest workers
 run at twice the speed of the seed's DeepFace.represent loop, and a group photo embed in ~50 ms.

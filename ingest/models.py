@@ -184,7 +184,6 @@ class Detector:
 
     def detect(self, image: Decoded, min_face: int = 0) -> List[Face]:
         self.load()
-        import cv2
         from deepface.modules import detection
 
         bgr = np.ascontiguousarray(image.rgb[:, :, ::-1])
@@ -193,8 +192,7 @@ class Detector:
         # demand): detect on a copy with a black border of half the image on every side, then
         # take boxes and eyes back to the image's coordinates.
         hb, wb = (0, 0) if self.backend in _NO_BORDER else (int(0.5 * H), int(0.5 * W))
-        padded = bgr if not (hb or wb) else cv2.copyMakeBorder(bgr, hb, hb, wb, wb, cv2.BORDER_CONSTANT,
-                                                               value=[0, 0, 0])
+        padded = _bordered(bgr, hb, wb)
         faces: List[Face] = []
         for area in self._model.detect_faces(padded):
             fa = detection.extract_face(facial_area=area, img=padded, align=False, expand_percentage=0,
@@ -216,15 +214,20 @@ class Detector:
         return faces
 
 
+def _bordered(bgr: np.ndarray, hb: int, wb: int) -> np.ndarray:
+    """`bgr` with a black border of hb rows / wb columns on each side (DeepFace's detect_faces)."""
+    import cv2
+
+    return bgr if not (hb or wb) else cv2.copyMakeBorder(bgr, hb, hb, wb, wb, cv2.BORDER_CONSTANT, value=[0, 0, 0])
+
+
 def _aligner(bgr: np.ndarray, area: Any, hb: int, wb: int, backend: str) -> Callable[[], np.ndarray]:
-    """DeepFace's aligned crop of one detected face, as detect_faces(align=True) returns it."""
+    """DeepFace's aligned crop of one detected face, as detect_faces(align=True) returns it. It
+    keeps the unbordered image, so a Face kept in a result does not hold a 4x copy."""
     def align() -> np.ndarray:
-        import cv2
         from deepface.modules import detection
 
-        padded = bgr if not (hb or wb) else cv2.copyMakeBorder(bgr, hb, hb, wb, wb, cv2.BORDER_CONSTANT,
-                                                               value=[0, 0, 0])
-        return detection.extract_face(facial_area=area, img=padded, align=True, expand_percentage=0,
+        return detection.extract_face(facial_area=area, img=_bordered(bgr, hb, wb), align=True, expand_percentage=0,
                                       width_border=wb, height_border=hb, detector_backend=backend).img
     return align
 

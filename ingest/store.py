@@ -17,8 +17,8 @@ import numpy as np
 
 from schemas import (
     FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
-    PROFILES, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
-    get_profile, model_for_collection,
+    EXACT_INDEXES, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
+    get_profile, model_for_collection, profile_building,
 )
 
 # Collection property recording the weights (model id or path) a collection was built with.
@@ -252,9 +252,9 @@ class Store:
         info = self.client.describe_index(name, VECTOR_FIELD) or {}
         got = str(info.get("index_type", "")).upper()
         if got != want.upper():
-            fits = [p.name for p in PROFILES.values() if p.embedded == self.profile.embedded and p.index_type == got]
+            fits = profile_building(got, self.profile.embedded)
             raise StoreError(f"collection {name}: index is {got or 'missing'}, profile {self.profile.name} wants {want}"
-                             + (f" (use --profile {fits[0]})" if fits else ""))
+                             + (f" (use --profile {fits.name})" if fits else ""))
         if want.upper() not in self.profile.buildable:
             raise StoreError(f"collection {name}: {want} cannot be built by this deployment "
                              f"(Milvus Lite would silently brute-force it)")
@@ -331,8 +331,8 @@ class Store:
         index (an HNSW collection read with the FLAT lite profile), those of the profile that
         builds that index."""
         have = self.index_type(name)
-        fits = [p for p in PROFILES.values() if p.embedded == self.profile.embedded and p.index_type == have]
-        return dict((self.profile if have == self.profile.index_type or not fits else fits[0]).search_params)
+        fits = None if have == self.profile.index_type else profile_building(have, self.profile.embedded)
+        return dict((fits or self.profile).search_params)
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:
@@ -382,7 +382,7 @@ class Store:
             self.flush(names)
             return
         for n in names:
-            if self.index_type(n) == "FLAT":
+            if self.index_type(n) in EXACT_INDEXES:
                 continue  # brute force is the index: nothing to build
             self._call(f"indexing {n}", lambda: (self.client.release_collection(n), self.client.load_collection(n)))
             self._loaded.add(n)

@@ -77,7 +77,7 @@ import numpy as np
 from ingest.images import Decoded, ImageError, decode, read_bytes, sha256_bytes
 from ingest.settings import Settings
 from ingest.store import Store
-from schemas import ATTRIBUTES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name
+from schemas import ATTRIBUTES, EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name
 from schemas.filters import CompiledFilter, compile_filter, encode_literal
 
 # ---------------------------------------------------------------------------------------------
@@ -100,8 +100,6 @@ EF_FACTOR = 10.0
 EF_MAX = 8192
 # Seconds a filter probe is reused (the photos of one `lookalike query` run share a filter).
 PROBE_TTL = 60.0
-# Indexes that compare the query with every row the filter keeps: no probe, no widening.
-EXACT_INDEXES = frozenset({"FLAT", "GPU_BRUTE_FORCE", "BIN_FLAT"})
 # Search parameter that sets the breadth of the ANN search, per index type.
 _BREADTH_PARAM = {"HNSW": "ef", "HNSW_SQ": "ef", "GPU_CAGRA": "itopk_size"}
 

@@ -322,6 +322,16 @@ class UnknownName(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# Indexes that compare the query with every row the filter keeps: no probe, no widening, nothing
+# to build beyond the vectors themselves.
+EXACT_INDEXES = frozenset({"FLAT", "GPU_BRUTE_FORCE", "BIN_FLAT"})
+
+
+def profile_building(index_type: str, embedded: bool) -> Optional[IndexProfile]:
+    """The first declared profile of this kind (Lite or server) whose index is `index_type`."""
+    return next((p for p in PROFILES.values() if p.embedded == embedded and p.index_type == index_type), None)
+
+
 def default_profile(server: bool) -> str:
     return "cpu" if server else "lite"
 

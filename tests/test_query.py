@@ -549,6 +549,20 @@ def synthetic_rows(start: int, n: int, dim: int = 128, seed: int = 0):
     return rows
 
 
+def fill_synthetic(store, n: int):
+    """`n` synthetic rows upserted into the store's faces_dlib, flushed, indexed (Milvus Lite
+    searches a freshly flushed segment brute force until load() builds its index); the rows."""
+    store.ensure_collection("dlib")
+    rows = []
+    for start in range(0, n, 5000):
+        batch = synthetic_rows(start, min(5000, n - start))
+        rows += batch
+        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in batch])
+    store.flush(["faces_dlib"])
+    store.build_indexes(["faces_dlib"])
+    return rows
+
+
 def _identity_filter(n: int) -> str:
     return "identity in [" + ", ".join(f'"s{i:04d}"' for i in range(n)) + "]"
 
@@ -559,16 +573,7 @@ def synthetic(tmp_path_factory):
 
     db = str(tmp_path_factory.mktemp("synthetic") / "syn.db")
     store = Store(db, profile="lite-hnsw")  # the probe / widened-ef policy; FLAT is exact by construction
-    store.ensure_collection("dlib")
-    rows = []
-    for start in range(0, SYN_N, 5000):
-        batch = synthetic_rows(start, 5000)
-        rows += batch
-        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in batch])
-    store.flush(["faces_dlib"])
-    # Milvus Lite searches a freshly flushed segment brute force until its HNSW index exists;
-    # load() builds missing indexes, so release + load makes the searches below go through HNSW.
-    store.build_indexes(["faces_dlib"])
+    rows = fill_synthetic(store, SYN_N)  # indexed: the searches below go through HNSW
     assert store.count("faces_dlib") == SYN_N
     yield store, rows
     store.close()
@@ -652,11 +657,8 @@ def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
     from ingest.store import Store, StoreError
 
     db = str(tmp_path / "hnsw.db")
-    rows = synthetic_rows(0, 600)
     with Store(db, profile="lite-hnsw") as store:
-        store.ensure_collection("dlib")
-        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in rows])
-        store.flush(["faces_dlib"])
+        rows = fill_synthetic(store, 600)
     store = Store(db)
     try:
         assert store.profile.index_type == "FLAT" and store.index_type("faces_dlib") == "HNSW"

@@ -504,14 +504,11 @@ def test_index_file_still_being_written_is_waited_for(tmp_path):
     from pymilvus.exceptions import MilvusException
 
     from ingest.store import Store, transient
-    from test_query import synthetic_rows
+    from test_query import fill_synthetic
 
     db = str(tmp_path / "x.db")
     with Store(db, profile="lite-hnsw") as store:
-        store.ensure_collection("dlib")
-        store.upsert_faces("dlib", [{**r, "vector": r["vector"].tolist()} for r in synthetic_rows(0, 300)])
-        store.flush(["faces_dlib"])
-        store.build_indexes(["faces_dlib"])
+        fill_synthetic(store, 300)
         deadline = time.time() + 30
         while not glob.glob(f"{db}/collections/faces_dlib/**/indexes/*.idx", recursive=True):
             assert time.time() < deadline
