@@ -140,17 +140,38 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def cpu_snapshot() -> Dict[int, float]:
-    """CPU seconds (user + system) of this process and every live descendant."""
+def cpu_snapshot(pids: Optional[List[int]] = None) -> Dict[int, float]:
+    """CPU seconds (user + system) of this process and every live descendant (or of `pids`: finding
+    the descendants scans /proc, ~1.5 ms of the driver's CPU each time)."""
     import psutil
 
     me = psutil.Process()
     out = {me.pid: sum(me.cpu_times()[:2])}
-    for ch in me.children(recursive=True):
+    for pid in ([ch.pid for ch in me.children(recursive=True)] if pids is None else pids):
         try:
-            out[ch.pid] = sum(ch.cpu_times()[:2])
+            out[pid] = sum(psutil.Process(pid).cpu_times()[:2])
         except psutil.Error:
             pass
+    return out
+
+
+def thread_cpu() -> Dict[str, float]:
+    """CPU seconds of this process's live threads, by Python thread name (trailing pool numbers
+    dropped, so a pool's threads add up): who in the driver uses the cores the workers need."""
+    import re
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: Dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid))
+        key = re.sub(r"[-_]\d+(_\d+)?$", "", name) if name else "native (gRPC core, BLAS, ...)"
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -299,7 +320,7 @@ def phase_pipeline(args) -> Dict[str, Any]:
 
     marks: Dict[str, float] = {}
     cpu: Dict[str, Dict[int, float]] = {}
-    writes = {"n": 0, "seconds": 0.0, "flush_seconds": 0.0, "flushes": 0}
+    writes = {"n": 0, "seconds": 0.0, "cpu_seconds": 0.0, "flush_seconds": 0.0, "flushes": 0}
     progress: List[tuple] = []  # (perf_counter, images written so far)
 
     orig_client_run = distributed.Client.run
@@ -309,20 +330,23 @@ def phase_pipeline(args) -> Dict[str, Any]:
         if "warm_done" not in marks:  # the pipeline's only client.run is the workers' warm-up
             marks["warm_done"] = time.perf_counter()
             cpu["start"] = cpu_snapshot()
+            cpu["threads_start"] = thread_cpu()
         return r
 
     orig_write = pipeline.Writer.write
 
     def write(self, results):
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.thread_time()
         orig_write(self, results)
         e = time.perf_counter()
         writes["n"] += 1
         writes["seconds"] += e - t
+        writes["cpu_seconds"] += time.thread_time() - tc
         progress.append((e, progress[-1][1] + len(results) if progress else len(results)))
         marks.setdefault("first_write_end", e)
         marks["last_write_end"] = e
-        cpu["end"] = cpu_snapshot()
+        cpu["end"] = cpu_snapshot([p for p in cpu["start"] if p != os.getpid()])
+        cpu["threads_end"] = thread_cpu()
 
     orig_flush = Store.flush
 
@@ -351,12 +375,13 @@ def phase_pipeline(args) -> Dict[str, Any]:
     Store.flush = flush
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    sampler = Sampler()
+    sampler = Sampler(every=1.0)  # VmHWM is the kernel's own peak; sampling often costs driver CPU
     sampler.start()
     t0 = time.perf_counter()
     try:
         summary = pipeline.run(args.list, db=str(tmp / "bench.db"), models=args.models, detector=args.detector,
-                               workers=args.workers, progress=False, report=str(tmp / "report.txt"))
+                               workers=args.workers, progress=False, report=str(tmp / "report.txt"),
+                               **({"batch_size": args.batch_size} if args.batch_size else {}))
         total = time.perf_counter() - t0
     finally:
         sampler.stop()
@@ -378,11 +403,16 @@ def phase_pipeline(args) -> Dict[str, Any]:
         "images_per_second_wall": summary.images_per_second, "faces_per_second_wall": summary.faces_per_second,
         "images_per_second": n / steady, "faces_per_second": summary.faces_stored / steady,
         "driver_write": {"batches": writes["n"], "seconds": round(writes["seconds"], 3),
+                         "main_thread_cpu_seconds": round(writes["cpu_seconds"], 3),
                          "flushes": writes["flushes"], "flush_seconds": round(writes["flush_seconds"], 3)},
         # CPU seconds spent during the steady window, per process: where the 2 cores went
         "steady_cpu_seconds": {"driver (scheduler, nanny, writer, Milvus Lite)": round(cpu_s.get(me, 0.0), 2),
                                **{f"worker {pid}": round(cpu_s.get(pid, 0.0), 2) for pid in workers},
                                "other": round(sum(v for p, v in cpu_s.items() if p != me and p not in workers), 2)},
+        "steady_driver_threads_cpu_seconds": {
+            k: round(v - cpu["threads_start"].get(k, 0.0), 3)
+            for k, v in sorted(cpu.get("threads_end", {}).items(), key=lambda kv: -kv[1])
+            if v - cpu["threads_start"].get(k, 0.0) >= 0.005},
         # CPU seconds per image: robust to other load on the machine, unlike the rates
         "worker_cpu_seconds_per_image": sum(cpu_s.get(pid, 0.0) for pid in workers) / n,
         "driver_cpu_seconds_per_image": cpu_s.get(me, 0.0) / n,
@@ -633,6 +663,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--list", help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--start-file", help=argparse.SUPPRESS)
     ap.add_argument("--naive-detector", default="yunet", help=argparse.SUPPRESS)
     ap.add_argument("--naive-model", default="Dlib", help=argparse.SUPPRESS)

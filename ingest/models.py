@@ -186,7 +186,7 @@ class Detector:
         self.load()
         from deepface.modules import detection
 
-        bgr = np.ascontiguousarray(image.rgb[:, :, ::-1])
+        bgr = image.bgr
         H, W = bgr.shape[:2]
         # What detection.detect_faces(align=True) does, minus the alignment (Face.align, on
         # demand): detect on a copy with a black border of half the image on every side, then
@@ -384,9 +384,12 @@ class DlibEmbedder(DeepFaceEmbedder):
     def _chip(self, image: Decoded, face: Face) -> np.ndarray:
         import dlib  # type: ignore
 
+        # On BGR, then swapped: the landmarks see the channel mean (the same either way) and the
+        # chip is per-channel interpolation, so this is dlib's RGB chip without an RGB photo.
         x, y, w, h = face.dbox
-        shape = self._shape(image.rgb, dlib.rectangle(x, y, x + w, y + h))
-        return dlib.get_face_chip(image.rgb, shape, size=self.CHIP_SIZE, padding=self.CHIP_PADDING)
+        shape = self._shape(image.bgr, dlib.rectangle(x, y, x + w, y + h))
+        chip = dlib.get_face_chip(image.bgr, shape, size=self.CHIP_SIZE, padding=self.CHIP_PADDING)
+        return np.ascontiguousarray(chip[:, :, ::-1])
 
     def model_input(self, image: Decoded, face: Face) -> np.ndarray:
         return self._chip(image, face)  # 150x150x3 uint8 RGB
@@ -431,8 +434,9 @@ def face_square(image: Decoded, face: Face, size: int = CROP_SIZE, margin: float
     m = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
     m[0, 2] += size / 2.0 - cx
     m[1, 2] += size / 2.0 - cy
-    return cv2.warpAffine(image.rgb, m, (size, size), flags=cv2.INTER_LINEAR,
+    crop = cv2.warpAffine(image.bgr, m, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

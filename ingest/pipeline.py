@@ -239,21 +239,25 @@ def _ledger_id(model: str, path: str) -> str:
 
 
 class Writer:
-    """Writes results in the driver. Faces are upserted as batches complete; they are flushed and
-    the ledger records their images as done together, at most every `commit_every` seconds (and at
-    the end): a Lite flush costs ~30 ms and a segment, so per-batch flushes cost the driver half
-    its CPU (measured: 0.015 -> 0.008 CPU s per image, 76 -> 28 flushes per 300 images). A kill -9
-    loses only the uncommitted seconds, which a resume redoes: the ledger never gets ahead of
-    durable faces."""
+    """Writes results in the driver, which on Milvus Lite shares the workers' cores: every CPU
+    second it spends is one the models lose. So results are only buffered as batches complete;
+    at most every `commit_every` seconds (or `max_pending_faces` faces, and at the end) the buffer
+    is written at once: one duplicate lookup, one upsert per model, a flush, then the ledger
+    records the images as done (and is flushed). Few large calls instead of many small ones
+    (measured per 300 images: ...). A kill -9 loses only the uncommitted seconds, which a resume
+    redoes: the ledger never gets ahead of durable faces."""
 
     def __init__(self, store: Store, models: Sequence[str], detector: str,
-                 records: Dict[str, ImageRecord], commit_every: float = 2.0):
+                 records: Dict[str, ImageRecord], commit_every: float = 5.0, max_pending_faces: int = 4096):
         self.store = store
         self.models = list(models)
         self.detector = detector
         self.records = records
         self.commit_every = commit_every
-        self._ledger: List[Dict[str, Any]] = []
+        self.max_pending_faces = max_pending_faces
+        self.faces_stored = 0  # faces written by this writer (duplicates of stored pictures excluded)
+        self._pending: List[ImageResult] = []
+        self._pending_faces = 0
         self._last_commit = time.monotonic()
 
     def _face_rows(self, res: ImageResult, model: str, ts: int) -> List[Dict[str, Any]]:
@@ -288,6 +292,14 @@ class Writer:
         return {r["image_sha256"]: r["source_path"] for r in rows}
 
     def write(self, results: List[ImageResult]) -> None:
+        self._pending.extend(results)
+        self._pending_faces += sum(len(r.faces) for r in results)
+        if self._pending_faces >= self.max_pending_faces or \
+                time.monotonic() - self._last_commit >= self.commit_every:
+            self.commit()
+
+    def _store_faces(self, results: List[ImageResult]) -> List[Dict[str, Any]]:
+        """Upsert the faces of `results` (each picture once), return their ledger rows."""
         ts = now_ms()
         stored = self._stored_paths(results)
         # The same picture under two names is stored once, under the smaller path (deterministic
@@ -312,25 +324,27 @@ class Writer:
             for r in chosen.values():
                 rows.extend(self._face_rows(r, model, ts))
             self.store.upsert_faces(model, rows)
-        for r in results:
-            for model in self.models:
-                self._ledger.append({
-                    "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
-                    "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
-                    "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
-                })
-        if time.monotonic() - self._last_commit >= self.commit_every:
-            self.commit()
+        self.faces_stored += sum(len(r.faces) for r in chosen.values())
+        return [{
+            "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
+            "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
+            "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
+        } for r in results for model in self.models]
+
+    def _take(self) -> List[ImageResult]:
+        self._last_commit = time.monotonic()
+        results, self._pending, self._pending_faces = self._pending, [], 0
+        return results
 
     def commit(self) -> None:
-        """Flush the faces written so far, then record their images in the ledger (and flush it)."""
-        self._last_commit = time.monotonic()
-        if not self._ledger:
+        """Write the buffered results: faces, flush, then the ledger (flushed too)."""
+        results = self._take()
+        if not results:
             return
+        ledger = self._store_faces(results)
         self.store.flush([collection_name(m) for m in self.models])
-        self.store.record_images(self._ledger)
+        self.store.record_images(ledger)
         self.store.flush([LEDGER_COLLECTION])
-        self._ledger = []
 
 
 class ServerWriter(Writer):
@@ -354,10 +368,9 @@ class ServerWriter(Writer):
         self.commit()
 
     def commit(self) -> None:
-        self._last_commit = time.monotonic()
-        if self._ledger:
-            self.store.record_images(self._ledger)
-            self._ledger = []
+        results = self._take()
+        if results:
+            self.store.record_images(self._store_faces(results))
 
 
 # One Store per worker process and server, opened by the first batch (like get_engine's models).
@@ -446,7 +459,7 @@ def run(
     limit: Optional[int] = None,
     partition: Optional[str] = None,
     celeba_images: Optional[str] = None,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_in_flight: Optional[int] = None,
     min_face: int = 24,
     retry_failed: bool = False,
@@ -491,7 +504,8 @@ def run(
         summary.images_skipped = len(records_list) - len(todo)
         del ledgers
         by_path = {r.path: r for r in todo}
-        writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path)
+        writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
+                                                            commit_every=settings.commit_seconds)
         t0 = time.perf_counter()
         try:
             _run_batches(todo, writer, summary, settings, det, models_list, workers, scheduler,
@@ -509,7 +523,9 @@ def run(
     return summary
 
 
-def _account(summary: IngestSummary, results: List[ImageResult]) -> None:
+def _account(summary: IngestSummary, results: List[ImageResult], count_faces: bool = True) -> None:
+    """Count `results` into the summary; their faces only when already written (by the workers,
+    on a server): the driver's Writer counts what it writes itself."""
     for r in results:
         if r.status == "failed":
             summary.images_failed += 1
@@ -520,7 +536,7 @@ def _account(summary: IngestSummary, results: List[ImageResult]) -> None:
             summary.images_noface += 1
         else:
             summary.images_done += 1
-            if not r.reason.startswith("duplicate of"):
+            if count_faces and not r.reason.startswith("duplicate of"):
                 summary.faces_stored += len(r.faces)
 
 
@@ -542,7 +558,8 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
             raise StoreError(res.store_error)
         if not res.written:  # Lite: the driver is the single writer
             writer.write(res.images)
-        _account(summary, res.images)
+            summary.faces_stored = writer.faces_stored
+        _account(summary, res.images, count_faces=res.written)
         summary.worker_peak_rss[res.pid] = max(summary.worker_peak_rss.get(res.pid, 0), res.rss)
         bar.update(len(res.images))
         bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
@@ -569,6 +586,9 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
         except Exception:
             if not failed:
                 raise
+        finally:
+            if not settings.uri:
+                summary.faces_stored = writer.faces_stored
 
 
 def _mapper(settings: Settings):

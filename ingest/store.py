@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +175,33 @@ class CollectionStats:
     metric: str
 
 
+# Milvus Lite serves a database from a server thread that pymilvus keeps for the whole process:
+# MilvusClient.close() leaves it open, holding the folder's lock while its background thread may
+# still be writing index files. The last Store of a path in this process closes it, so a database
+# an ingest.run() call returns from is complete on disk and free for another process.
+_LITE_LOCK = threading.Lock()
+_LITE_OPEN: Dict[str, int] = {}
+
+
+def _lite_acquire(path: str) -> None:
+    with _LITE_LOCK:
+        _LITE_OPEN[path] = _LITE_OPEN.get(path, 0) + 1
+
+
+def _lite_release(path: str) -> None:
+    with _LITE_LOCK:
+        n = _LITE_OPEN.get(path, 0) - 1
+        if n > 0:
+            _LITE_OPEN[path] = n
+            return
+        _LITE_OPEN.pop(path, None)
+    with contextlib.suppress(Exception):
+        from milvus_lite.server_manager import server_manager_instance
+
+        # Drains the background compaction / index builds, then releases the lock.
+        server_manager_instance.release_server(path)
+
+
 class Store:
     def __init__(self, db: Optional[str] = "lookalike.db", uri: Optional[str] = None,
                  token: Optional[str] = None, profile: Optional[str] = None,
@@ -215,12 +244,18 @@ class Store:
             raise StoreError(f"database {self.target}: permission denied ({e.filename or self.target})") from None
         except Exception as e:  # connection refused, locked database, ...
             raise StoreError(f"cannot open Milvus at {self.target}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self._lite_path = None if self.server else os.path.abspath(self.target)
+        if self._lite_path:
+            _lite_acquire(self._lite_path)
         self._loaded: set = set()
         self._templates: Optional[bool] = None  # does the server take filter templates? (probed)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
+        path, self._lite_path = self._lite_path, None
+        if path:
+            _lite_release(path)
 
     def __enter__(self) -> "Store":
         return self

@@ -498,7 +498,7 @@ def match_face(searcher, models: Sequence[str], match, default_detector: str):
         return image, best
     s = image.scale
     x, y, w, h = (int(round(v / s)) for v in match.box)
-    crop = image.rgb[y:y + h, x:x + w, ::-1]
+    crop = image.bgr[y:y + h, x:x + w]
     return image, Face(index=match.face_index, box=tuple(match.box), confidence=match.confidence,
                        dbox=(x, y, w, h), aligned_bgr=np.ascontiguousarray(crop))
 

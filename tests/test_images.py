@@ -5,10 +5,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import DATA
-from ingest.images import MAX_PIXELS, MAX_SIDE, ImageError, decode
+from ingest.images import DETAIL_SIDE, MAX_PIXELS, MAX_SIDE, ImageError, decode
 
 PORTRAIT = sorted((DATA / "people" / "Tom_Hanks").iterdir())[0]
 
@@ -69,9 +69,61 @@ def test_decompression_bomb_is_refused_without_decoding():
         decode(data)
 
 
-def test_large_photos_are_downscaled_and_boxes_map_back():
-    big = Image.open(PORTRAIT).convert("RGB").resize((MAX_SIDE * 2, MAX_SIDE * 2))
-    d = decode(_bytes(big, "JPEG", quality=80))
+@pytest.mark.parametrize("side,fmt,scale", [
+    (MAX_SIDE * 2, "JPEG", 4.0),  # reduced while decoding, long side kept >= DETAIL_SIDE
+    (DETAIL_SIDE * 2 + 10, "JPEG", 2.0),
+    (DETAIL_SIDE * 2 - 10, "JPEG", 1.0),  # half would fall below DETAIL_SIDE: full size
+    (MAX_SIDE * 2, "PNG", 2.0),  # no cheap reduction: resized to MAX_SIDE
+])
+def test_large_photos_are_downscaled_and_boxes_map_back(side, fmt, scale):
+    big = Image.open(PORTRAIT).convert("RGB").resize((side, side * 2 // 3))
+    d = decode(_bytes(big, fmt, **({"quality": 80} if fmt == "JPEG" else {})))
     assert max(d.rgb.shape[:2]) <= MAX_SIDE
-    assert (d.width, d.height) == (MAX_SIDE * 2, MAX_SIDE * 2)
-    assert d.scale == pytest.approx(2.0, rel=0.01)
+    assert max(d.rgb.shape[:2]) >= min(side, DETAIL_SIDE)
+    assert d.scale == pytest.approx(scale, rel=0.01)
+    assert (d.width, d.height) == pytest.approx((side, side * 2 // 3), abs=scale)
+
+
+def _pil_reference(data: bytes) -> np.ndarray:
+    """What decode() gave before JPEGs went through OpenCV: PIL all the way."""
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        s = next((s for s in (8, 4, 2) if max(w, h) >= s * DETAIL_SIDE), 1)
+        im.draft("RGB", (w // s, h // s))
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        if max(im.size) > MAX_SIDE:
+            r = MAX_SIDE / max(im.size)
+            im = im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.BILINEAR)
+        return np.asarray(im)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["plain", "huge", "grey", "progressive"])
+def test_jpeg_fast_path_gives_pils_pixels(orientation, kind):
+    """Plain JPEGs decode through OpenCV (faster, straight to BGR); the pixels, size and scale must
+    be exactly those of the PIL path, for every EXIF orientation, at reduced scale, grey or
+    progressive."""
+    im = Image.open(PORTRAIT).convert("RGB")
+    kw = {"quality": 90}
+    if kind == "huge":
+        im = im.resize((MAX_SIDE * 3 + 17, MAX_SIDE * 2 + 5))
+    elif kind == "grey":
+        im = im.convert("L")
+    elif kind == "progressive":
+        kw["progressive"] = True
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _bytes(im, "JPEG", exif=exif, **kw)
+    d = decode(data)
+    ref = _pil_reference(data)
+    assert d.rgb.shape == ref.shape
+    assert np.array_equal(d.rgb, ref)
+    assert np.array_equal(d.bgr, ref[:, :, ::-1])
+    upright = (im.height, im.width) if orientation >= 5 else (im.width, im.height)
+    assert (d.width, d.height) == pytest.approx(upright, abs=1)
+
+
+def test_truncated_jpeg_is_reported_not_filled():
+    data = _bytes(Image.open(PORTRAIT).convert("RGB"), "JPEG", quality=90)
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode(data[: len(data) // 2])

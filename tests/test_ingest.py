@@ -195,10 +195,13 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
     for seed in (1, 2):
         db = tmp_path / f"killed{seed}.db"
         rng = np.random.default_rng(seed)
+        # seed 1 commits every batch (the kill lands between or inside commits), seed 2 every
+        # 0.3 s (it may land with finished batches still buffered, unwritten)
+        env = dict(os.environ, LOOKALIKE_COMMIT_SECONDS="0" if seed == 1 else "0.3")
         proc = subprocess.Popen(
             [sys.executable, "-m", "query.cli", "ingest", str(src), "--db", str(db), "--workers", "0",
              "--batch-size", "2", "--report", str(tmp_path / "r.txt")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         # wait until some batches are written, then kill at a random moment
         wanted = int(rng.integers(2, 12))
         wait_for_progress(proc, 16, wanted)

@@ -687,7 +687,7 @@ def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(setting
     image = load(GROUPS / "multiface.jpg")
     faces = det.detect(image)
     assert len(faces) >= 4 and all(f.aligned_bgr is None for f in faces)
-    bgr = np.ascontiguousarray(image.rgb[:, :, ::-1])
+    bgr = image.bgr
     if backend in _NO_BORDER:
         ref = [detection.extract_face(facial_area=a, img=bgr, align=True, expand_percentage=0, width_border=0,
                                       height_border=0, detector_backend=backend) for a in det._model.detect_faces(bgr)]

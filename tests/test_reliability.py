@@ -295,7 +295,10 @@ def test_disk_full_mid_ingest_stops_cleanly_and_resume_completes(tmp_path, refer
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     py, src = shlex.quote(sys.executable), shlex.quote(str(CELEBA))
-    cmd = f"{py} -m query.cli ingest {src} --limit {N} --workers 0 --batch-size 4 --db {mnt}/faces.db"
+    # every batch written as it completes, so the disk fills part-way (buffered, the 40 images
+    # take less room and could all fit)
+    cmd = (f"LOOKALIKE_COMMIT_SECONDS=0 {py} -m query.cli ingest {src} --limit {N} --workers 0 "
+           f"--batch-size 4 --db {mnt}/faces.db")
     script = f"""
         set -u
         mount -t tmpfs -o size=16m tmpfs {mnt} || exit 100
