@@ -183,6 +183,24 @@ def _lookalike(*args, **kw):
                           timeout=600, **kw)
 
 
+def test_a_finished_ingest_leaves_the_database_to_other_processes(tmp_path, settings):
+    """pymilvus keeps Milvus Lite's server (and the folder's lock, and its background index
+    writes) for the life of the process; ingest.run() closes the database when it returns, so a
+    notebook can ingest and then query from the command line. A Store still open keeps it."""
+    from ingest.store import Store
+
+    src = tmp_path / "list.txt"
+    src.write_text("\n".join(str(p) for p in sorted((CELEBA / "img_celeba").iterdir())[:3]))
+    db = tmp_path / "shared.db"
+    ingest.run(str(src), db=str(db), workers=0, progress=False, settings=settings, report=str(tmp_path / "r.txt"))
+    held = Store(str(db))
+    r = _lookalike("stats", "--db", str(db))
+    assert r.returncode != 0 and "in use by another process" in r.stderr, r.stderr
+    held.close()
+    r = _lookalike("stats", "--db", str(db))
+    assert r.returncode == 0 and "faces_dlib" in r.stdout, r.stderr
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
     photos = sorted((CELEBA / "img_celeba").iterdir())[:16]

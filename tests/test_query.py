@@ -14,6 +14,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -678,10 +679,10 @@ def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
 @pytest.mark.parametrize("backend", ["yunet", "dlib"])
 def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(settings, backend):
     """Detector.detect gives DeepFace's detect_faces(align=True) boxes, eyes and aligned crops
-    (the crop computed only when a model asks for it)."""
+    (the crop computed only when a model asks for it); exactly for dlib, nearly for YuNet."""
     from deepface.modules import detection
 
-    from ingest.models import _NO_BORDER, get_engine
+    from ingest.models import _NO_BORDER, _SHRINKS_TO, get_engine
 
     det = get_engine(settings, backend, ["dlib"]).detector
     image = load(GROUPS / "multiface.jpg")
@@ -694,7 +695,42 @@ def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(setting
     else:
         ref = detection.detect_faces(detector_backend=backend, img=bgr, align=True)
     ref = sorted(ref, key=lambda d: (max(0, d.facial_area.x), max(0, d.facial_area.y)))
+    assert len(faces) == len(ref)
+    if backend in _SHRINKS_TO:
+        # YuNet sees the photo shrunk before it is bordered, not bordered then shrunk: nearly the
+        # same pixels, so nearly the same boxes and eyes (DeepFace rounds them at the small scale,
+        # ~4 px here), and the same alignment of them
+        for f, d in zip(faces, ref):
+            fa, tol = d.facial_area, 0.05 * d.facial_area.w + 2
+            got = [*f.dbox, *f.left_eye, *f.right_eye]
+            want = [max(0, fa.x), max(0, fa.y), fa.w, fa.h, *fa.left_eye, *fa.right_eye]
+            assert np.allclose(got, want, atol=tol), (got, want)
+            a, b = f.aligned(), d.img.astype(np.uint8)
+            assert abs(a.shape[0] - b.shape[0]) <= tol and abs(a.shape[1] - b.shape[1]) <= tol
+            b = cv2.resize(b, (a.shape[1], a.shape[0]))
+            assert np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1] > 0.9
+        return
     assert [f.dbox[:2] for f in faces] == [(max(0, d.facial_area.x), max(0, d.facial_area.y)) for d in ref]
     for f, d in zip(faces, ref):
         assert f.left_eye == tuple(d.facial_area.left_eye) and f.right_eye == tuple(d.facial_area.right_eye)
         assert np.array_equal(f.aligned(), d.img.astype(np.uint8))
+
+
+def test_detection_never_copies_a_big_photo_at_full_size(settings):
+    """The detector's input is bordered after shrinking, so detecting in a 3.6-MP photo allocates
+    well under the photo's own size (the full-size bordered copy was 4x it)."""
+    import tracemalloc
+
+    from ingest.models import get_engine
+
+    det = get_engine(settings, "yunet", ["dlib"]).detector.load()
+    image = load(GROUPS / "couple.jpg")  # 2280 x 1588
+    det.detect(image)  # first call: the model's own buffers
+    tracemalloc.start()
+    try:
+        faces = det.detect(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(faces) == 2
+    assert peak < image.bgr.nbytes / 4, (peak, image.bgr.nbytes)
