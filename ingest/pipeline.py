@@ -424,6 +424,15 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
         yield buf
 
 
+def _batches(todo: List[ImageRecord], size: int) -> Iterator[List[ImageRecord]]:
+    """Batches of `size` images, the last 4 x size images in quarter batches: a run ends when its
+    last worker does, and with full batches the others would wait up to a batch's time for it."""
+    size = max(1, size)
+    cut = max(0, len(todo) - 4 * size)
+    yield from _chunks(todo[:cut], size)
+    yield from _chunks(todo[cut:], max(1, size // 4))
+
+
 def _failure_kind(reason: str) -> str:
     return reason.split(":")[0].split("(")[0].strip()[:40] or "error"
 
@@ -459,7 +468,7 @@ def run(
     limit: Optional[int] = None,
     partition: Optional[str] = None,
     celeba_images: Optional[str] = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_in_flight: Optional[int] = None,
     min_face: int = 24,
     retry_failed: bool = False,
@@ -551,7 +560,7 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
                  det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
                  max_in_flight: Optional[int], min_face: int, progress: bool) -> None:
     bar = _make_bar(len(todo), progress)
-    batches = _chunks(todo, max(1, batch_size))
+    batches = _batches(todo, batch_size)
 
     def done(res: BatchResult) -> None:
         if res.store_error:
