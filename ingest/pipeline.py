@@ -425,12 +425,13 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
 
 
 def _batches(todo: List[ImageRecord], size: int) -> Iterator[List[ImageRecord]]:
-    """Batches of `size` images, the last 4 x size images in quarter batches: a run ends when its
-    last worker does, and with full batches the others would wait up to a batch's time for it."""
+    """Batches of `size` images, the last 4 x size images in batches of at most 8: a run ends when
+    its last worker does, and with full batches the others would wait up to a batch's time for it
+    (smaller than 8, a batch's faces make forward passes too small to be efficient)."""
     size = max(1, size)
     cut = max(0, len(todo) - 4 * size)
     yield from _chunks(todo[:cut], size)
-    yield from _chunks(todo[cut:], max(1, size // 4))
+    yield from _chunks(todo[cut:], min(size, 8))
 
 
 def _failure_kind(reason: str) -> str:
@@ -468,7 +469,7 @@ def run(
     limit: Optional[int] = None,
     partition: Optional[str] = None,
     celeba_images: Optional[str] = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
     max_in_flight: Optional[int] = None,
     min_face: int = 24,
     retry_failed: bool = False,

@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--partition", choices=["train", "val", "test"], default=None, help="CelebA partition")
     pi.add_argument("--celeba-images", choices=["wild", "aligned"], default=None,
                     help="CelebA image folder when both exist (default: in-the-wild img_celeba)")
-    pi.add_argument("--batch-size", type=int, default=32,
-                    help="images per Dask task (default 32: fewer, larger tasks cost the driver less "
+    pi.add_argument("--batch-size", type=int, default=16,
+                    help="images per Dask task (default 16: fewer, larger tasks cost the driver less "
                          "CPU, which on one machine the workers need; the last ones are smaller)")
     pi.add_argument("--min-face", type=int, default=24,
                     help="skip faces smaller than N px (default 24: smaller background faces embed as noise)")
