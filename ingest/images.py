@@ -94,7 +94,7 @@ def _decode_jpeg(data: bytes, w: int, h: int) -> Optional[np.ndarray]:
     CelebA photos: 2.1 vs 4.4 ms, plus 2.3 ms saved on the swap; pixels identical). None when
     OpenCV cannot do it as PIL would: a truncated file (PIL reports it; OpenCV would fill it
     grey), or any decoding error (PIL then gives the reason)."""
-    if not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+    if not data[-64:].rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):  # the tail only: no copy of the file
         return None
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[_jpeg_scale(w, h)])
     return bgr if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3 else None
@@ -114,10 +114,7 @@ def decode(data: bytes) -> Decoded:
             bgr = _decode_jpeg(data, w, h) if im.format == "JPEG" and im.mode in ("RGB", "L") else None
             if bgr is not None:
                 if max(bgr.shape[:2]) > MAX_SIDE:  # PIL's resize, as below (per channel: order-blind)
-                    im = Image.fromarray(bgr)
-                    r = MAX_SIDE / max(im.size)
-                    size = (max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r)))
-                    bgr = np.asarray(im.resize(size, Image.BILINEAR), dtype=np.uint8)
+                    bgr = np.asarray(_fit(Image.fromarray(bgr)), dtype=np.uint8)
                 return _decoded(bgr, w, h)
             scale = _jpeg_scale(w, h) if im.format == "JPEG" else 1
             if scale > 1:  # the same reduction as the OpenCV path (draft keeps sizes >= the request)
@@ -131,10 +128,7 @@ def decode(data: bytes) -> Decoded:
                 arr16 = np.asarray(im, dtype=np.float32)
                 im = Image.fromarray(np.clip(arr16 / max(arr16.max(), 1) * 255, 0, 255).astype(np.uint8))
             im = im.convert("RGB")
-            if max(im.size) > MAX_SIDE:
-                r = MAX_SIDE / max(im.size)
-                im = im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.BILINEAR)
-            bgr = cv2.cvtColor(np.asarray(im, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+            bgr = cv2.cvtColor(np.asarray(_fit(im), dtype=np.uint8), cv2.COLOR_RGB2BGR)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -145,6 +139,14 @@ def decode(data: bytes) -> Decoded:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageError(f"cannot decode image: {msg}") from None
     return _decoded(bgr, w, h)
+
+
+def _fit(im: Image.Image) -> Image.Image:
+    """`im` shrunk (bilinear) to a long side of MAX_SIDE if it is longer."""
+    if max(im.size) <= MAX_SIDE:
+        return im
+    r = MAX_SIDE / max(im.size)
+    return im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.BILINEAR)
 
 
 def _decoded(bgr: np.ndarray, w: int, h: int) -> Decoded:

@@ -229,7 +229,6 @@ class Detector:
             f.index = i
         return faces
 
-
     def _detect_shrunk(self, bgr: np.ndarray, hb: int, wb: int, limit: int) -> List[Any]:
         """detect_faces on the photo shrunk so that, bordered, it fits `limit`; the areas come back
         in the coordinates of the full-size bordered photo (border hb rows / wb columns)."""

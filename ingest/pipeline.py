@@ -244,7 +244,8 @@ class Writer:
     at most every `commit_every` seconds (or `max_pending_faces` faces, and at the end) the buffer
     is written at once: one duplicate lookup, one upsert per model, a flush, then the ledger
     records the images as done (and is flushed). Few large calls instead of many small ones
-    (measured per 300 images: ...). A kill -9 loses only the uncommitted seconds, which a resume
+    (bench_ingest, 2 workers, 600 photos: the driver's CPU 2.8 -> 1.1-1.5 ms per photo with this,
+    5-s commits and tasks of 16). A kill -9 loses only the uncommitted seconds, which a resume
     redoes: the ledger never gets ahead of durable faces."""
 
     def __init__(self, store: Store, models: Sequence[str], detector: str,
