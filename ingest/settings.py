@@ -43,8 +43,8 @@ class Settings:
     milvus_retries: int = field(default_factory=lambda: int(_env("LOOKALIKE_MILVUS_RETRIES", "8")))
     milvus_retry_seconds: float = field(
         default_factory=lambda: float(_env("LOOKALIKE_MILVUS_RETRY_SECONDS", "30")))
-    # Lite ingest: the driver writes what the workers returned at most this often (faces, flush,
-    # then the ledger); a kill -9 loses at most these seconds of work, redone on resume. Shorter
+    # Lite ingest: the driver writes what the workers returned at most this often (faces, then
+    # the ledger); a kill -9 loses at most these seconds of work, redone on resume. Shorter
     # costs the models CPU (ingest/pipeline.py Writer); 0 writes every batch as it completes.
     commit_seconds: float = field(default_factory=lambda: float(_env("LOOKALIKE_COMMIT_SECONDS", "5")))
     # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default) or "dlib" (dlib's

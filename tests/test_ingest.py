@@ -239,12 +239,15 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
         assert len(ledger) == 16 and all(r["status"] in ("done", "noface") for r in ledger.values())
 
 
-def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_path, settings):
+def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_path, settings, monkeypatch):
     """FaceNet has no shipped weights here: build the file DeepFace expects from DeepFace's own
     architecture (random weights) and run the real loading and ingestion path on it."""
     from ingest.settings import Settings
 
     home = tmp_path / "home"
+    # Loading points DeepFace (os.environ) at this home; restore the session's afterwards, or later
+    # tests' subprocesses would find FaceNet weights and make it their default face model.
+    monkeypatch.setenv("DEEPFACE_HOME", str(home))
     weights = home / ".deepface" / "weights"
     weights.mkdir(parents=True)
     # The published facenet_weights.h5 is a Keras-2 (legacy HDF5) weights file: write that format.

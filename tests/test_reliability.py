@@ -289,7 +289,8 @@ def test_read_only_database_folder_gives_one_line_and_exit_6(tmp_path):
 @needs_mounts
 @pytest.mark.slow
 def test_disk_full_mid_ingest_stops_cleanly_and_resume_completes(tmp_path, reference):
-    """A 16 MB tmpfs filled but for 150 KB (an empty database takes ~30 KB, the N images ~240 KB):
+    """A 16 MB tmpfs filled but for 90 KB (an empty database takes ~30 KB, the N images' write-ahead
+    logs ~120 KB, their segments more):
     the ingest stops with one line and exit 6, the ledger holds only images whose faces are stored,
     and after the filler is deleted the same command completes with the uninterrupted result."""
     mnt = tmp_path / "mnt"
@@ -303,7 +304,7 @@ def test_disk_full_mid_ingest_stops_cleanly_and_resume_completes(tmp_path, refer
         set -u
         mount -t tmpfs -o size=16m tmpfs {mnt} || exit 100
         avail=$(df -k --output=avail {mnt} | tail -1)
-        fallocate -l $(( (avail - 150) * 1024 )) {mnt}/filler || exit 101
+        fallocate -l $(( (avail - 90) * 1024 )) {mnt}/filler || exit 101
         {cmd} -q --report {tmp_path}/r1.txt 2>{tmp_path}/full.err; echo $? >{tmp_path}/full.rc
         cp -a {mnt}/faces.db {tmp_path}/after_full.db
         rm {mnt}/filler
