@@ -19,9 +19,10 @@ other tenants only slow a run down, by 10-20 % from one minute to the next here.
       decode, detect, embed: a+).
   b/c ingest.run(list, workers=1|2) into a fresh Milvus Lite db. "total" is the whole run() call;
       "steady" excludes start-up: images / (end of the last batch's write - return of the workers'
-      warm-up, i.e. cluster started and models loaded). The two instants are taken by wrapping
-      distributed.Client.run and pipeline.Writer.write in the benchmark process (measurement only,
-      the product code is unchanged). summary.wall_seconds is reported too.
+      warm-up, i.e. cluster started and models loaded, + the writer's last commit and its flush,
+      which run after the cluster is closed). The instants are taken by wrapping
+      distributed.Client.run and pipeline.Writer.write/commit/close in the benchmark process
+      (measurement only, the product code is unchanged). summary.wall_seconds is reported too.
   d   the seed project's loop: DeepFace.represent(path) per image, one MilvusClient.insert per face,
       a flush at the end; the first represent() (model load) is excluded. Library-default threads,
       as the seed ran. Run with the product's detector and model (yunet + Dlib, env

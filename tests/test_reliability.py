@@ -127,6 +127,48 @@ def test_worker_killed_mid_run_gives_the_uninterrupted_result(tmp_path, referenc
     assert len(ledger) == N and all(r["status"] in ("done", "noface") for r in ledger.values())
 
 
+_WAL_WRITER = r"""
+import sys, time
+from ingest.store import Store
+from schemas import FACE_FIELDS
+zero = {"BOOL": False, "FLOAT": 0.5, "INT32": 1, "INT64": 2, "VARCHAR": "v"}
+store = Store(sys.argv[1])
+store.ensure_collection("dlib")
+store.ensure_ledger()
+for b in range(5):  # as the Writer commits: faces, then their ledger rows; never a flush
+    faces = [{**{f.name: zero[f.kind] for f in FACE_FIELDS}, "id": f"{b}_{i}", "vector": [0.1] * 128}
+             for i in range(100)]
+    store.upsert_faces("dlib", faces)
+    store.record_images([{"id": f"dlib:{b}_{i}", "model": "dlib", "source_path": f"/x/{b}_{i}.jpg",
+                          "image_sha256": "", "status": "done", "faces": 1, "reason": "",
+                          "detector": "yunet", "ingested_at": 0} for i in range(100)])
+print("acknowledged", flush=True)
+time.sleep(600)
+"""
+
+
+def test_acknowledged_lite_writes_survive_kill_9_without_a_flush(tmp_path):
+    """The Lite Writer flushes only once, at the end of a run: it relies on Milvus Lite (>= 3)
+    logging every write before acknowledging it. Upserts through the Store, no flush, kill -9:
+    reopened, every row is there."""
+    from ingest.store import Store
+    from schemas import LEDGER_COLLECTION
+
+    db = tmp_path / "wal.db"
+    proc = subprocess.Popen([sys.executable, "-c", _WAL_WRITER, str(db)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "acknowledged", proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Store(str(db)) as store:
+        assert len(list(store.iterate("faces_dlib", ["id"]))) == 500
+        assert len(list(store.iterate(LEDGER_COLLECTION, ["id"]))) == 500
+
+
 class _PoisonWatcher:
     """Makes `fifo` a file that kills whichever process reads it, every time.
 
