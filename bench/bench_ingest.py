@@ -2,7 +2,7 @@
 """Ingestion benchmark: model-bound rate vs the Dask pipeline (1 and 2 workers) vs the seed's naive
 loop, plus peak RSS per worker at two dataset sizes. A benchmark, not a test: nothing here asserts.
 
-    python bench/bench_ingest.py                 # 600 images, 3 rounds, RSS at 300 and 1500 (~15 min, 2 cores)
+    python bench/bench_ingest.py                 # 600 images, 5 rounds, RSS at 300 and 1500 (~18 min, 2 cores)
     python bench/bench_ingest.py --images 100 --rounds 1 --skip-rss
 
 Every measurement runs in a fresh Python process (this script re-invoked with --phase), one after
@@ -666,8 +666,8 @@ def rss_block(res: Dict[str, Any]) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=600, help="images for a-d (default 600)")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of a, b, c, interleaved; each is reported at its best round (default 3)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of a, b, c, interleaved; each is reported at its best round (default 5)")
     ap.add_argument("--rss-base", type=int, default=300, help="smaller size for the RSS check (default 300)")
     ap.add_argument("--rss-images", type=int, default=1500,
                     help="larger size for the RSS check (default 1500; mirrored copies beyond the sample's photos)")

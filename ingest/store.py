@@ -331,6 +331,7 @@ class Store:
 
     def _ensure(self, name: str, fields: Sequence[FieldSpec], dim: int, index_type: str,
                 params: Dict[str, Any]) -> None:
+        self._columns.pop(name, None)  # described again at the next write (it may be new)
         if index_type not in self.profile.buildable:
             raise StoreError(f"index {index_type} is not buildable on profile {self.profile.name} "
                              f"(buildable: {', '.join(self.profile.buildable)})")
