@@ -365,8 +365,8 @@ def phase_pipeline(args) -> Dict[str, Any]:
         writes["flushes"] += 1
 
     # A writer that commits (faces + ledger) in groups has a last commit after the cluster closes,
-    # then its flush: their duration counts as steady-state work. Commits made inside write() are already inside
-    # the window (counting them again inflated b's and c's steady time by 5-8 %).
+    # then its flush: their duration counts as steady-state work. Commits made inside write() are
+    # already inside the window (counting them again inflated b's and c's steady time by 5-8 %).
     tail = {"seconds": 0.0}
     writing = {"now": False}
     orig_commit = getattr(pipeline.Writer, "commit", None)
@@ -833,7 +833,8 @@ def build_report(args, res: Dict[str, Any], paths: List[str], sets: List[str], h
         "rate_definitions": {
             "a": "detect + embed on images decoded before timing; model load and 1 warm-up image excluded",
             "a/b/c": "best of the interleaved rounds (a, b, c, a, b, c, ...), each run a fresh process",
-            "b/c images_per_second": "steady: images / (last batch written - workers warmed up); "
+            "b/c images_per_second": "steady: images / (last batch written - workers warmed up "
+                                     "+ the writer's last commit and flush); "
                                      "excludes cluster start, model load, cluster close",
             "b/c images_per_second_total": "whole ingest.run() call (store open, ledger read, cluster start, "
                                            "model load, processing, cluster close)",
