@@ -141,6 +141,10 @@ class Face:
     aligned_bgr: Optional[np.ndarray] = None
     left_eye: Optional[Tuple[int, int]] = None
     right_eye: Optional[Tuple[int, int]] = None
+    # nose tip (decoded pixels), from detectors that find one (YuNet, RetinaFace, MediaPipe):
+    # with the eyes it tells how frontal the face is (ingest.quality)
+    nose: Optional[Tuple[int, int]] = None
+    backend: str = ""  # the detector that found it
     align: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
 
     @property
@@ -208,7 +212,7 @@ class Detector:
             padded = np.broadcast_to(np.zeros(1, np.uint8), (H + 2 * hb, W + 2 * wb, 3))
         else:
             padded = _bordered(bgr, hb, wb)
-            areas = self._model.detect_faces(padded)
+            areas = self._areas(padded)
         faces: List[Face] = []
         for area in areas:
             fa = detection.extract_face(facial_area=area, img=padded, align=False, expand_percentage=0,
@@ -221,9 +225,11 @@ class Detector:
             box = (round(x * s), round(y * s), round(w * s), round(h * s))
             if min(box[2], box[3]) < min_face:
                 continue
-            eyes = [None if e is None else (int(e[0]) - wb, int(e[1]) - hb) for e in (fa.left_eye, fa.right_eye)]
+            eyes = [None if e is None else (int(e[0]) - wb, int(e[1]) - hb)
+                    for e in (fa.left_eye, fa.right_eye, getattr(area, "nose", None))]
             faces.append(Face(index=-1, box=box, confidence=float(fa.confidence or 0.0), dbox=(x, y, w, h),
-                              left_eye=eyes[0], right_eye=eyes[1], align=_aligner(bgr, area, hb, wb, self.backend)))
+                              left_eye=eyes[0], right_eye=eyes[1], nose=eyes[2], backend=self.backend,
+                              align=_aligner(bgr, area, hb, wb, self.backend)))
         faces.sort(key=lambda f: (f.box[0], f.box[1]))
         for i, f in enumerate(faces):
             f.index = i
@@ -249,7 +255,38 @@ class Detector:
                                  w=int(a.w * fx), h=int(a.h * fy), confidence=a.confidence,
                                  left_eye=pt(a.left_eye), right_eye=pt(a.right_eye), nose=pt(a.nose),
                                  mouth_left=pt(a.mouth_left), mouth_right=pt(a.mouth_right))
-                for a in self._model.detect_faces(small)]
+                for a in self._areas(small)]
+
+    def _areas(self, img: np.ndarray) -> List[Any]:
+        """The backend's detect_faces; for YuNet the same call DeepFace's wrapper makes, keeping
+        the nose tip and mouth corners that the wrapper drops (the nose says how frontal a face is)."""
+        if self.backend != "yunet":
+            return self._model.detect_faces(img)
+        import cv2
+        from deepface.models.Detector import FacialAreaRegion
+
+        h, w = img.shape[:2]
+        r = 1.0
+        if max(h, w) > 640:  # as DeepFace's wrapper: YuNet misses faces on larger inputs
+            r = 640.0 / max(h, w)
+            img = cv2.resize(img, (int(w * r), int(h * r)))
+            h, w = img.shape[:2]
+        net = self._model.model
+        net.setInputSize((w, h))
+        net.setScoreThreshold(float(self.settings.yunet_threshold))
+        _, rows = net.detect(img)
+        out = []
+        for row in ([] if rows is None else rows):
+            # x, y, w, h, then right eye, left eye, nose tip, right and left mouth corners (the
+            # person's right: the image's left), then the score; rounded as DeepFace's wrapper does
+            v = [int(c) for c in row[:14]]
+            v[0], v[1] = max(v[0], 0), max(v[1], 0)
+            if r != 1.0:
+                v = [int(c / r) for c in v]
+            out.append(FacialAreaRegion(
+                x=v[0], y=v[1], w=v[2], h=v[3], confidence=float(row[-1]), right_eye=(v[4], v[5]),
+                left_eye=(v[6], v[7]), nose=(v[8], v[9]), mouth_right=(v[10], v[11]), mouth_left=(v[12], v[13])))
+        return out
 
 
 def _bordered(bgr: np.ndarray, hb: int, wb: int) -> np.ndarray:
@@ -407,6 +444,13 @@ class DlibEmbedder(DeepFaceEmbedder):
 
     CHIP_SIZE = 150
     CHIP_PADDING = 0.25
+    # dlib's 5-point landmark model was trained on its HOG detector's square boxes; fed another
+    # detector's box it places the landmarks less well and the chip, hence the descriptor, drifts.
+    # Per detector: the HOG-like square its landmark model expects, as (centre shift x, centre
+    # shift y) in units of the box's width/height and the side in box widths. YuNet's: medians over
+    # the CelebA sample's photos where both detectors find the face (bench/bench_accuracy.py
+    # --fit-box prints them); LFW fold 1 is held out and gains 0.5 pt with it (bench/results/).
+    SHAPE_BOX = {"yunet": (0.0035, 0.0629, 1.077)}
 
     def _load(self) -> Any:
         import dlib  # type: ignore
@@ -437,10 +481,21 @@ class DlibEmbedder(DeepFaceEmbedder):
 
         # On BGR, then swapped: the landmarks see the channel mean (the same either way) and the
         # chip is per-channel interpolation, so this is dlib's RGB chip without an RGB photo.
-        x, y, w, h = face.dbox
-        shape = self._shape(image.bgr, dlib.rectangle(x, y, x + w, y + h))
+        shape = self._shape(image.bgr, self.landmark_box(face))
         chip = dlib.get_face_chip(image.bgr, shape, size=self.CHIP_SIZE, padding=self.CHIP_PADDING)
         return np.ascontiguousarray(chip[:, :, ::-1])
+
+    @classmethod
+    def landmark_box(cls, face: Face):
+        """The rectangle dlib's landmark model is run on for `face` (decoded pixels)."""
+        import dlib  # type: ignore
+
+        x, y, w, h = face.dbox
+        cal = cls.SHAPE_BOX.get(face.backend)
+        if cal is None:
+            return dlib.rectangle(x, y, x + w, y + h)
+        cx, cy, half = x + w / 2 + cal[0] * w, y + h / 2 + cal[1] * h, cal[2] * w / 2
+        return dlib.rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
 
     def model_input(self, image: Decoded, face: Face) -> np.ndarray:
         return self._chip(image, face)  # 150x150x3 uint8 RGB

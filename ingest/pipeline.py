@@ -29,10 +29,11 @@ import numpy as np
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from ingest.models import (DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine,
                            make_embedder, model_source)
+from ingest.quality import assess
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, StoreError, now_ms
-from schemas import LEDGER_COLLECTION, collection_name, layer_key
+from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, layer_key
 
 
 class IngestError(RuntimeError):
@@ -172,7 +173,8 @@ def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[Im
         raise
     except Exception as e:  # noqa: BLE001
         return ImageResult(path, sha, "failed", f"embedding error: {_reason(e)}"), None
-    meta = [{"face_index": f.index, "box": f.box, "confidence": f.confidence} for f in faces]
+    meta = [{"face_index": f.index, "box": f.box, "confidence": f.confidence, "quality": assess(image, f).fields}
+            for f in faces]
     return ImageResult(path, sha, "done", faces=meta), inputs
 
 
@@ -270,8 +272,8 @@ class Writer:
 
     def _face_rows(self, res: ImageResult, model: str, ts: int) -> List[Dict[str, Any]]:
         rec = self.records[res.path]
-        attrs = rec.attribute_dict()
-        unknown = {a: False for a in attrs}
+        unknown = {a: None for a in ATTRIBUTES}  # null; false where Milvus has no nullable fields
+        attrs = rec.attribute_dict() if rec.attributes is not None else unknown
         vecs = res.vectors[model]
         # A label (folder name, CelebA identity and attributes) describes the photo's subject:
         # it goes to the largest face only; bystanders get no identity and no attributes.
@@ -284,7 +286,7 @@ class Writer:
                 "id": f"{res.sha256}_{meta['face_index']}", "image_sha256": res.sha256,
                 "source_path": res.path, "face_index": int(meta["face_index"]),
                 "box_x": int(x), "box_y": int(y), "box_w": int(w), "box_h": int(h),
-                "confidence": float(meta["confidence"]), "detector": self.detector,
+                "confidence": float(meta["confidence"]), "detector": self.detector, **meta["quality"],
                 "identity": rec.identity[:256] if subject else "",
                 "has_attributes": subject and rec.attributes is not None,
                 **(attrs if subject else unknown), "ingested_at": ts, "vector": vec.tolist(),

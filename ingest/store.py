@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -251,6 +252,8 @@ class Store:
         self._loaded: set = set()
         self._columns: Dict[str, Any] = {}  # collection -> (schema, fields a write sends), for _upsert
         self._templates: Optional[bool] = None  # does the server take filter templates? (probed)
+        self._nullable: Optional[bool] = None  # does the server store null? (probed)
+        self._fields: Dict[str, List[str]] = {}  # collection -> its scalar field names
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -277,13 +280,39 @@ class Store:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        nullable = self.nullable_fields()
         for f in fields:
             kw: Dict[str, Any] = {}
             if f.kind == "VARCHAR":
                 kw["max_length"] = f.max_length
+            if f.nullable and nullable:
+                kw["nullable"] = True
             schema.add_field(f.name, getattr(DataType, f.kind), is_primary=f.primary, **kw)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
         return schema
+
+    def nullable_fields(self) -> bool:
+        """Whether this deployment stores null: Milvus Lite and servers >= 2.5 (2.3/2.4 lack it)."""
+        if not self.server:
+            return True
+        if self._nullable is None:
+            self._nullable = False
+            with contextlib.suppress(Exception):
+                v = re.findall(r"\d+", str(self.client.get_server_version()))
+                self._nullable = tuple(int(x) for x in v[:2]) >= (2, 5)
+        return self._nullable
+
+    def field_names(self, name: str) -> List[str]:
+        """Scalar fields a collection has (one written before a field was declared lacks it)."""
+        if name not in self._fields:
+            desc = self._call(f"describing {name}", self.client.describe_collection, name)
+            self._fields[name] = [f["name"] for f in desc.get("fields", []) if f["name"] != VECTOR_FIELD]
+        return self._fields[name]
+
+    def _present(self, name: str, fields: Optional[List[str]]) -> List[str]:
+        """`fields` (default: every output field) less those the collection lacks."""
+        have = set(self.field_names(name))
+        return [f for f in (fields if fields is not None else OUTPUT_FIELDS) if f in have or f == VECTOR_FIELD]
 
     def _check_index(self, name: str, want: str) -> None:
         info = self.client.describe_index(name, VECTOR_FIELD) or {}
@@ -332,6 +361,7 @@ class Store:
     def _ensure(self, name: str, fields: Sequence[FieldSpec], dim: int, index_type: str,
                 params: Dict[str, Any]) -> None:
         self._columns.pop(name, None)  # described again at the next write (it may be new)
+        self._fields.pop(name, None)
         if index_type not in self.profile.buildable:
             raise StoreError(f"index {index_type} is not buildable on profile {self.profile.name} "
                              f"(buildable: {', '.join(self.profile.buildable)})")
@@ -406,20 +436,26 @@ class Store:
         share of the cores); a column is one protobuf extend (300 face rows: 58 -> 3 ms). The
         request, and so what is stored, is the same. Falls back to rows on a pymilvus without the
         column call (its connection handler and call context are not public API)."""
-        conn = getattr(self.client, "_get_connection", None)
-        if conn is None or not hasattr(self.client, "_generate_call_context"):
-            self._call(what, self.client.upsert, name, rows)
-            return
         if name not in self._columns:
             schema = self._call(f"describing {name}", self.client.describe_collection, name)
             self._columns[name] = schema, [f for f in schema.get("fields", [])
                                            if not f.get("auto_id") and not f.get("is_function_output")]
         schema, fields = self._columns[name]
         try:
-            entities = [{"name": f["name"], "type": f["type"], "values": [r[f["name"]] for r in rows]}
+            # Only the collection's fields (one written before a field was declared lacks it); null
+            # (unknown) stored as false in a field that cannot hold it (has_attributes says which).
+            entities = [{"name": f["name"], "type": f["type"],
+                         "values": [r[f["name"]] for r in rows] if f.get("nullable") else
+                         [False if r[f["name"]] is None else r[f["name"]] for r in rows]}
                         for f in fields]
         except KeyError as e:
             raise StoreError(f"{what}: a row lacks field {e.args[0]} (collection {name})") from None
+        conn = getattr(self.client, "_get_connection", None)
+        if conn is None or not hasattr(self.client, "_generate_call_context"):
+            names = [e["name"] for e in entities]
+            self._call(what, self.client.upsert, name,
+                       [dict(zip(names, vals)) for vals in zip(*(e["values"] for e in entities))])
+            return
         # the client's call context carries the database name (a server URI may name one)
         self._call(what, lambda: conn().upsert(name, entities, schema=schema,
                                                context=self.client._generate_call_context()))
@@ -595,7 +631,7 @@ class Store:
         # check), at no cost; the collection default (Bounded) may not.
         kw = {"consistency_level": "Session"} if self.server else {}
         return self._call(f"reading {name}", self.client.get, name, ids=list(ids),
-                          output_fields=output_fields or OUTPUT_FIELDS, **kw)
+                          output_fields=self._present(name, output_fields or OUTPUT_FIELDS), **kw)
 
     def search(self, model: str, vectors: np.ndarray, limit: int, flt: Optional[CompiledFilter] = None,
                extra_filter: str = "", output_fields: Optional[List[str]] = None,
@@ -608,7 +644,7 @@ class Store:
         return self._call(
             f"searching {name}", self.client.search,
             name, data=np.asarray(vectors, dtype=np.float32).tolist(), limit=limit,
-            output_fields=output_fields if output_fields is not None else OUTPUT_FIELDS,
+            output_fields=self._present(name, output_fields),
             search_params=params, anns_field=VECTOR_FIELD, **self.filter_args(flt, extra_filter, name),
         )
 

@@ -45,6 +45,9 @@ class FieldSpec:
     max_length: int = 0
     primary: bool = False
     doc: str = ""
+    # may hold null (unknown) where the deployment has nullable fields (Milvus Lite, servers
+    # >= 2.5); elsewhere stored as false, with `has_attributes` telling the two apart
+    nullable: bool = False
 
 
 VECTOR_FIELD = "vector"
@@ -63,16 +66,25 @@ FACE_FIELDS: Tuple[FieldSpec, ...] = (
     FieldSpec("box_h", "INT32", doc="face box height"),
     FieldSpec("confidence", "FLOAT", doc="detector confidence"),
     FieldSpec("detector", "VARCHAR", 32, doc="detector backend that found the face"),
+    # Quality, computed once at ingest (ingest/quality.py); search skips faces below a minimum
+    # quality by default. Collections written before these fields existed lack them.
+    FieldSpec("face_size", "INT32", doc="shorter side of the face box, pixels of the original photo"),
+    FieldSpec("sharpness", "FLOAT", doc="Laplacian energy of the face relative to its contrast (blur: low)"),
+    FieldSpec("frontal", "FLOAT", doc="1 frontal .. 0 profile, from the eyes and nose tip; -1 unknown"),
+    FieldSpec("quality", "FLOAT", doc="0..1, the product of size, confidence, sharpness and frontal ramps"),
     FieldSpec("identity", "VARCHAR", 256,
               doc="CelebA identity number, or folder name for folder sources, '' if unknown"),
     FieldSpec("has_attributes", "BOOL",
-              doc="true when the 40 attribute fields come from an annotation (CelebA); "
-                  "false means they are unknown and stored as false"),
-) + tuple(FieldSpec(a, "BOOL", doc="CelebA attribute") for a in ATTRIBUTES) + (
+              doc="true when the 40 attribute fields come from an annotation (CelebA); false: "
+                  "they are unknown (null, or false where Milvus has no nullable fields), and "
+                  "filters on them never match the face"),
+) + tuple(FieldSpec(a, "BOOL", doc="CelebA attribute", nullable=True) for a in ATTRIBUTES) + (
     FieldSpec("ingested_at", "INT64", doc="unix time (ms) the row was written"),
 )
 
 FIELDS_BY_NAME: Dict[str, FieldSpec] = {f.name: f for f in FACE_FIELDS}
+# Fields a collection written before they were declared may lack (reads and filters adapt).
+QUALITY_FIELDS: Tuple[str, ...] = ("face_size", "sharpness", "frontal", "quality")
 
 # Fields returned with every match (everything but the vector).
 OUTPUT_FIELDS: List[str] = [f.name for f in FACE_FIELDS]
