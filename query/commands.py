@@ -11,8 +11,10 @@ QUERY_HELP = "find the stored faces most like each face of one or more photos"
 
 QUERY_EPILOG = """\
 output:
-  default   a table per face: rank, score (cosine similarity), distance (1 - score),
-            identity and source image of each match
+  default   a table per face: rank, score (cosine similarity), the same-person verdict
+            ("same" when the score reaches the model's calibrated threshold, with P(same)),
+            identity and source image of each match; a face with no "same" match is a
+            lookalike search: its rows are the nearest faces, not the person
   --json    the same as JSON on stdout: {"version": 1, "photos": [...]}, one entry per photo
             (shape documented in query/search.py)
   --out DIR writes DIR/results.json (every photo) and a contact sheet per photo: the photo
@@ -70,6 +72,10 @@ def register(sub, storage_args, settings_fn) -> None:
                    help="never return faces of the query photo itself (same file bytes)")
     p.add_argument("--min-face", default="0", metavar="PX", help="skip query faces smaller than PX pixels")
     p.add_argument("--min-score", default=None, metavar="S", help="drop matches with score below S (-1..1)")
+    p.add_argument("--min-quality", default=None, metavar="Q",
+                   help="leave out stored faces of quality below Q, 0..1 (default 0.3: tiny, blurred "
+                        "or turned-away faces; 0 keeps every face, e.g. to find yourself in your own photos)")
+    p.add_argument("--all-faces", action="store_true", help="the same as --min-quality 0")
     p.add_argument("--detector", default=None,
                    help="DeepFace detector backend (default yunet, or $LOOKALIKE_DETECTOR); use the "
                         "one the collection was ingested with")
@@ -113,6 +119,12 @@ def cmd_query(args, settings_fn) -> int:
             raise CliError(f"--min-score must be a number between -1 and 1, got {args.min_score!r}") from None
         if not -1.0 <= min_score <= 1.0:
             raise CliError(f"--min-score must be between -1 and 1, got {min_score}")
+    from query.search import check_min_quality
+
+    try:
+        min_quality = 0.0 if args.all_faces else check_min_quality(args.min_quality)
+    except QueryError as e:
+        raise CliError(str(e)) from None
     flt = compile_filter(args.filter, args.where, args.where_not)  # FilterError -> exit 2
     methods = None
     explain_top = 0
@@ -142,7 +154,7 @@ def cmd_query(args, settings_fn) -> int:
                     r = searcher.search_photo(path, models=models, top_k=k, filter=flt,
                                               exclude_same_image=args.exclude_same_image,
                                               min_face=min_face, min_score=min_score,
-                                              keep_image=bool(args.out), explain=methods,
+                                              min_quality=min_quality, keep_image=bool(args.out), explain=methods,
                                               explain_top=explain_top, explain_dir=args.out)
                     for note in r.notes:
                         if note not in notes:

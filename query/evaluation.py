@@ -208,6 +208,42 @@ def tar_at_far(scores: Sequence[float], labels: Sequence[bool], far: float = FAR
             "negatives": int(neg.size)}
 
 
+VERDICT_FAR = 0.01  # false-accept rate the same-person threshold is set at
+
+
+def verdict_calibration(scores: Sequence[float], labels: Sequence[bool], far: float = VERDICT_FAR
+                        ) -> Optional[Dict[str, Any]]:
+    """The same-person threshold at a false-accept rate (pairs where both faces were found):
+    the lowest threshold at which at most floor(far x negatives) different-person pairs score at
+    or above it, with its TAR, FAR and accuracy; plus a logistic fit P(same | score) (Platt
+    scaling, fitted by Newton's method: two parameters, no library needed). None without both
+    kinds of pairs."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    ok = np.isfinite(s)
+    s, y = s[ok], y[ok]
+    neg = np.sort(s[~y])[::-1]
+    if neg.size == 0 or y.sum() == 0:
+        return None
+    m = int(math.floor(far * neg.size + 1e-9))
+    # accept = score >= threshold: the threshold sits just above the (m+1)-th highest negative
+    thr = float(np.nextafter(neg[m], np.inf)) if m < neg.size else float(neg[-1])
+    a, b = 10.0, -10.0 * thr
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * s + b)))
+        g = np.array([np.sum((p - y) * s), np.sum(p - y)])
+        w = p * (1 - p) + 1e-9
+        h = np.array([[np.sum(w * s * s), np.sum(w * s)], [np.sum(w * s), np.sum(w)]]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-9:
+            break
+    return {"threshold": round(thr, 4), "far": float(np.mean(s[~y] >= thr)), "tar": float(np.mean(s[y] >= thr)),
+            "accuracy": float(np.mean((s >= thr) == y)), "far_target": far,
+            "logistic": [round(float(a), 4), round(float(b), 4)],
+            "pairs": int(y.size), "negatives": int(neg.size)}
+
+
 def verification_metrics(scores: Sequence[float], labels: Sequence[bool], folds: Sequence[int]) -> Dict[str, Any]:
     """Accuracy by the protocol the folds allow, best-threshold accuracy, ROC AUC, TAR@FAR."""
     s = np.asarray(scores, dtype=np.float64)
@@ -487,6 +523,7 @@ def evaluate_lfw(pairs_path: str, images: str, models: Sequence[str] = ("dlib",)
                 "accuracy_pairs_with_faces": m_both["accuracy"] if m_both else None,
                 "pairs_with_faces": int(both.sum()),
                 "load_seconds": round(load_seconds, 2), "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(1, len(paths)), 1),
+                "verdict": verdict_calibration(scores, labels),
                 "roc": {"fpr": [round(float(x), 6) for x in fpr], "tpr": [round(float(x), 6) for x in tpr]},
                 "scores": [None if math.isnan(x) else round(float(x), 6) for x in scores],
             })
@@ -559,6 +596,14 @@ def format_lfw(report: Dict[str, Any]) -> str:
             f"{r['model']:<11} {r['detector']:<10} {acc:>22} {r['best_threshold']:>6.3f} {r['roc_auc']:>7.4f} "
             f"{_pct(r['tar_at_far']):>13} {r['images_without_face']:>4} img {_pct(r['accuracy_pairs_with_faces']):>16} "
             f"{r['ms_per_image']:>7.0f}")
+    for r in report["runs"]:
+        v = r.get("verdict")
+        if v:
+            lines.append(f"same-person verdict ({r['model']}, {r['detector']}): score >= {v['threshold']:.4f} "
+                         f"at FAR {100 * v['far']:.2f} % (target {100 * v['far_target']:g} %): TAR "
+                         f"{100 * v['tar']:.2f} %, accuracy {100 * v['accuracy']:.2f} %, over the "
+                         f"{v['pairs']} pairs with both faces; P(same) = 1 / (1 + exp(-({v['logistic'][0]} "
+                         f"x score + {v['logistic'][1]})))")
     if any(r["tar_at_far"] is None for r in report["runs"]):
         lines.append(f"TAR@FAR=1e-3: n/a with fewer than 1000 different-person pairs "
                      f"({report['different_pairs']} here)")

@@ -141,9 +141,12 @@ def _label(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], text: str, colour, si
     draw.text(xy, text, fill=(255, 255, 255), font=font)
 
 
+SAME_COLOUR = (46, 160, 67)  # frame of a match judged the same person
+
+
 def match_caption(m: Match) -> str:
     ident = m.identity or "?"
-    return f"{m.score:.2f} id {ident}"
+    return f"{m.score:.2f} {'same · ' if m.same_person else ''}{ident}"
 
 
 def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[object, Image.Image]] = None
@@ -202,8 +205,11 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
         _label(draw, (MARGIN + 5, y + 4), str(face.index + 1), c, size=18)
         cap1 = f"face {face.index + 1}" + (f" · {model}" if len(models) > 1 else "")
         draw.text((MARGIN, y + THUMB + 2), _fit_text(draw, cap1, small, THUMB), fill=TEXT, font=small)
-        draw.text((MARGIN, y + THUMB + 17), _fit_text(draw, f"conf {face.confidence:.2f}", small, THUMB),
-                  fill=MUTED, font=small)
+        second = f"conf {face.confidence:.2f}" + ("" if face.quality is None else f" · q {face.quality:.2f}")
+        if face.low_quality:
+            second = f"LOW QUALITY · q {face.quality:.2f}"
+        draw.text((MARGIN, y + THUMB + 17), _fit_text(draw, second, small, THUMB),
+                  fill=(200, 60, 40) if face.low_quality else MUTED, font=small)
         matches = face.matches_by_model.get(model, []) if model else face.matches
         x = MARGIN + THUMB + ROW_GAP
         if not matches:
@@ -213,6 +219,8 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
             if key not in cache:
                 cache[key] = _thumb(source_crop(m.source_path, m.box))
             sheet.paste(cache[key], (x, y))
+            if m.same_person:
+                draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=SAME_COLOUR, width=4)
             draw.text((x, y + THUMB + 2), _fit_text(draw, match_caption(m), small, THUMB), fill=TEXT, font=small)
             draw.text((x, y + THUMB + 17), _fit_text(draw, Path(m.source_path).name, small, THUMB),
                       fill=MUTED, font=small)
@@ -253,6 +261,25 @@ def _short(path: str, width: int) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
+def verdict_word(m: Match) -> str:
+    """'same 97%' / 'other 12%' (P(same person)), or '' for a model without a verdict."""
+    if m.same_person is None:
+        return ""
+    word = "same" if m.same_person else "other"
+    return word if m.same_person_probability is None else f"{word} {100 * m.same_person_probability:.0f}%"
+
+
+def verdict_line(matches: List[Match]) -> str:
+    """One sentence on whether the collection holds this person at all."""
+    if not matches or matches[0].same_person is None:
+        return "no same-person verdict for this model: scores are similarity only"
+    same = [m for m in matches if m.same_person]
+    if not same:
+        return "nobody here is likely the same person; nearest lookalikes:"
+    who = sorted({m.identity for m in same if m.identity})
+    return f"likely the same person: {', '.join(who) if who else 'an unlabelled face'}"
+
+
 def format_text(result: PhotoResult) -> str:
     """A readable table per face."""
     lines = []
@@ -273,14 +300,17 @@ def format_text(result: PhotoResult) -> str:
         x, y, w, h = f.box
         for model, matches in (f.matches_by_model.items() or [(result.models[0], [])]):
             tag = f"  [{model}]" if len(result.models) > 1 else ""
-            lines.append(f"\nface {f.index + 1}  box {x},{y} {w}x{h}  confidence {f.confidence:.2f}{tag}")
+            q = "" if f.quality is None else f"  quality {f.quality:.2f}"
+            low = "  LOW QUALITY: tiny, blurred or turned away; its matches mean little" if f.low_quality else ""
+            lines.append(f"\nface {f.index + 1}  box {x},{y} {w}x{h}  confidence {f.confidence:.2f}{q}{tag}{low}")
             if not matches:
                 lines.append("   no match" + (" (filter keeps no row)" if result.filter else ""))
                 continue
-            lines.append(f"   {'#':>3}  {'score':>6}  {'dist':>6}  {'identity':<20} source (face)")
+            lines.append(f"   {verdict_line(matches)}")
+            lines.append(f"   {'#':>3}  {'score':>6}  {'verdict':<11}  {'identity':<20} source (face)")
             for m in matches:
                 src = _short(m.source_path, 60)
-                lines.append(f"   {m.rank:>3}  {m.score:6.3f}  {m.distance:6.3f}  {_short(m.identity or '-', 20):<20} "
+                lines.append(f"   {m.rank:>3}  {m.score:6.3f}  {verdict_word(m):<11}  {_short(m.identity or '-', 20):<20} "
                              f"{src} ({m.face_index + 1})")
     if result.faces_skipped_small:
         lines.append(f"\n({result.faces_skipped_small} faces smaller than --min-face {result.min_face} px skipped)")

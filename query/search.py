@@ -36,6 +36,7 @@ Results (JSON shape)
       "detector": str, "models": [str], "top_k": int,
       "filter": str | None,            # the validated filter as rendered for Milvus
       "exclude_same_image": bool, "min_face": int, "min_score": float | None,
+      "min_quality": float,            # stored faces below it were left out (0: every face)
       "error": str | None,             # one-line reason when the photo could not be read
       "faces_skipped_small": int,      # faces under --min-face
       "timings": {"read": float, "load_models": float, "detect": float, "embed": float,
@@ -45,6 +46,8 @@ Results (JSON shape)
                   "note": str}],         # how the search was chosen
       "faces": [{
           "index": int, "box": [x, y, w, h], "confidence": float,
+          "quality": float | None,     # ingest/quality.py; None with --min-quality 0
+          "low_quality": bool,         # below min_quality: answered, but its matches mean little
           "matches": [MATCH],          # models[0]
           "matches_by_model": {model: [MATCH]},   # only when more than one model was searched
       }],
@@ -53,8 +56,12 @@ Results (JSON shape)
              "distance": float,             # 1 - score
              "id": str, "identity": str, "source_path": str, "image_sha256": str,
              "face_index": int, "box": [x, y, w, h], "confidence": float, "detector": str,
-             "has_attributes": bool,        # false: the 40 attributes are unknown (stored false)
-             "attributes": {name: bool},    # the 40 CelebA attributes, schema names
+             "has_attributes": bool,        # false: the 40 attributes are unknown
+             "attributes": {name: bool | null},  # the 40 CelebA attributes (null: unknown)
+             "quality": float | null, "face_size": int | null,   # null: stored before quality existed
+             "same_person": bool | null,    # score >= the model's calibrated threshold (schemas.VERDICTS);
+                                            # null: the model has none (CLIP, DINOv2)
+             "same_person_probability": float | null,   # calibrated P(same person | score)
              "explanations": [EXPLANATION]}  # only with --explain, for the top --explain-top matches
     EXPLANATION = {"method": "occlusion" | "gradcam" | "attention" | "layers",
                    "png": str,              # panel, relative to the --out directory
@@ -77,8 +84,10 @@ import numpy as np
 from ingest.images import Decoded, ImageError, decode, read_bytes, sha256_bytes
 from ingest.settings import Settings
 from ingest.store import Store
-from schemas import ATTRIBUTES, EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name
-from schemas.filters import CompiledFilter, compile_filter, encode_literal
+from ingest.quality import DEFAULT_MIN_QUALITY, assess
+from schemas import (ATTRIBUTES, EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, VERDICTS, Verdict, breadth_max,
+                     collection_name, get_model)
+from schemas.filters import CompiledFilter, combine, compile_filter, encode_literal
 
 # ---------------------------------------------------------------------------------------------
 # Tunables (measured on Milvus Lite, bench/bench_query.py)
@@ -128,11 +137,17 @@ class Match:
     confidence: float
     detector: str
     has_attributes: bool
-    attributes: Dict[str, bool]
+    attributes: Dict[str, Optional[bool]]  # None: unknown (a face without CelebA annotation)
+    quality: Optional[float] = None  # None: stored before quality existed
+    face_size: Optional[int] = None
+    same_person: Optional[bool] = None  # None: no calibrated threshold for this model
+    same_person_probability: Optional[float] = None
     explanations: List[Any] = field(default_factory=list, repr=False)  # query.explain.Explanation
 
     @classmethod
-    def from_row(cls, rank: int, score: float, row: Dict[str, Any]) -> "Match":
+    def from_row(cls, rank: int, score: float, row: Dict[str, Any], verdict: Optional[Verdict] = None) -> "Match":
+        known = bool(row.get("has_attributes", False))
+        same, prob = judge(score, verdict)
         return cls(
             rank=rank, score=float(score), distance=float(1.0 - score), id=str(row["id"]),
             identity=str(row.get("identity", "")), source_path=str(row.get("source_path", "")),
@@ -140,8 +155,11 @@ class Match:
             box=(int(row.get("box_x", 0)), int(row.get("box_y", 0)), int(row.get("box_w", 0)),
                  int(row.get("box_h", 0))),
             confidence=float(row.get("confidence", 0.0)), detector=str(row.get("detector", "")),
-            has_attributes=bool(row.get("has_attributes", False)),
-            attributes={a: bool(row.get(a, False)) for a in ATTRIBUTES},
+            has_attributes=known,
+            attributes={a: (bool(row.get(a)) if known and row.get(a) is not None else None) for a in ATTRIBUTES},
+            quality=None if row.get("quality") is None else round(float(row["quality"]), 4),
+            face_size=None if row.get("face_size") is None else int(row["face_size"]),
+            same_person=same, same_person_probability=prob,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -151,6 +169,8 @@ class Match:
             "image_sha256": self.image_sha256, "face_index": self.face_index, "box": list(self.box),
             "confidence": self.confidence, "detector": self.detector,
             "has_attributes": self.has_attributes, "attributes": dict(self.attributes),
+            "quality": self.quality, "face_size": self.face_size, "same_person": self.same_person,
+            "same_person_probability": self.same_person_probability,
             **({"explanations": [e.to_dict() for e in self.explanations]} if self.explanations else {}),
         }
 
@@ -162,6 +182,13 @@ class QueryFace:
     confidence: float
     matches_by_model: Dict[str, List[Match]] = field(default_factory=dict)
     dbox: Optional[Box] = field(default=None, repr=False)  # decoded-image pixels (rendering)
+    quality: Optional[float] = None
+    low_quality: bool = False  # below the search's minimum quality: answered, but treat with care
+
+    @property
+    def same_person(self) -> List[Match]:
+        """Matches (first model) judged the same person; empty: nobody in the collection is."""
+        return [m for m in self.matches if m.same_person]
 
     @property
     def matches(self) -> List[Match]:
@@ -171,6 +198,7 @@ class QueryFace:
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
             "index": self.index, "box": list(self.box), "confidence": self.confidence,
+            "quality": self.quality, "low_quality": self.low_quality,
             "matches": [m.to_dict() for m in self.matches],
         }
         if len(self.matches_by_model) > 1:
@@ -208,6 +236,7 @@ class PhotoResult:
     exclude_same_image: bool = False
     min_face: int = 0
     min_score: Optional[float] = None
+    min_quality: float = 0.0
     faces: List[QueryFace] = field(default_factory=list)
     faces_skipped_small: int = 0
     search: List[SearchInfo] = field(default_factory=list)
@@ -225,7 +254,8 @@ class PhotoResult:
             "path": self.path, "sha256": self.sha256, "width": self.width, "height": self.height,
             "detector": self.detector, "models": list(self.models), "top_k": self.top_k,
             "filter": self.filter, "exclude_same_image": self.exclude_same_image,
-            "min_face": self.min_face, "min_score": self.min_score, "error": self.error,
+            "min_face": self.min_face, "min_score": self.min_score, "min_quality": self.min_quality,
+            "error": self.error,
             "faces_skipped_small": self.faces_skipped_small,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "search": [s.to_dict() for s in self.search],
@@ -242,11 +272,14 @@ def results_document(results: Sequence[PhotoResult]) -> Dict[str, Any]:
 MATCH_SCHEMA: Dict[str, Any] = {
     "rank": int, "score": float, "distance": float, "id": str, "identity": str,
     "source_path": str, "image_sha256": str, "face_index": int, "box": [int], "confidence": float,
-    "detector": str, "has_attributes": bool, "attributes": {"*": bool},
+    "detector": str, "has_attributes": bool, "attributes": {"*": (bool, type(None))},
+    "quality": (float, type(None)), "face_size": (int, type(None)),
+    "same_person": (bool, type(None)), "same_person_probability": (float, type(None)),
     "explanations?": [{"method": str, "png": str, "seconds": float, "layer_scores?": [float]}],
 }
 FACE_SCHEMA: Dict[str, Any] = {
-    "index": int, "box": [int], "confidence": float, "matches": [MATCH_SCHEMA],
+    "index": int, "box": [int], "confidence": float, "quality": (float, type(None)), "low_quality": bool,
+    "matches": [MATCH_SCHEMA],
     "matches_by_model?": {"*": [MATCH_SCHEMA]},
 }
 SEARCH_SCHEMA: Dict[str, Any] = {
@@ -256,7 +289,8 @@ SEARCH_SCHEMA: Dict[str, Any] = {
 RESULT_SCHEMA: Dict[str, Any] = {
     "path": str, "sha256": str, "width": int, "height": int, "detector": str, "models": [str],
     "top_k": int, "filter": (str, type(None)), "exclude_same_image": bool, "min_face": int,
-    "min_score": (float, int, type(None)), "error": (str, type(None)), "faces_skipped_small": int,
+    "min_score": (float, int, type(None)), "min_quality": (float, int), "error": (str, type(None)),
+    "faces_skipped_small": int,
     "timings": {"*": float}, "search": [SEARCH_SCHEMA], "faces": [FACE_SCHEMA],
 }
 DOCUMENT_SCHEMA: Dict[str, Any] = {"version": int, "photos": [RESULT_SCHEMA]}
@@ -314,6 +348,19 @@ def check_top_k(k: Any) -> int:
     return kk
 
 
+def check_min_quality(q: Any) -> float:
+    """--min-quality: None -> the default; a number in [0, 1]."""
+    if q is None:
+        return DEFAULT_MIN_QUALITY
+    try:
+        v = float(q)
+    except (TypeError, ValueError):
+        raise QueryError(f"--min-quality must be a number between 0 and 1, got {q!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise QueryError(f"--min-quality must be between 0 and 1, got {v:g}")
+    return v
+
+
 def ef_for(k: int, selectivity: float, base: int, ef_max: int = EF_MAX) -> int:
     """ANN breadth for top-k under a filter keeping `selectivity` of the rows."""
     s = min(1.0, max(selectivity, 1e-9))
@@ -340,6 +387,28 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: Sequence[str], k: 
         order = sorted(cand, key=lambda j: (-row[j], ids_arr[j]))[:kk]
         out.append([(str(ids_arr[j]), float(row[j])) for j in order])
     return out
+
+
+def judge(score: float, verdict: Optional[Verdict]) -> Tuple[Optional[bool], Optional[float]]:
+    """(same person?, P(same person)) of a score under a model's verdict; (None, None) without one."""
+    if verdict is None:
+        return None, None
+    prob = None
+    if verdict.logistic is not None:
+        a, b = verdict.logistic
+        prob = round(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a * score + b)))), 4)
+    return bool(score >= verdict.threshold), prob
+
+
+def verdict_for(model: str) -> Optional[Verdict]:
+    """The calibrated same-person verdict of a model key (none for block features `_l<N>`)."""
+    spec = get_model(model)
+    return VERDICTS.get(spec.name)
+
+
+def quality_filter(min_quality: float) -> str:
+    """System filter keeping stored faces of at least this quality (value encoded, never concatenated)."""
+    return f"quality >= {encode_literal(float(min_quality))}"
 
 
 def same_image_filter(sha256: str) -> str:
@@ -447,6 +516,14 @@ class Searcher:
             self._rows[name] = self.store.count(name)
         return self._rows[name]
 
+    def system_filter(self, model: str, exclude_sha256: Optional[str], min_quality: float) -> str:
+        """The filters the product adds to the user's: one image's faces left out, and faces below
+        the minimum quality (where the collection has quality; one written before it has not)."""
+        parts = [same_image_filter(exclude_sha256) if exclude_sha256 else ""]
+        if min_quality > 0 and "quality" in self.store.field_names(collection_name(model)):
+            parts.append(quality_filter(min_quality))
+        return combine(parts)
+
     # -- vectors ---------------------------------------------------------------------------------
     def search_vectors(self, model: str, vectors: np.ndarray, top_k: int,
                        flt: Optional[CompiledFilter] = None, extra_filter: str = "",
@@ -491,10 +568,11 @@ class Searcher:
                              + (f"ANN search, ef raised to {info.ef}" if info.ef is not None else
                                 f"ANN search; {index} has no breadth parameter "
                                 f"to raise, so neighbours may be missed"))
+        verdict = verdict_for(model)
         out: List[List[Match]] = []
         for per in hits:
             ms = [(s, r) for s, r in per if min_score is None or s >= min_score]
-            out.append([Match.from_row(i + 1, s, r) for i, (s, r) in enumerate(ms)])
+            out.append([Match.from_row(i + 1, s, r, verdict) for i, (s, r) in enumerate(ms)])
         info.seconds = time.perf_counter() - t0
         return out, info
 
@@ -599,8 +677,13 @@ class Searcher:
                      min_score: Optional[float] = None, detector: Optional[str] = None,
                      keep_image: bool = False, models: Optional[List[str]] = None,
                      explain: Optional[str] = None, explain_top: int = 3,
-                     explain_dir: Optional[Union[str, Path]] = None) -> PhotoResult:
+                     explain_dir: Optional[Union[str, Path]] = None,
+                     min_quality: Optional[float] = None) -> PhotoResult:
         """Detect every face of `photo`, search each model once with all faces.
+
+        Stored faces below `min_quality` (default DEFAULT_MIN_QUALITY; 0 keeps every face, e.g. to
+        find oneself in one's own photo archive) are left out; a query face below it is still
+        answered and marked `low_quality`.
 
         `explain` ("occlusion", "gradcam", "attention", "layers", a comma list or "all") adds
         heat-map explanations to the top `explain_top` matches of every face (query.explain),
@@ -611,6 +694,7 @@ class Searcher:
         result with `faces == []`.
         """
         k = check_top_k(top_k)
+        q_min = check_min_quality(min_quality)
         flt = filter if isinstance(filter, CompiledFilter) else compile_filter(filter, where, where_not)
         models = models or self.resolve_models(model)
         det = detector or self.settings.detector
@@ -625,8 +709,9 @@ class Searcher:
         except ImageError as e:
             raise ImageError(f"{path}: {e}") from None
         timings["read"] = time.perf_counter() - t
-        extra = same_image_filter(sha) if exclude_same_image else ""
-        self.prefetch(models, flt, extra)
+        extras = {m: self.system_filter(m, sha if exclude_same_image else None, q_min) for m in models}
+        for m in models:
+            self.prefetch([m], flt, extras[m])
         t = time.perf_counter()
         engine = self.engine(models, det)
         timings["load_models"] = time.perf_counter() - t  # ~0 once loaded in this process
@@ -639,10 +724,14 @@ class Searcher:
         res = PhotoResult(path=path, sha256=sha, width=image.width, height=image.height, detector=det,
                           models=list(models), top_k=k, filter=flt.render() if flt else None,
                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
-                          faces_skipped_small=len(found) - len(faces), timings=timings,
+                          min_quality=q_min, faces_skipped_small=len(found) - len(faces), timings=timings,
                           image=image if keep_image else None)
-        res.faces = [QueryFace(f.index, tuple(int(v) for v in f.box), float(f.confidence),
-                               dbox=tuple(int(v) for v in f.dbox)) for f in faces]
+        mark = q_min or DEFAULT_MIN_QUALITY
+        res.faces = []
+        for f in faces:
+            q = assess(image, f).score
+            res.faces.append(QueryFace(f.index, tuple(int(v) for v in f.box), float(f.confidence),
+                                       dbox=tuple(int(v) for v in f.dbox), quality=q, low_quality=q < mark))
         timings["embed"] = timings["search"] = 0.0
         if not faces:
             timings["total"] = time.perf_counter() - t0
@@ -652,7 +741,7 @@ class Searcher:
             vecs = engine.embedders[m].embed(image, faces)
             timings["embed"] += time.perf_counter() - t
             t = time.perf_counter()
-            matches, info = self.search_vectors(m, vecs, k, flt, extra, min_score)
+            matches, info = self.search_vectors(m, vecs, k, flt, extras[m], min_score)
             timings["search"] += time.perf_counter() - t
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):
@@ -675,7 +764,8 @@ def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Opti
                  exclude_same_image: bool = False, min_face: int = 0, min_score: Optional[float] = None,
                  detector: Optional[str] = None, settings: Optional[Settings] = None,
                  store: Optional[Store] = None, keep_image: bool = False, explain: Optional[str] = None,
-                 explain_top: int = 3, explain_dir: Optional[str] = None) -> PhotoResult:
+                 explain_top: int = 3, explain_dir: Optional[str] = None,
+                 min_quality: Optional[float] = None) -> PhotoResult:
     """Python twin of `lookalike query PHOTO`: the faces of one photo and their top-k matches.
 
     >>> r = search_photo("group.jpg", db="lookalike.db", top_k=5, filter="Smiling == true")
@@ -686,7 +776,8 @@ def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Opti
         return s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where,
                               where_not=where_not, exclude_same_image=exclude_same_image,
                               min_face=min_face, min_score=min_score, keep_image=keep_image,
-                              explain=explain, explain_top=explain_top, explain_dir=explain_dir)
+                              explain=explain, explain_top=explain_top, explain_dir=explain_dir,
+                              min_quality=min_quality)
 
 
 def search_photos(photos: Sequence[Union[str, Path]], **kwargs) -> List[PhotoResult]:

@@ -134,6 +134,29 @@ class ModelSpec:
         return self.kind.startswith("hf-")
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """When a match is called "the same person": score (cosine) >= threshold, set at a false-accept
+    rate on labelled pairs; `logistic` (a, b) turns a score into P(same) = 1 / (1 + exp(-(a s + b)))."""
+    threshold: float
+    logistic: Optional[Tuple[float, float]]
+    source: str
+
+
+# The one record of same-person thresholds, per model (base model for `_l<N>` keys: none; general
+# vision models are not face verifiers). Calibrated by `lookalike eval lfw` (query/evaluation.py
+# verdict_calibration: threshold at FAR 1 %, Platt fit); figures in bench/results/accuracy.txt.
+VERDICTS: Dict[str, Verdict] = {
+    # LFW fold 1 (600 pairs), yunet + dlib, the product's path: FAR 1.00 %, TAR 99.67 %, accuracy
+    # 99.33 % at this threshold (bench/results/accuracy.txt)
+    "dlib": Verdict(0.9031, (205.78, -185.94), "LFW fold 1, yunet + dlib, FAR 1 % (lookalike eval lfw)"),
+    # No FaceNet weights on the machines that calibrate: DeepFace's published cosine threshold
+    # (distance 0.40) until `lookalike eval lfw --models facenet` is run where they are.
+    "facenet": Verdict(0.60, None, "DeepFace's published threshold for Facenet, cosine distance 0.40"),
+    "facenet512": Verdict(0.70, None, "DeepFace's published threshold for Facenet512, cosine distance 0.30"),
+}
+
+
 def collection_name(model: str) -> str:
     return f"faces_{model}"
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from schemas import FACE_FIELDS, VECTOR_FIELD
+from schemas import ATTRIBUTES, FACE_FIELDS, VECTOR_FIELD
 
 
 class FilterError(ValueError):
@@ -322,7 +322,7 @@ def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
         nodes.append(Cmp(name, "==", not negate))
     if not nodes:
         return None
-    node = nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes))
+    node = known_only(nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes)))
     params: Dict[str, Any] = {}
 
     def placeholder(v: Any) -> str:
@@ -336,6 +336,25 @@ def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
         + [f"{w} == true" for w in where] + [f"{w} == false" for w in where_not]
     )
     return CompiledFilter(source, node, template, params)
+
+
+_ATTRIBUTE_FIELDS = frozenset(ATTRIBUTES)
+
+
+def known_only(node: Node, negate: bool = False) -> Node:
+    """`node` where no comparison on a CelebA attribute can match a face whose attributes are
+    unknown: negations pushed down to the comparisons, and each attribute comparison joined with
+    `has_attributes == true`. SQL's null semantics (`not Smiling` is not true of an unknown
+    face), the same on deployments that store null and on those that store false (Milvus 2.3)."""
+    if isinstance(node, Not):
+        return known_only(node.arg, not negate)
+    if isinstance(node, BoolOp):
+        op = {"and": "or", "or": "and"}[node.op] if negate else node.op
+        return BoolOp(op, tuple(known_only(a, negate) for a in node.args))
+    atom = Not(node) if negate else node
+    if node.field in _ATTRIBUTE_FIELDS:
+        return BoolOp("and", (Cmp("has_attributes", "==", True), atom))
+    return atom
 
 
 def combine(filters: Sequence[Optional[str]]) -> str:
