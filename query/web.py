@@ -203,9 +203,10 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
     from ingest.images import ImageError
     from ingest.models import ModelError, WeightsMissing
     from ingest.store import StoreError
+    from ingest.quality import DEFAULT_MIN_QUALITY
     from query.search import DEFAULT_TOP_K, TOP_K_MAX, QueryError, results_document
-    from schemas import ATTRIBUTES, FACE_FIELDS
-    from schemas.filters import FILTERABLE, FilterError
+    from schemas import ATTRIBUTES, FACE_FIELDS, collection_name
+    from schemas.filters import FILTERABLE, FilterError, compile_filter
 
     settings = settings or Settings()
     state = _State(settings, searcher, explicit_sources)
@@ -267,12 +268,16 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
                     default = s.resolve_models(None)[0]
                 except QueryError:
                     default = None
+                # attribute filters mean something only where some faces carry CelebA attributes
+                annotated = s.store.count(collection_name(default), compile_filter("has_attributes == true")) \
+                    if default else 0
         except StoreError as e:
             raise ApiError(503, "store_error", str(e)) from None
         where = settings.uri or Path(settings.db).name
         return {"database": where, "detector": settings.detector,
                 "collections": [c.__dict__ for c in cols], "models": models, "default_model": default,
-                "top_k": {"default": DEFAULT_TOP_K, "max": TOP_K_MAX},
+                "top_k": {"default": DEFAULT_TOP_K, "max": TOP_K_MAX}, "annotated_faces": annotated,
+                "min_quality": {"default": DEFAULT_MIN_QUALITY},
                 "max_upload_bytes": max_upload_bytes}
 
     @app.get("/api/fields", summary="Fields filters may use, attributes grouped", tags=["api"])
@@ -293,6 +298,8 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
               where: List[str] = Form([], description="boolean fields that must be true"),
               where_not: List[str] = Form([], description="boolean fields that must be false"),
               exclude_same_image: bool = Form(False, description="never return faces of this very photo"),
+              min_quality: Optional[float] = Form(None, description="leave out stored faces below this quality, "
+                                                  "0..1 (default 0.3; 0 keeps every face)"),
               ) -> Dict[str, Any]:
         s = _searcher()
         t0 = time.perf_counter()
@@ -334,7 +341,8 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
                 with state.lock:
                     r = s.search_photo(tmp, model=model or None, top_k=k, filter=filter or None,
                                        where=where, where_not=where_not,
-                                       exclude_same_image=exclude_same_image, keep_image=True)
+                                       exclude_same_image=exclude_same_image, keep_image=True,
+                                       min_quality=min_quality)
             except FilterError as e:
                 raise ApiError(422, "invalid_filter", str(e), field=_field_of(str(e))) from None
             except QueryError as e:

@@ -42,6 +42,8 @@
         banner("info", "The database is empty", "Ingest photos first: <code>lookalike ingest SOURCE</code>");
       }
       buildFilters(fields.attribute_groups);
+      // attributes are CelebA's annotation: a gallery without any gets no attribute filters
+      document.querySelectorAll("#groups, #annotated-row, .filters .hint").forEach((e) => { e.hidden = !stats.annotated_faces; });
     } catch (e) {
       $("dbinfo").textContent = "not connected";
       banner("error", "Cannot reach the server", escapeHtml(e.message));
@@ -314,7 +316,9 @@
 
       const q = el("div", { class: "qface" }, el("canvas", { width: "208", height: "208" }),
         el("b", {}, el("i", { text: String(f.index + 1) }), `Face ${f.index + 1}`),
-        el("span", { text: `confidence ${f.confidence.toFixed(2)}` }));
+        el("span", { text: `confidence ${f.confidence.toFixed(2)}` + (f.quality == null ? "" : ` · quality ${f.quality.toFixed(2)}`) }),
+        f.low_quality ? el("span", { class: "lowq", text: "Low quality (tiny, blurred or turned away): its matches mean little" }) : null,
+        el("span", { class: "verdict", text: verdictLine(f.matches) }));
       const ms = el("div", { class: "matches" });
       if (!f.matches.length) {
         ms.append(el("div", { class: "nomatch", text: p.filter ? "No stored face passes this filter." : "No match." }));
@@ -327,13 +331,22 @@
     }
   }
 
+  function verdictLine(ms) {
+    if (!ms.length || ms[0].same_person == null) return "Similarity only: no same-person verdict for this model";
+    const same = [...new Set(ms.filter((m) => m.same_person).map((m) => (m.identity || "an unlabelled face").replace(/_/g, " ")))];
+    return same.length ? `Likely the same person: ${same.join(", ")}` : "Nobody here is likely the same person; nearest lookalikes:";
+  }
+
   function matchCard(model, m) {
     const thumb = el("img", { class: "thumb", alt: m.identity || "match", loading: "lazy",
                               src: `/api/thumb/${encodeURIComponent(model)}/${encodeURIComponent(m.id)}` });
     thumb.onerror = () => { thumb.classList.add("missing"); thumb.removeAttribute("src"); };
     const pct = Math.max(0, Math.min(100, Math.round(m.score * 100)));
-    return el("div", { class: "match", title: `${m.identity || "unknown"} · score ${m.score.toFixed(3)}\n${m.source_path}` },
-      thumb,
+    const verdict = m.same_person == null ? null : el("div", { class: m.same_person ? "same" : "other",
+      text: (m.same_person ? "same person" : "other person") +
+            (m.same_person_probability == null ? "" : ` · ${Math.round(100 * m.same_person_probability)}%`) });
+    return el("div", { class: "match" + (m.same_person ? " is-same" : ""), title: `${m.identity || "unknown"} · score ${m.score.toFixed(3)}\n${m.source_path}` },
+      thumb, verdict,
       el("div", { class: "score" }, el("span", { text: m.score.toFixed(2) }),
          el("span", { class: "bar" }, el("i", { style: `width:${pct}%` }))),
       el("div", { class: "ident", text: m.identity ? m.identity.replace(/_/g, " ") : "unknown" }),

@@ -1,0 +1,174 @@
+"""Matches a user can trust: quality stored and filtered, the same-person verdict, unknown
+attributes null and never matched by attribute filters. Real Milvus Lite files, real photos,
+the real detector and dlib model."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.quality import DEFAULT_MIN_QUALITY, frontal, sharpness
+from schemas import ATTRIBUTES, FACE_FIELDS, VERDICTS, Verdict
+from schemas.filters import compile_filter
+
+from conftest import DATA  # noqa: E402
+
+PEOPLE = DATA / "people"
+GROUP = DATA / "groups" / "photos" / "obama_and_biden.jpg"
+
+
+# -- pure units ---------------------------------------------------------------------------------
+def test_frontal_from_eyes_and_nose():
+    assert frontal((60, 50), (40, 50), (50, 62)) == pytest.approx(1.0)
+    assert frontal((60, 50), (40, 50), (60, 62)) == pytest.approx(0.0)  # nose level with an eye
+    assert 0.3 < frontal((60, 50), (40, 50), (55, 62)) < 0.7
+    assert frontal((60, 50), (40, 50), None) == -1.0
+
+
+def test_blur_lowers_sharpness():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((120, 120, 3)) * 255).astype(np.uint8)
+    img = cv2.resize(cv2.resize(img, (30, 30)), (120, 120), interpolation=cv2.INTER_NEAREST)
+    blurred = cv2.GaussianBlur(img, (0, 0), 4)
+    box = (10, 10, 100, 100)
+    assert sharpness(img, box) > 3 * sharpness(blurred, box)
+    assert sharpness(np.full((50, 50, 3), 128, np.uint8), (0, 0, 50, 50)) == 0.0
+
+
+@pytest.mark.parametrize("expr", ["Smiling == false", "not Smiling", "Smiling != true",
+                                  "not (Smiling and Male)", "Smiling in [true, false]"])
+def test_attribute_filters_never_match_unannotated_faces(expr):
+    flt = compile_filter(expr)
+    unknown = {a: None for a in ATTRIBUTES} | {"has_attributes": False}
+    known = {a: False for a in ATTRIBUTES} | {"has_attributes": True}
+    assert not flt.evaluate(unknown)
+    assert "has_attributes == true" in flt.render()
+    if expr != "Smiling in [true, false]":
+        assert flt.evaluate(known)  # an annotated face that is not smiling does match
+
+
+def test_unannotated_faces_can_still_be_asked_for():
+    flt = compile_filter("has_attributes == false")
+    assert flt.evaluate({"has_attributes": False})
+    assert flt.render() == "has_attributes == false"
+
+
+def test_verdict_is_recorded_with_its_source():
+    v = VERDICTS["dlib"]
+    assert isinstance(v, Verdict) and 0.5 < v.threshold < 1.0 and "LFW" in v.source
+    a, b = v.logistic
+    p = lambda s: 1 / (1 + np.exp(-(a * s + b)))  # noqa: E731
+    assert p(v.threshold - 0.05) < 0.5 < p(v.threshold + 0.05)
+
+
+# -- a real gallery -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory, settings):
+    """obama, biden and two LFW people ingested from folders (no CelebA attributes), plus one
+    stored copy of an obama face marked low quality (as a blurred bystander would be)."""
+    import ingest
+    from ingest.store import Store
+
+    root = tmp_path_factory.mktemp("gallery")
+    src = root / "people"
+    for name in ("obama", "biden", "Tom_Hanks", "Hu_Jintao"):
+        shutil.copytree(PEOPLE / name, src / name)
+    db = str(root / "g.db")
+    ingest.run(str(src), db=db, models="dlib", workers=0, progress=False, settings=settings,
+               report=str(root / "report.txt"))
+    with Store(db) as store:
+        rows = [r for r in store.iterate("faces_dlib", [f.name for f in FACE_FIELDS] + ["vector"])
+                if r["identity"] == "obama"]
+        junk = dict(rows[0], id="f" * 64 + "_9", face_index=9, quality=0.05, source_path="/junk/obama_blur.jpg")
+        store.upsert_faces("dlib", [junk])
+        store.flush(["faces_dlib"])
+    return db
+
+
+def test_quality_fields_stored_and_attributes_null(gallery):
+    from ingest.store import Store
+
+    with Store(gallery) as store:
+        rows = list(store.iterate("faces_dlib", ["id", "box_w", "box_h", "face_size", "sharpness", "frontal",
+                                                 "quality", "has_attributes", "Smiling"]))
+        assert rows
+        for r in rows:
+            if r["id"].startswith("f" * 64):
+                continue
+            assert r["face_size"] == min(r["box_w"], r["box_h"])
+            assert 0.0 <= r["quality"] <= 1.0 and r["sharpness"] >= 0 and -1.0 <= r["frontal"] <= 1.0
+            assert r["has_attributes"] is False and r["Smiling"] is None
+        assert store.count("faces_dlib", compile_filter("Smiling == false")) == 0
+        assert store.count("faces_dlib", compile_filter("not Smiling")) == 0
+        assert store.count("faces_dlib", compile_filter("has_attributes == false")) == len(rows)
+
+
+def test_low_quality_faces_skipped_by_default_and_kept_on_request(gallery, settings):
+    from query.search import Searcher
+
+    with Searcher(settings.with_(db=gallery)) as s:
+        default = s.search_photo(str(GROUP), top_k=10)
+        every = s.search_photo(str(GROUP), top_k=10, min_quality=0)
+    junk = "f" * 64 + "_9"
+    assert default.min_quality == DEFAULT_MIN_QUALITY and every.min_quality == 0
+    assert all(m.id != junk for f in default.faces for m in f.matches)
+    assert any(m.id == junk for f in every.faces for m in f.matches)
+    for f in default.faces:
+        assert f.quality is not None and f.low_quality == (f.quality < DEFAULT_MIN_QUALITY)
+        assert all(m.quality is None or m.quality >= DEFAULT_MIN_QUALITY for m in f.matches)
+
+
+def test_verdict_on_a_group_photo(gallery, settings):
+    from query.search import Searcher, validate_result, results_document
+
+    thr = VERDICTS["dlib"].threshold
+    with Searcher(settings.with_(db=gallery)) as s:
+        r = s.search_photo(str(GROUP), top_k=5)
+    assert not validate_result(results_document([r]))
+    assert len(r.faces) == 2
+    for f in r.faces:
+        top = f.matches[0]
+        assert top.identity in ("obama", "biden") and top.same_person is True
+        for m in f.matches:
+            assert m.same_person == (m.score >= thr)
+            assert 0.0 <= m.same_person_probability <= 1.0
+            assert all(v is None for v in m.attributes.values())
+        probs = [m.same_person_probability for m in f.matches]
+        assert probs == sorted(probs, reverse=True)  # monotone in the score
+    assert {f.matches[0].identity for f in r.faces} == {"obama", "biden"}
+
+
+def test_strangers_get_no_same_person_verdict(gallery, settings):
+    """Faces of people who are not in the gallery: lookalikes, never 'the same person'."""
+    from query.search import Searcher
+
+    with Searcher(settings.with_(db=gallery)) as s:
+        r = s.search_photo(str(DATA / "groups" / "photos" / "kit_with_rose.jpg"), top_k=5)
+    assert r.faces
+    for f in r.faces:
+        assert f.matches and not f.same_person
+
+
+def test_cli_shows_verdict_and_min_quality(gallery, tmp_path):
+    env_py = [sys.executable, "-m", "query.cli"]
+    out = subprocess.run(env_py + ["query", str(GROUP), "--db", gallery, "-k", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "likely the same person: biden" in out.stdout and "likely the same person: obama" in out.stdout
+    assert "same " in out.stdout
+    js = subprocess.run(env_py + ["query", str(GROUP), "--db", gallery, "--all-faces", "--json", "-k", "10"],
+                        capture_output=True, text=True, timeout=300)
+    assert js.returncode == 0, js.stderr
+    doc = json.loads(js.stdout)
+    assert doc["photos"][0]["min_quality"] == 0
+    assert any(m["id"] == "f" * 64 + "_9" for f in doc["photos"][0]["faces"] for m in f["matches"])
+    bad = subprocess.run(env_py + ["query", str(GROUP), "--db", gallery, "--min-quality", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--min-quality" in bad.stderr and "Traceback" not in bad.stderr
