@@ -668,6 +668,9 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
                 cluster.close()
 
 
+_ALLOWED_DEATHS = 4  # Dask's distributed.scheduler.allowed-failures (3) + 1
+
+
 def _quiet_dask() -> None:
     """Dask's own logs off: what goes wrong reaches the run as an exception or a failed batch,
     and a shutdown logs tracebacks that are not errors (a worker's heartbeat to a scheduler that
@@ -777,7 +780,10 @@ def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settin
         except (WeightsMissing, ModelError):
             raise
         except Exception as e:  # noqa: BLE001
-            res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {_reason(e)}")],
+            # Dask's KilledWorker names a task key and worker addresses: say what happened instead
+            why = (f"every worker process that read it died ({_ALLOWED_DEATHS} in a row: a crash in a "
+                   f"decoder or model, or out of memory)" if type(e).__name__ == "KilledWorker" else _reason(e))
+            res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {why}")],
                               0.0, 0, 0)
         finally:
             fut.release()

@@ -273,7 +273,8 @@ def test_file_that_kills_its_worker_every_time_is_quarantined(tmp_path):
     summary = _summary(out)
     assert summary["failed"] == 1 and summary["done"] + summary["noface"] == 6, summary
     [(path, reason)] = summary["failures"]
-    assert path == str(poison) and reason.startswith("worker crashed on this file"), reason
+    assert path == str(poison) and reason == ("worker crashed on this file: every worker process that read it "
+                                              "died (4 in a row: a crash in a decoder or model, or out of memory)"), reason
     # Dask runs a task on up to 4 workers (allowed-failures 3) before it gives up on it: the batch
     # holding the file 4 times, then the file alone 4 times. Bounded, never forever.
     assert watcher.kills == 8, (watcher.kills, err[-2000:])
