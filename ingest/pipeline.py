@@ -668,7 +668,10 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
                 cluster.close()
 
 
-_ALLOWED_DEATHS = 4  # Dask's distributed.scheduler.allowed-failures (3) + 1
+def _deaths_allowed() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
 
 
 def _quiet_dask() -> None:
@@ -781,7 +784,7 @@ def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settin
             raise
         except Exception as e:  # noqa: BLE001
             # Dask's KilledWorker names a task key and worker addresses: say what happened instead
-            why = (f"every worker process that read it died ({_ALLOWED_DEATHS} in a row: a crash in a "
+            why = (f"every worker process that read it died ({_deaths_allowed()} in a row: a crash in a "
                    f"decoder or model, or out of memory)" if type(e).__name__ == "KilledWorker" else _reason(e))
             res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {why}")],
                               0.0, 0, 0)
