@@ -360,3 +360,27 @@ def test_property_what_the_validator_accepts_milvus_lite_accepts(lite_store, exp
     f = _one_line_or_valid(expr)
     if f is not None:
         assert _milvus_ids(store, f) == {r["id"] for r in rows if f.evaluate(r)}, f.render()
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("confidence > 1e999", "1e999"),
+    ("face_index == 99999999999999999999999", "99999999999999999999999"),
+    (r'identity == "\ud800"', r"\ud800"),
+    ("(" * 340 + "Smiling" + ")" * 340, "nested too deeply"),
+    ("not " * 1000 + "Smiling", "nested too deeply"),
+])
+def test_cli_refuses_hostile_filters_with_one_line_and_exit_2(tmp_path, expr, needle):
+    """Checked before any database or model is opened: the database named does not even exist."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import DATA
+
+    photo = DATA / "groups" / "photos" / "couple.jpg"
+    r = subprocess.run([sys.executable, "-m", "query.cli", "query", str(photo), "--db", str(tmp_path / "none.db"),
+                        "--filter", expr], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lookalike: ") and needle in lines[0], r.stderr[-2000:]
