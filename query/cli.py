@@ -2,7 +2,7 @@
 
 Exit codes (also in README):
   0 success
-  2 usage error: bad option, bad source, invalid filter, unknown model
+  2 usage error: bad option, bad source, invalid filter, unknown model, --db not ending in .db
   3 no face found in a query photo
   4 a query photo could not be read or decoded
   5 model weights missing / model cannot load
