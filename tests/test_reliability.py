@@ -730,3 +730,18 @@ def test_db_without_the_db_suffix_is_a_usage_error(tmp_path):
         line = _one_line(r.stderr)
         assert f"--db {tmp_path / 'mydb'}" in line and "must end in .db" in line, line
     assert not (tmp_path / "mydb").exists()
+
+
+def test_ledger_ids_of_utf8_names_are_those_of_existing_databases():
+    """Resume finds a file by its ledger id: for a valid UTF-8 name it is what earlier versions
+    wrote (sha1 of the UTF-8 path), and names that differ in any byte get different ids."""
+    import hashlib
+
+    from ingest.pipeline import _ledger_id, storable
+
+    for name in ("/data/people/Tom_Hanks/x.jpg", "/d/Zoë 李/été 2024.jpg", "/d/a\\xe9.jpg"):
+        assert _ledger_id("dlib", name) == "dlib:" + hashlib.sha1(name.encode("utf-8")).hexdigest()
+        assert storable(name) == name
+    names = [os.fsdecode(b) for b in (b"/d/caf\xe9.jpg", b"/d/caf\\xe9.jpg", b"/d/caf\\\xe9.jpg", b"/d/caf\\\\xe9.jpg")]
+    assert len({_ledger_id("dlib", n) for n in names}) == 4
+    assert len({storable(n) for n in names if storable(n) != n}) == 2  # the two undecodable ones
