@@ -48,4 +48,4 @@ bench: setup
 	$(PY) bench/bench_query.py
 
 clean:
-	rm -rf lookalike.db demo-out ingest-report.txt
+	rm -rf lookalike.db demo-out ingest-report.txt ingest-report.jsonl

@@ -2,8 +2,16 @@
 anything else."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
+import os
+import re
+import stat
+import sys
+import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +47,9 @@ MAX_SIDE = 3000
 DETAIL_SIDE = 1440
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# A file larger than this is refused before it is read: a worker holds a file whole, and 80 MP
+# (MAX_PIXELS) of uncompressed 8-bit RGB -- the largest BMP or TIFF decode() takes -- is 240 MB.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
                   ".heic", ".heif", ".avif", ".jfif"}
@@ -61,17 +72,66 @@ class Decoded:
         return cv2.cvtColor(self.bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_bytes(path: Union[str, Path]) -> bytes:
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def _not_regular(mode: int) -> Optional[str]:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+    return "is a directory" if kind == "a directory" else f"{kind}, not a regular file: not read"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n:,} bytes"
+
+
+def read_bytes(path: Union[str, Path], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A FIFO would block the reader forever
+    and a device (a link to /dev/zero) never ends: what stat() says is not a regular file is
+    refused unopened, and the read itself stops past `max_bytes` (a file that grows, or one of
+    /proc's, whose size stat() gives as 0)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        st = os.stat(path)
+        why = _not_regular(st.st_mode)
+        if why:
+            raise ImageError(why)
+        if st.st_size > max_bytes:
+            raise ImageError(f"file too large ({_mb(st.st_size)}, the limit is {_mb(max_bytes)})")
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+        try:
+            # Non-blocking: should the file have become a FIFO since stat(), opening it returns
+            # at once (and fstat() refuses it below) instead of waiting for a writer.
+            fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+        except BlockingIOError:
+            # A regular file under another process's lease (Samba, NFS exports): a reader waits
+            # until the lease is given up, at most the kernel's lease-break-time (45 s).
+            fd = os.open(path, flags)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            why = _not_regular(st.st_mode)
+            if why:
+                raise ImageError(why)
+            chunks, n = [], 0
+            while True:
+                chunk = f.read(min(max(st.st_size + 1 - n, 1 << 20), max_bytes + 1 - n))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                n += len(chunk)
+                if n > max_bytes:
+                    raise ImageError(f"file too large (over {_mb(max_bytes)}, the limit)")
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except PermissionError:
         raise ImageError("permission denied") from None
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageError("file not found (or a broken symbolic link)") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("symbolic link loop") from None
         raise ImageError(f"cannot read file: {e.strerror or e}") from None
 
 
@@ -88,6 +148,52 @@ _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_RE
             8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
+# libjpeg's warnings (it prints them on the process's stderr and goes on) that mean pixels are
+# missing or wrong: the rest of the picture is filled grey or decoded from garbage. Such a file is
+# refused rather than stored with a warning: the faces of a half-grey picture embed as noise and
+# would be returned as matches. Other warnings ("extraneous bytes before marker", junk between
+# segments) leave the pixels whole and pass.
+_JPEG_DAMAGE = re.compile(r"Corrupt JPEG data: (?!\d+ extraneous bytes)[^\n]*|Premature end of JPEG file"
+                          r"|Invalid SOS parameters[^\n]*|Huffman table[^\n]*|Bogus [^\n]*")
+_LIBJPEG_LINE = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS|Huffman table|Bogus "
+                           r"|Warning: |Unsupported marker|Inconsistent progression)")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """What native code writes on file descriptor 2 meanwhile, in the list yielded (one string).
+    Lines that are not libjpeg's are written back to stderr afterwards."""
+    out: list = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to capture
+            yield out
+            return
+        # an in-memory file where there is one: no file system touched per decode
+        memfd = getattr(os, "memfd_create", None)
+        with (os.fdopen(memfd("lookalike-stderr", getattr(os, "MFD_CLOEXEC", 0)), "w+b") if memfd
+              else tempfile.TemporaryFile()) as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield out
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                text = tmp.read(1 << 16).decode("utf-8", "replace")
+                out.append(text)
+                other = [ln for ln in text.splitlines(True) if not _LIBJPEG_LINE.match(ln)]
+                if other:
+                    with contextlib.suppress(OSError):
+                        os.write(2, "".join(other).encode("utf-8", "replace"))
+
+
 def _decode_jpeg(data: bytes, w: int, h: int) -> Optional[np.ndarray]:
     """A plain RGB or grey JPEG through OpenCV: the same libjpeg-turbo pixels as PIL, EXIF
     orientation applied, straight into BGR -- half PIL's time and no channel swap (measured on 300
@@ -96,7 +202,13 @@ def _decode_jpeg(data: bytes, w: int, h: int) -> Optional[np.ndarray]:
     grey), or any decoding error (PIL then gives the reason)."""
     if not data[-64:].rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):  # the tail only: no copy of the file
         return None
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[_jpeg_scale(w, h)])
+    with _native_stderr() as said:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[_jpeg_scale(w, h)])
+    damage = _JPEG_DAMAGE.search(said[0] if said else "")
+    if damage:
+        what = damage.group(0).strip().rstrip(".").replace("Corrupt JPEG data: ", "")
+        raise ImageError(f"corrupt JPEG data ({what}): part of the picture is missing or garbled; "
+                         f"repair or re-export it")
     return bgr if bgr is not None and bgr.ndim == 3 and bgr.shape[2] == 3 else None
 
 
@@ -106,11 +218,14 @@ def decode(data: bytes) -> Decoded:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL warns from MAX_PIXELS to twice that, then refuses; the size check just below
+            # refuses the same images with their size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise ImageError(f"image too large ({w}x{h} > {MAX_PIXELS // 1_000_000} MP)")
+                raise ImageError(f"image too large: {w}x{h} px ({w * h / 1e6:.0f} MP), the limit is "
+                                 f"{MAX_PIXELS // 1_000_000} MP")
             bgr = _decode_jpeg(data, w, h) if im.format == "JPEG" and im.mode in ("RGB", "L") else None
             if bgr is not None:
                 if max(bgr.shape[:2]) > MAX_SIDE:  # PIL's resize, as below (per channel: order-blind)
@@ -131,8 +246,11 @@ def decode(data: bytes) -> Decoded:
             bgr = cv2.cvtColor(np.asarray(_fit(im), dtype=np.uint8), cv2.COLOR_RGB2BGR)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large (decompression bomb guard, > {MAX_PIXELS // 1_000_000} MP)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # over twice the limit PIL refuses in open(), before the size can be asked; it says the pixels
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = f": {int(m.group(1)) / 1e6:.0f} MP" if m else ""
+        raise ImageError(f"image too large{size}, the limit is {MAX_PIXELS // 1_000_000} MP") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:

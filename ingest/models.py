@@ -48,6 +48,10 @@ _NO_BORDER = frozenset({"dlib"})
 # photos: the same face counts on every group photo, 1 in-the-wild photo with 2 faces of
 # confidence 0.67-0.71 fewer, boxes and eyes within 1.1 % of the face size (median).
 _SHRINKS_TO = {"yunet": 640}
+# No detector finds a face in fewer pixels than this (YuNet's smallest anchor is 10 px). A strip
+# (10000x10) shrunk for YuNet is a pixel high, which it answers with infinite coordinates: such a
+# picture has no face to find, at ingest and at query alike.
+MIN_DETECT_SIDE = 10
 
 
 class WeightsMissing(RuntimeError):
@@ -201,6 +205,8 @@ class Detector:
 
         bgr = image.bgr
         H, W = bgr.shape[:2]
+        if min(H, W) < MIN_DETECT_SIDE:
+            return []
         # What detection.detect_faces(align=True) does, minus the alignment (Face.align, on
         # demand): detect on a copy with a black border of half the image on every side, then
         # take boxes and eyes back to the image's coordinates.
@@ -244,6 +250,8 @@ class Detector:
         H, W = bgr.shape[:2]
         r = limit / max(H + 2 * hb, W + 2 * wb)
         ws, hs = max(1, int(W * r)), max(1, int(H * r))
+        if min(ws, hs) < MIN_DETECT_SIDE:
+            return []
         hbs, wbs = int(0.5 * hs), int(0.5 * ws)
         small = _bordered(cv2.resize(bgr, (ws, hs), interpolation=cv2.INTER_LINEAR), hbs, wbs)
         fx, fy = W / ws, H / hs

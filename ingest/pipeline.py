@@ -16,9 +16,13 @@ of results, and upserts keyed on content make redoing them harmless.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,9 @@ from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, StoreError, now_ms
 from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, layer_key
+
+
+DEFAULT_REPORT = "ingest-report.jsonl"
 
 
 class IngestError(RuntimeError):
@@ -123,17 +130,32 @@ def _reason(e: BaseException) -> str:
     return msg[:300]
 
 
+def path_bytes(path: str) -> bytes:
+    """The file name's own bytes (os.fsencode's): what tells two files apart."""
+    try:
+        return path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (not from a file system)
+        return path.encode("utf-8", "surrogatepass")
+
+
 def storable(path: str) -> str:
-    """A path as Milvus can store it (valid UTF-8): undecodable bytes of a file name become
-    backslash escapes, so such a file still gets a ledger row and a line in the report."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A path as Milvus can store it (valid UTF-8) and a person can read. A valid UTF-8 name is
+    itself; in a name that is not, undecodable bytes become `\\xNN` and backslashes `\\\\`, so
+    two such names never read alike. (A valid name may still read like an escaped one: the
+    ledger tells files apart by `_ledger_id`, from the bytes, never by this text.)"""
+    raw = path_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 MAX_PATH_BYTES = 2048  # schemas: source_path VARCHAR(2048)
 
 
 def ledger_path(path: str) -> str:
-    """The ledger's key for a path: storable, and cut to the field's size if it must be."""
+    """A path as the ledger stores it (`source_path`): storable, cut to the field's size if it
+    must be. Display only: the ledger's key is `_ledger_id`."""
     s = storable(path)
     b = s.encode("utf-8")
     return s if len(b) <= MAX_PATH_BYTES else b[:MAX_PATH_BYTES].decode("utf-8", "ignore")
@@ -155,16 +177,23 @@ def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[Im
         sha = sha256_bytes(data)
     except ImageError as e:
         return ImageResult(path, "", "failed", f"unreadable: {e}"), None
+    except MemoryError:
+        return ImageResult(path, "", "failed", "unreadable: out of memory reading this file"), None
     try:
         image = decode(data)
         del data
-        faces = engine.detector.detect(image, min_face=min_face)
     except ImageError as e:
         return ImageResult(path, sha, "failed", str(e)), None
+    except MemoryError:
+        return ImageResult(path, sha, "failed", "cannot decode image: out of memory decoding it"), None
+    except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not stop the run
+        return ImageResult(path, sha, "failed", f"cannot decode image: {_reason(e)}"), None
+    try:
+        faces = engine.detector.detect(image, min_face=min_face)
     except (WeightsMissing, ModelError):
         raise  # configuration problems stop the run
     except Exception as e:  # noqa: BLE001 - a detector crash on one file must not stop the run
-        return ImageResult(path, sha, "failed", f"detector error: {_reason(e)}"), None
+        return ImageResult(path, sha, "failed", f"face detector failed on this image: {_reason(e)}"), None
     if not faces:
         return ImageResult(path, sha, "noface"), None
     try:
@@ -237,7 +266,9 @@ def warm_worker(settings: Settings, detector: str, models: Sequence[str]) -> int
 # writer (driver)
 # ------------------------------------------------------------------------------------------------
 def _ledger_id(model: str, path: str) -> str:
-    return f"{model}:{hashlib.sha1(path.encode('utf-8', 'surrogateescape')).hexdigest()}"
+    """A file's key in the ledger: from the bytes of its name, so two names are two keys whatever
+    they hold (a valid UTF-8 name's bytes are its UTF-8: the ids of existing databases)."""
+    return f"{model}:{hashlib.sha1(path_bytes(path)).hexdigest()}"
 
 
 class Writer:
@@ -338,7 +369,7 @@ class Writer:
         return [{
             "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
             "image_sha256": r.sha256, "status": r.status, "faces": len(r.faces),
-            "reason": r.reason[:1000], "detector": self.detector, "ingested_at": ts,
+            "reason": storable(r.reason)[:1000], "detector": self.detector, "ingested_at": ts,
         } for r in results for model in self.models]
 
     def _take(self) -> List[ImageResult]:
@@ -514,12 +545,12 @@ def run(
         store.ensure_ledger()
         # An image is skipped when every requested model has it recorded (failed ones too, unless
         # --retry-failed).
-        ledgers = [store.ledger(m) for m in models_list]
+        # Looked up by id (from the name's bytes), not by the stored path: a name that is not
+        # UTF-8 is stored escaped, and its escaped text may be another file's real name.
+        ledgers = [store.ledger_status(m) for m in models_list]
         skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
-        keys = {r.path: ledger_path(r.path) for r in records_list}
         todo = [r for r in records_list if not all(
-            keys[r.path] in lg and lg[keys[r.path]]["status"] in skip_status for lg in ledgers)]
-        del keys
+            lg.get(_ledger_id(m, r.path)) in skip_status for m, lg in zip(models_list, ledgers))]
         summary.images_skipped = len(records_list) - len(todo)
         del ledgers
         by_path = {r.path: r for r in todo}
@@ -619,92 +650,149 @@ def _mapper(settings: Settings):
 def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
               models: List[str], workers: int, scheduler: Optional[str],
               max_in_flight: Optional[int], min_face: int) -> None:
+    from distributed import Client
+
+    _quiet_dask()
+    cluster = client = None
+    try:
+        with _sigint_ignored():
+            if scheduler:
+                client = Client(scheduler, timeout="30s")
+            else:
+                cluster = _local_cluster(workers)
+                client = Client(cluster)
+        _run_on(client, batches, done, settings, det, models, max_in_flight, min_face)
+    finally:
+        with _sigint_ignored():
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _deaths_allowed() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures", 3)) + 1
+
+
+def _quiet_dask() -> None:
+    """Dask's own logs off: what goes wrong reaches the run as an exception or a failed batch,
+    and a shutdown logs tracebacks that are not errors (a worker's heartbeat to a scheduler that
+    has just closed, a worker told to stop while it computes)."""
     import logging
 
-    from distributed import Client, LocalCluster, as_completed
+    names = ["distributed"] + [n for n in list(logging.root.manager.loggerDict) if n.startswith("distributed.")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    for name in ("distributed", "distributed.nanny", "distributed.worker", "distributed.scheduler"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, timeout="30s")
-    else:
-        pin_threads(1)
-        # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap
-        # threshold: every decoded photo then comes from a fresh mmap and is page-faulted in
-        # (measured: 17.5k minor faults and +0.04 CPU s per image, ~30 % of the model's time).
-        # The statistical profiler samples the computing thread every 10 ms. Neither helps here.
-        import dask
 
-        # Slower housekeeping timers: idle overhead 0.03-0.05 -> 0.008 cores (measured).
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {},
-                              "distributed.worker.profile.enabled": False,
-                              "distributed.admin.tick.interval": "1s",
-                              "distributed.admin.system-monitor.interval": "2s",
-                              "distributed.worker.memory.monitor-interval": "1s"}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, env=thread_env(1), silence_logs=logging.ERROR)
-        client = Client(cluster)
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C ignored meanwhile, by this process and by the processes it starts meanwhile.
+
+    Ctrl-C signals the terminal's whole process group, Dask's worker processes included, and
+    each would print a KeyboardInterrupt traceback from wherever it was. An ignored SIGINT is
+    inherited across exec (Python then leaves it ignored), so the workers started while the
+    cluster starts never take it; only the driver stops on Ctrl-C, and it stops them. Also held
+    while the cluster closes: a Ctrl-C then would leave it half-closed, closed again at exit by
+    Dask with tracebacks. (A Ctrl-C in those few seconds is lost; the next one stops the run.)"""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        n_workers = max(1, len(client.scheduler_info()["workers"]))
-        # Surface configuration errors (missing weights) once, before any image is touched.
-        for err in client.run(_warm_safe, settings, det, models).values():
-            if err:
-                kind, message = err
-                raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
-        limit = max_in_flight or 2 * n_workers
-        # Dask runs a batch again when its worker dies, on up to 4 workers in all
-        # (distributed.scheduler.allowed-failures 3; retries=2 covers exceptions), then gives up.
-        futures = as_completed()
-        pending: Dict[Any, List[ImageRecord]] = {}
-        mapper = _mapper(settings)
-
-        def submit(batch: List[ImageRecord]) -> None:
-            fut = client.submit(mapper, batch, settings, det, models, min_face, pure=False, retries=2)
-            pending[fut.key] = batch
-            futures.add(fut)
-
-        for _ in range(limit):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            submit(batch)
-        # A batch whose workers kept dying is not blamed yet: a killed worker also loses the other
-        # tasks it held, so an innocent batch can fail beside the guilty one. Its images are run
-        # again one by one, each ALONE on the cluster, once everything else is done: an image that
-        # still kills its worker then is the culprit and is quarantined (failed, with the reason).
-        suspects: List[ImageRecord] = []
-        for fut in futures:
-            batch = pending.pop(fut.key)
-            try:
-                res = fut.result()
-            except (WeightsMissing, ModelError):
-                raise
-            except Exception:  # noqa: BLE001 - KilledWorker, a crash inside a model, ...
-                suspects.extend(batch)
-            else:
-                done(res)
-            finally:
-                fut.release()
-            batch = next(batches, None)
-            if batch is not None:
-                submit(batch)
-        for r in suspects:
-            fut = client.submit(mapper, [r], settings, det, models, min_face, pure=False, retries=2)
-            try:
-                res = fut.result()
-            except (WeightsMissing, ModelError):
-                raise
-            except Exception as e:  # noqa: BLE001
-                res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {_reason(e)}")],
-                                  0.0, 0, 0)
-            finally:
-                fut.release()
-            done(res)
+        yield
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        signal.signal(signal.SIGINT, old)
+
+
+def _local_cluster(workers: int):
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    pin_threads(1)
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap
+    # threshold: every decoded photo then comes from a fresh mmap and is page-faulted in
+    # (measured: 17.5k minor faults and +0.04 CPU s per image, ~30 % of the model's time).
+    # The statistical profiler samples the computing thread every 10 ms. Neither helps here.
+    # Slower housekeeping timers: idle overhead 0.03-0.05 -> 0.008 cores (measured).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {},
+                          "distributed.worker.profile.enabled": False,
+                          "distributed.admin.tick.interval": "1s",
+                          "distributed.admin.system-monitor.interval": "2s",
+                          "distributed.worker.memory.monitor-interval": "1s"}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            dashboard_address=None, env=thread_env(1), silence_logs=logging.CRITICAL,
+                            preload=["ingest.dask_worker"])
+
+
+def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
+            models: List[str], max_in_flight: Optional[int], min_face: int) -> None:
+    from distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    # Surface configuration errors (missing weights) once, before any image is touched.
+    for err in client.run(_warm_safe, settings, det, models).values():
+        if err:
+            kind, message = err
+            raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
+    limit = max_in_flight or 2 * n_workers
+    # Dask runs a batch again when its worker dies, on up to 4 workers in all
+    # (distributed.scheduler.allowed-failures 3; retries=2 covers exceptions), then gives up.
+    futures = as_completed()
+    pending: Dict[Any, List[ImageRecord]] = {}
+    mapper = _mapper(settings)
+
+    def submit(batch: List[ImageRecord]) -> None:
+        fut = client.submit(mapper, batch, settings, det, models, min_face, pure=False, retries=2)
+        pending[fut.key] = batch
+        futures.add(fut)
+
+    for _ in range(limit):
+        batch = next(batches, None)
+        if batch is None:
+            break
+        submit(batch)
+    # A batch whose workers kept dying is not blamed yet: a killed worker also loses the other
+    # tasks it held, so an innocent batch can fail beside the guilty one. Its images are run
+    # again one by one, each ALONE on the cluster, once everything else is done: an image that
+    # still kills its worker then is the culprit and is quarantined (failed, with the reason).
+    suspects: List[ImageRecord] = []
+    for fut in futures:
+        batch = pending.pop(fut.key)
+        try:
+            res = fut.result()
+        except (WeightsMissing, ModelError):
+            raise
+        except Exception:  # noqa: BLE001 - KilledWorker, a crash inside a model, ...
+            suspects.extend(batch)
+        else:
+            done(res)
+        finally:
+            fut.release()
+        batch = next(batches, None)
+        if batch is not None:
+            submit(batch)
+    for r in suspects:
+        fut = client.submit(mapper, [r], settings, det, models, min_face, pure=False, retries=2)
+        try:
+            res = fut.result()
+        except (WeightsMissing, ModelError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            # Dask's KilledWorker names a task key and worker addresses: say what happened instead
+            why = (f"every worker process that read it died ({_deaths_allowed()} in a row: a crash in a "
+                   f"decoder or model, or out of memory)" if type(e).__name__ == "KilledWorker" else _reason(e))
+            res = BatchResult([ImageResult(r.path, "", "failed", f"worker crashed on this file: {why}")],
+                              0.0, 0, 0)
+        finally:
+            fut.release()
+        done(res)
 
 
 def _warm_safe(settings: Settings, det: str, models: Sequence[str]) -> Optional[Tuple[str, str]]:
@@ -715,16 +803,34 @@ def _warm_safe(settings: Settings, det: str, models: Sequence[str]) -> Optional[
         return type(e).__name__, str(e)
 
 
+REPORT_FORMAT = "lookalike-ingest-report/2"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def report_line(record: Dict[str, Any]) -> str:
+    """One JSON object on one line. Whatever a file name holds (a newline, a TAB, quotes) is a
+    JSON string escape, so no name can end a record or start another; a name that is not UTF-8
+    keeps its undecodable bytes as \\udcNN escapes (json.loads, then os.fsencode, gives the exact
+    bytes back)."""
+    text = json.dumps(record, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def _write_report(summary: IngestSummary, report: Optional[str]) -> Optional[str]:
-    path = Path(report) if report else Path("ingest-report.txt")
+    """The run report, JSON Lines: a first record with the run's summary, then one record per
+    failed file: {"path": ..., "status": "failed", "reason": ...}."""
+    path = Path(report) if report else Path(DEFAULT_REPORT)
     try:
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("# Lookalike ingest report\n")
-            for line in summary.lines():
-                f.write(f"# {line}\n")
-            f.write("# failed files: path<TAB>reason\n")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report_line({
+                "format": REPORT_FORMAT, "source": summary.source, "models": summary.models,
+                "detector": summary.detector, "images_seen": summary.images_seen,
+                "images_done": summary.images_done, "images_noface": summary.images_noface,
+                "images_skipped": summary.images_skipped, "images_failed": summary.images_failed,
+                "faces_stored": summary.faces_stored, "wall_seconds": round(summary.wall_seconds, 1),
+                "interrupted": summary.interrupted}))
             for p, reason in summary.failures:
-                f.write(f"{p}\t{reason}\n")
+                f.write(report_line({"path": p, "status": "failed", "reason": reason}))
     except OSError:
         return None
     return str(path)

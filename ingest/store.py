@@ -230,6 +230,8 @@ class Store:
                 f"profile '{self.profile.name}' is for Milvus Lite (--db), not a server"
             )
         if not self.server:
+            if not self.target.endswith(".db"):  # pymilvus would say "uri ... is illegal"
+                raise StoreError(f"database {self.target}: a Milvus Lite database path must end in .db")
             parent = Path(self.target).resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"database {self.target}: folder {parent} does not exist")
@@ -571,6 +573,11 @@ class Store:
                               filter=f"model == {_lit(model)}"):
             out[r["source_path"]] = r
         return out
+
+    def ledger_status(self, model: str) -> Dict[str, str]:
+        """Ledger id -> status for one model (what a resume needs to skip done files)."""
+        return {r["id"]: r["status"] for r in self.iterate(LEDGER_COLLECTION, ["id", "status"],
+                                                          filter=f"model == {_lit(model)}")}
 
     def count(self, name: str, flt: Optional[CompiledFilter] = None, extra_filter: str = "") -> int:
         if not self._call(f"counting {name}", self.client.has_collection, name):

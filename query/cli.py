@@ -2,7 +2,7 @@
 
 Exit codes (also in README):
   0 success
-  2 usage error: bad option, bad source, invalid filter, unknown model
+  2 usage error: bad option, bad source, invalid filter, unknown model, --db not ending in .db
   3 no face found in a query photo
   4 a query photo could not be read or decoded
   5 model weights missing / model cannot load
@@ -50,10 +50,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _settings(args):
     from ingest.settings import Settings
 
-    return Settings().with_(db=args.db, uri=args.uri, token=args.token, profile=args.profile,
-                            detector=getattr(args, "detector", None),
-                            clip_model=getattr(args, "clip_model", None),
-                            dinov2_model=getattr(args, "dinov2_model", None))
+    s = Settings().with_(db=args.db, uri=args.uri, token=args.token, profile=args.profile,
+                         detector=getattr(args, "detector", None),
+                         clip_model=getattr(args, "clip_model", None),
+                         dinov2_model=getattr(args, "dinov2_model", None))
+    if not s.uri and not str(s.db).endswith(".db"):
+        # Milvus Lite takes only a path ending in .db (pymilvus calls anything else an illegal uri)
+        flag = f"--db {args.db}" if getattr(args, "db", None) else f"$LOOKALIKE_DB ({s.db})"
+        raise CliError(f"{flag}: a Milvus Lite database path must end in .db (e.g. {s.db}.db); "
+                       f"a server is --uri http://host:19530")
+    return s
 
 
 def cmd_ingest(args) -> int:
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--min-face", type=int, default=24,
                     help="skip faces smaller than N px (default 24: smaller background faces embed as noise)")
     pi.add_argument("--retry-failed", action="store_true", help="retry images that failed before")
-    pi.add_argument("--report", default=None, help="run report path (default ingest-report.txt)")
+    pi.add_argument("--report", default=None, help="run report path (default ingest-report.jsonl: JSON Lines, a summary then one record per failed file)")
     pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _storage_args(pi)
     pi.set_defaults(func=cmd_ingest)

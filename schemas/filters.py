@@ -11,6 +11,7 @@ as-is, so a value like `") or (1 == 1` stays a string value.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -24,6 +25,22 @@ class FilterError(ValueError):
 
 FILTERABLE: Dict[str, str] = {f.name: f.kind for f in FACE_FIELDS if f.kind != "FLOAT_VECTOR"}
 _NUMERIC = {"INT32", "INT64", "FLOAT"}
+# What a literal may hold for a field of each kind. Milvus Lite reads `inf` (what 1e999 renders
+# as) as a field name, cannot convert an integer past 64 bits, and refuses an integer a FLOAT
+# field cannot hold exactly (past 2**24); a value outside an integer field's own range can never
+# match, so it is a mistake worth naming rather than an empty result.
+_INT_RANGE = {"INT32": (-2 ** 31, 2 ** 31 - 1), "INT64": (-2 ** 63, 2 ** 63 - 1), "FLOAT": (-2 ** 24, 2 ** 24)}
+_INT_WORDS = {"INT32": "a 32-bit integer", "INT64": "a 64-bit integer",
+              "FLOAT": "the whole numbers a 32-bit float holds exactly (write it with a decimal point)"}
+
+# Bounds on what a user may send. The parser recurses once per parenthesis or `not`, and so do
+# the Milvus parsers that read the rendered expression (Milvus Lite's fails at ~200 levels). The
+# depth counted is the filter's own (`not` and each change between `and` and `or`), which is also
+# the parenthesis depth of the rendered expression: far above any hand-written filter, far below
+# both recursion limits. Redundant parentheses are bounded while parsing, at twice that. The length
+# bounds the work of tokenising and of Milvus' own parse (a 3,000-term `or` chain is ~60 KB).
+MAX_FILTER_DEPTH = 32
+MAX_FILTER_CHARS = 65536
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -39,11 +56,13 @@ _KEYWORDS = {"and": "and", "or": "or", "not": "not", "in": "in", "like": "like",
 
 
 def _tokenize(text: str) -> List[Tuple[str, str, int]]:
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterError(f"filter too long ({len(text)} characters, at most {MAX_FILTER_CHARS})")
     tokens, pos, text = [], 0, text.rstrip()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise FilterError(f"filter syntax error at column {pos + 1}: unexpected {text[pos:pos + 12]!r}")
+            raise FilterError(f"filter syntax error at column {pos + 1}: unexpected '{_show(text[pos:pos + 12])}'")
         kind = m.lastgroup
         value, col = m.group(kind), m.start(kind) + 1
         if kind == "name" and value.lower() in _KEYWORDS:
@@ -99,12 +118,15 @@ Node = Union[Cmp, BoolField, Not, BoolOp]
 
 
 def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(name, list(FILTERABLE), n=4, cutoff=0.5)
-    if not close:
-        lowered = {f.lower(): f for f in FILTERABLE}
-        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    close: List[str] = []
+    if len(name) <= 64:  # no field name is longer; difflib's cost grows with the name's length
+        close = difflib.get_close_matches(name, list(FILTERABLE), n=4, cutoff=0.5)
+        if not close:
+            lowered = {f.lower(): f for f in FILTERABLE}
+            close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown field '{name}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., the 40 CelebA attributes; `lookalike fields` lists them)"
+    shown = _show(str(name))  # one line whatever the name holds (a --where value)
+    return f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., the 40 CelebA attributes; `lookalike fields` lists them)"
 
 
 class _Parser:
@@ -112,6 +134,13 @@ class _Parser:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self, col: int) -> None:
+        self.depth += 1
+        if self.depth > 2 * MAX_FILTER_DEPTH:
+            raise FilterError(f"filter nested too deeply at column {col} (more than {2 * MAX_FILTER_DEPTH} "
+                              f"levels of parentheses and 'not')")
 
     def peek(self) -> Optional[Tuple[str, str, int]]:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -123,7 +152,7 @@ class _Parser:
             raise FilterError(f"filter syntax error: expression ends early, expected {want}")
         if (kind and tok[0] != kind) or (value and tok[1] != value):
             want = repr(value) if value else kind
-            raise FilterError(f"filter syntax error at column {tok[2]}: expected {want}, found {tok[1]!r}")
+            raise FilterError(f"filter syntax error at column {tok[2]}: expected {want}, found '{_show(tok[1])}'")
         self.i += 1
         return tok
 
@@ -133,7 +162,7 @@ class _Parser:
         node = self.or_expr()
         tok = self.peek()
         if tok is not None:
-            raise FilterError(f"filter syntax error at column {tok[2]}: unexpected {tok[1]!r}")
+            raise FilterError(f"filter syntax error at column {tok[2]}: unexpected '{_show(tok[1])}'")
         return node
 
     def or_expr(self) -> Node:
@@ -154,25 +183,36 @@ class _Parser:
         tok = self.peek()
         if tok and tok[:2] == ("kw", "not"):
             self.i += 1
-            return Not(self.unary())
+            self.nest(tok[2])
+            node: Node = Not(self.unary())
+            self.depth -= 1
+            return node
         if tok and tok[:2] == ("op", "("):
             self.i += 1
+            after_not = self.i >= 2 and self.toks[self.i - 2][:2] == ("kw", "not")  # `not (x)`: one level
+            if not after_not:
+                self.nest(tok[2])
             node = self.or_expr()
             self.take("op", ")")
+            self.depth -= 0 if after_not else 1
             return node
         return self.comparison()
 
     def literal(self, field: str) -> Any:
         kind, value, col = self.take()
         if kind == "num":
+            if len(value) > 64:  # int() of thousands of digits is slow, then refused anyway
+                raise FilterError(f"filter value out of range at column {col}: {_show(value)} is too long a number")
             v: Any = float(value) if any(c in value for c in ".eE") else int(value)
         elif kind == "str":
             v = _unquote(value)
         elif kind == "kw" and value in ("true", "false"):
             v = value == "true"
         else:
-            raise FilterError(f"filter syntax error at column {col}: expected a value for '{field}', found {value!r}")
-        return self.check_type(field, v, col)
+            raise FilterError(f"filter syntax error at column {col}: expected a value for '{field}', found '{_show(value)}'")
+        v = self.check_type(field, v, col)
+        check_literal(field, v, col, value)
+        return v
 
     def check_type(self, field: str, v: Any, col: int) -> Any:
         ftype = FILTERABLE[field]
@@ -183,13 +223,13 @@ class _Parser:
         )
         if not ok:
             want = {"BOOL": "true or false", "VARCHAR": "a quoted string"}.get(ftype, "a number")
-            raise FilterError(f"filter type error at column {col}: '{field}' takes {want}, got {v!r}")
+            raise FilterError(f"filter type error at column {col}: '{field}' takes {want}, got {_show(repr(v))}")
         return v
 
     def comparison(self) -> Node:
         kind, name, col = self.take()
         if kind != "name":
-            raise FilterError(f"filter syntax error at column {col}: expected a field name, found {name!r}")
+            raise FilterError(f"filter syntax error at column {col}: expected a field name, found '{_show(name)}'")
         if name == VECTOR_FIELD or name not in FILTERABLE:
             raise FilterError(_suggest(name))
         ftype = FILTERABLE[name]
@@ -214,7 +254,7 @@ class _Parser:
         if op == "not":  # `field not in [...]`
             self.i += 1
             return Not(self.comparison_in(name))
-        raise FilterError(f"filter syntax error at column {tok[2]}: unexpected {op!r} after '{name}'")
+        raise FilterError(f"filter syntax error at column {tok[2]}: unexpected '{_show(op)}' after '{name}'")
 
     def comparison_in(self, name: str) -> Node:
         self.take("kw", "in")
@@ -229,10 +269,55 @@ class _Parser:
         return Cmp(name, "in", tuple(values))
 
 
+def _show(text: str, n: int = 40) -> str:
+    """`text` for an error line: cut, and what is not printable (newlines, NUL, lone surrogates)
+    written as escapes."""
+    text = text if len(text) <= n else text[:n - 3] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def literal_problem(value: Any, kind: Optional[str] = None) -> Optional[str]:
+    """Why `value` cannot travel to Milvus as a literal (for a field of `kind`), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "is not a finite number"
+        return None
+    if isinstance(value, int):
+        lo, hi = _INT_RANGE.get(kind or "INT64", _INT_RANGE["INT64"])
+        if not lo <= value <= hi:
+            return f"does not fit {_INT_WORDS.get(kind or 'INT64', 'a 64-bit integer')}"
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"holds {value[e.start]!r}, which is not a character (a lone surrogate)"
+        if "\0" in value:
+            return "holds a NUL character"
+        return None
+    return None
+
+
+def check_literal(field: str, value: Any, col: int, text: str) -> None:
+    """Raise FilterError when a literal written as `text` at `col` is out of its field's range or
+    not encodable text."""
+    why = literal_problem(value, FILTERABLE.get(field))
+    if why:
+        what = "filter value out of range" if isinstance(value, (int, float)) else "invalid filter value"
+        raise FilterError(f"{what} at column {col}: {_show(text)} for '{field}' {why}")
+
+
 def encode_literal(value: Any) -> str:
     """One parameter value as a Milvus literal (for Milvus Lite, which has no templating)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(encode_literal(v) for v in value) + "]"
+    why = literal_problem(value)
+    if why:  # the parser refuses these with their column; this guards every other caller
+        raise FilterError(f"invalid filter value {_show(repr(value))}: {why}")
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
@@ -271,6 +356,15 @@ def _fields(node: Node) -> set:
     if isinstance(node, Not):
         return _fields(node.arg)
     return set().union(*(_fields(a) for a in node.args))
+
+
+def _depth(node: Node) -> int:
+    """Nesting of `node`, as rendered: one level per `not` and per and/or group."""
+    if isinstance(node, Not):
+        return 1 + _depth(node.arg)
+    if isinstance(node, BoolOp):
+        return 1 + max(_depth(a) for a in node.args)
+    return 0
 
 
 def _emit(node: Node, value: Callable[[Any], str]) -> str:
@@ -322,7 +416,11 @@ def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
         nodes.append(Cmp(name, "==", not negate))
     if not nodes:
         return None
-    node = known_only(nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes)))
+    node = nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes))
+    if _depth(node) > MAX_FILTER_DEPTH:
+        raise FilterError(f"filter nested too deeply (more than {MAX_FILTER_DEPTH} levels of 'not', "
+                          f"parentheses and alternating 'and'/'or')")
+    node = known_only(node)
     params: Dict[str, Any] = {}
 
     def placeholder(v: Any) -> str:

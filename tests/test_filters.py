@@ -241,3 +241,148 @@ def test_milvus_agrees_with_evaluate(lite_store, expr):
     f = compile_filter(expr)
     want = {r["id"] for r in rows if f.evaluate(r)}
     assert _milvus_ids(store, f) == want
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: bounded, one line, never another exception; what passes, Milvus accepts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("expr, needle", [
+    ("(" * 340 + "Smiling" + ")" * 340, "nested too deeply"),
+    ("not " * 1000 + "Smiling", "nested too deeply"),
+    ("Smiling or " * 7000 + "Smiling", "filter too long"),
+    ("confidence > 1e999", "1e999 for 'confidence' is not a finite number"),
+    ("confidence < -1e999", "is not a finite number"),
+    ("face_index == 99999999999999999999999", "99999999999999999999999 for 'face_index' does not fit"),
+    ("face_index == 2147483648", "does not fit a 32-bit integer"),
+    ("ingested_at > 9223372036854775808", "does not fit a 64-bit integer"),
+    ("box_w > 1" + "0" * 5000, "too long a number"),
+    (r'identity == "\ud800"', r'"\ud800" for ' + "'identity'"),
+    (r'identity in ["ok", "\udfff"]', "lone surrogate"),
+    (r'identity == "a\0b"', "NUL"),
+])
+def test_hostile_filters_get_one_line_naming_the_problem(expr, needle):
+    assert needle in _err(expr)
+
+
+def test_the_deepest_accepted_filter_runs_in_milvus(lite_store):
+    from schemas.filters import MAX_FILTER_DEPTH
+
+    store, rows = lite_store
+    nots = "not " * MAX_FILTER_DEPTH + "(Smiling)"
+    groups = "Male"  # and/or alternating: one level each, as rendered
+    for i in range(MAX_FILTER_DEPTH):
+        groups = f"Smiling {'and' if i % 2 else 'or'} ({groups})"
+    for deep in (nots, groups):
+        f = compile_filter(deep)
+        assert f.render().count("(") - f.render().count(")") == 0
+        assert _milvus_ids(store, f) == {r["id"] for r in rows if f.evaluate(r)}
+        assert "nested too deeply" in _err(f"not ({deep})")
+
+
+def test_literals_out_of_range_never_reach_encode_literal():
+    for bad in (float("inf"), float("nan"), 2 ** 64, "\udc80", "a\0"):
+        with pytest.raises(FilterError):
+            encode_literal(bad)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_FIELDS = ["Smiling", "Male", "identity", "source_path", "confidence", "face_index", "box_w",
+           "ingested_at", "has_attributes", "vector", "Smilng", "inf", "nan"]
+_NUMS = st.one_of(st.integers(min_value=-2 ** 70, max_value=2 ** 70).map(str),
+                  st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                  st.sampled_from(["1e999", "-1e999", "1e308", "0.5", "99999999999999999999999", "1e-400"]))
+_STRS = st.text(st.characters(codec=None, exclude_categories=()), max_size=12).map(
+    lambda s: '"' + "".join(c if c not in '"\\' else "\\" + c for c in s) + '"')
+_ESCAPED = st.sampled_from([r'"\ud800"', r'"\udfff"', r'"\u0000"', r'"\""', r'"\\"', "'x'", '"x\\', '"'])
+_LIT = st.one_of(_NUMS, _STRS, _ESCAPED, st.sampled_from(["true", "false", "[]", '["a", 1]']))
+_OPS = st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "like", "in", "not in", "=", ""])
+
+
+# Mostly well-typed comparisons (so that many expressions pass and reach Milvus), with values at
+# and past the edges of each field's range.
+_EDGE_INTS = st.sampled_from([0, -1, 2 ** 24, 2 ** 24 + 1, 2 ** 31 - 1, 2 ** 31, -2 ** 31 - 1, 2 ** 63 - 1, 2 ** 63])
+_TYPED = st.one_of(
+    st.builds(lambda f, v: f"{f} == {v}", st.sampled_from(["Smiling", "Male", "has_attributes"]),
+              st.sampled_from(["true", "false"])),
+    st.builds(lambda f, o, v: f"{f} {o} {v}", st.sampled_from(["confidence", "face_index", "box_w", "ingested_at"]),
+              st.sampled_from(["==", "!=", "<", "<=", ">", ">="]),
+              st.one_of(st.integers(-2 ** 65, 2 ** 65), _EDGE_INTS,
+                        st.floats(allow_nan=False, allow_infinity=False)).map(repr)),
+    st.builds(lambda f, o, v: f"{f} {o} {v}", st.sampled_from(["identity", "source_path"]),
+              st.sampled_from(["==", "!=", "like"]), _STRS),
+    st.builds(lambda v, w: f"identity in [{v}, {w}]", _STRS, _STRS),
+)
+
+
+def _exprs():
+    leaf = st.one_of(
+        _TYPED, _TYPED,
+        st.builds(lambda f, o, v: f"{f} {o} {v}" if o not in ("in", "not in") else f"{f} {o} [{v}, {v}]",
+                  st.sampled_from(_FIELDS), _OPS, _LIT),
+        st.sampled_from(_FIELDS))
+    return st.recursive(leaf, lambda inner: st.one_of(
+        st.builds(lambda a, b, op: f"{a} {op} {b}", inner, inner, st.sampled_from(["and", "or", "&&", "||", ","])),
+        st.builds(lambda a: f"not {a}", inner),
+        st.builds(lambda a: f"({a})", inner),
+        st.builds(lambda a, k: "(" * k + a + ")" * k, inner, st.integers(0, 60)),
+        st.builds(lambda a, k: "not " * k + a, inner, st.integers(0, 60)),
+    ), max_leaves=12)
+
+
+def _one_line_or_valid(expr: str):
+    try:
+        f = compile_filter(expr)
+    except FilterError as e:
+        msg = str(e)
+        assert msg and "\n" not in msg and "\r" not in msg and len(msg) < 400, msg
+        return None
+    if f is None:
+        assert not expr.strip()
+        return None
+    rendered = f.render()
+    rendered.encode("utf-8")  # what Milvus gets is text
+    assert compile_filter(rendered).render() == rendered
+    return f
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_exprs(), st.text(max_size=200),
+                 st.text(st.sampled_from(list("()!&|=<>[],\"'\\ notandorSmilingidentity0123456789.eE-")), max_size=300)))
+def test_property_random_and_hostile_expressions(expr):
+    _one_line_or_valid(expr)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(_exprs())
+def test_property_what_the_validator_accepts_milvus_lite_accepts(lite_store, expr):
+    store, rows = lite_store
+    f = _one_line_or_valid(expr)
+    if f is not None:
+        assert _milvus_ids(store, f) == {r["id"] for r in rows if f.evaluate(r)}, f.render()
+
+
+@pytest.mark.parametrize("expr, needle", [
+    ("confidence > 1e999", "1e999"),
+    ("face_index == 99999999999999999999999", "99999999999999999999999"),
+    (r'identity == "\ud800"', r"\ud800"),
+    ("(" * 340 + "Smiling" + ")" * 340, "nested too deeply"),
+    ("not " * 1000 + "Smiling", "nested too deeply"),
+])
+def test_cli_refuses_hostile_filters_with_one_line_and_exit_2(tmp_path, expr, needle):
+    """Checked before any database or model is opened: the database named does not even exist."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import DATA
+
+    photo = DATA / "groups" / "photos" / "couple.jpg"
+    r = subprocess.run([sys.executable, "-m", "query.cli", "query", str(photo), "--db", str(tmp_path / "none.db"),
+                        "--filter", expr], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lookalike: ") and needle in lines[0], r.stderr[-2000:]

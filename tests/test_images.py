@@ -127,3 +127,74 @@ def test_truncated_jpeg_is_reported_not_filled():
     data = _bytes(Image.open(PORTRAIT).convert("RGB"), "JPEG", quality=90)
     with pytest.raises(ImageError, match="cannot decode"):
         decode(data[: len(data) // 2])
+
+
+# -- hostile files ---------------------------------------------------------------------------------
+def test_special_files_are_refused_without_being_opened(tmp_path):
+    """A FIFO would block a reader forever, /dev/zero never ends: refused from stat() alone. Run
+    in a process of its own, so that a reader that did open the FIFO fails the test instead of
+    hanging it."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "z.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    os.symlink(tmp_path / "absent.jpg", tmp_path / "dangling.jpg")
+    code = ("import sys\nfrom ingest.images import ImageError, read_bytes\n"
+            "for p in sys.argv[1:]:\n    try:\n        read_bytes(p)\n    except ImageError as e:\n        print(e)\n")
+    names = ["z.jpg", "zero.jpg", "dangling.jpg", "."]
+    r = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / n) for n in names)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["a named pipe (FIFO), not a regular file: not read",
+                                     "a character device, not a regular file: not read",
+                                     "file not found (or a broken symbolic link)", "is a directory"]
+
+
+def test_reads_are_bounded(tmp_path):
+    from ingest.images import read_bytes
+
+    p = tmp_path / "big.jpg"
+    p.write_bytes(b"\xff" * 5000)
+    with pytest.raises(ImageError, match=r"file too large \(5,000 bytes, the limit is 4,096 bytes\)"):
+        read_bytes(p, max_bytes=4096)
+    assert len(read_bytes(p, max_bytes=5000)) == 5000
+    # /proc's files say 0 bytes and are read to their end, within the bound
+    status = read_bytes("/proc/self/status", max_bytes=1 << 20)
+    assert status.startswith(b"Name:")
+    with pytest.raises(ImageError, match="file too large"):
+        read_bytes("/proc/self/status", max_bytes=16)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("w, h, reason", [
+    (9_000, 9_000, "image too large: 9000x9000 px (81 MP), the limit is 80 MP"),  # PIL only warns here
+    (12_000, 12_000, "image too large: 12000x12000 px (144 MP), the limit is 80 MP"),
+    (20_000, 20_000, "image too large: 400 MP, the limit is 80 MP"),  # PIL refuses in open()
+])
+def test_a_too_large_image_is_refused_with_its_size(w, h, reason):
+    with pytest.raises(ImageError) as e:
+        decode(_png_claiming(w, h))
+    assert str(e.value) == reason
+
+
+def test_a_corrupt_jpeg_ending_with_its_end_marker_is_refused_quietly(capfd):
+    data = PORTRAIT.read_bytes()
+    with pytest.raises(ImageError) as e:
+        decode(data[: len(data) // 3] + b"\xff\xd9")
+    assert str(e.value).startswith("corrupt JPEG data (premature end of data segment): part of the picture")
+    # junk before the end marker leaves every pixel: decoded, as before
+    assert np.array_equal(decode(data[:-2] + b"\0" * 7 + b"\xff\xd9").bgr, decode(data).bgr)
+    out, err = capfd.readouterr()
+    assert "Corrupt JPEG" not in out + err, err  # libjpeg's own lines are the reason now, not noise

@@ -170,36 +170,66 @@ def test_acknowledged_lite_writes_survive_kill_9_without_a_flush(tmp_path):
 
 
 class _PoisonWatcher:
-    """Makes `fifo` a file that kills whichever process reads it, every time.
+    """Makes `path` (a regular file) one that kills whichever process opens it, every time.
 
-    The FIFO stands in for a file that crashes its decoder (a segfault in native code): a worker
-    that opens it blocks in read(); the watcher sees it there (/proc/PID/fd) and SIGKILLs it.
-    Only descendants of `root_pid` are touched."""
+    It stands in for a file that crashes its decoder (a segfault in native code). The watcher
+    holds a write lease on the file (fcntl F_SETLEASE): a reader's open() then waits in the kernel
+    (in __break_lease, /proc/PID/task/TID/wchan) for the lease to be given up; the watcher finds it there,
+    SIGKILLs it, and takes the lease again for the next one. Only descendants of `root_pid` are
+    touched. (The lease holder is sent SIGIO when a reader comes: ignored meanwhile.)"""
 
-    def __init__(self, fifo: Path, root_pid: int):
-        self.fifo, self.root_pid = fifo, root_pid
+    F_SETLEASE = 1024
+
+    def __init__(self, path: Path, root_pid: int):
+        self.path, self.root_pid = path, root_pid
         self.kills = 0
+        self._fd = -1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _lease(self) -> None:
+        import fcntl
+
+        if self._fd >= 0:
+            fcntl.fcntl(self._fd, self.F_SETLEASE, fcntl.F_UNLCK)
+            os.close(self._fd)
+        deadline = time.time() + 10
+        while True:
+            self._fd = os.open(self.path, os.O_WRONLY)
+            try:
+                fcntl.fcntl(self._fd, self.F_SETLEASE, fcntl.F_WRLCK)
+                return
+            except OSError:  # a reader has it open (it got in between): wait for it to go
+                os.close(self._fd)
+                self._fd = -1
+                assert time.time() < deadline, "could not take a lease on the poison file"
+                time.sleep(0.01)
+
     def __enter__(self):
+        self._old_sigio = signal.signal(signal.SIGIO, signal.SIG_IGN)
+        self._lease()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(10)
+        if self._fd >= 0:
+            os.close(self._fd)
+        signal.signal(signal.SIGIO, self._old_sigio)
 
-    def _readers(self):
+    def _openers(self):
         import psutil
 
         out = []
         for p in psutil.Process(self.root_pid).children(recursive=True):
-            try:
-                if any(os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(self.fifo)
-                       for fd in os.listdir(f"/proc/{p.pid}/fd")):
-                    out.append(p)
-            except (OSError, psutil.Error):
+            try:  # any thread: Dask computes in a thread of its own
+                for tid in os.listdir(f"/proc/{p.pid}/task"):
+                    with open(f"/proc/{p.pid}/task/{tid}/wchan") as f:
+                        if f.read().strip() == "__break_lease":
+                            out.append(p)
+                            break
+            except OSError:
                 continue
         return out
 
@@ -207,33 +237,25 @@ class _PoisonWatcher:
         import psutil
 
         while not self._stop.is_set():
-            try:  # succeeds only while a reader has the FIFO open (or is opening it)
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.05)
-                continue
-            try:
-                # Closing the write end first would hand the reader an end of file (an "empty
-                # file", a plain failure): kill it while it waits for data.
-                deadline = time.time() + 10
-                while not self._stop.is_set() and time.time() < deadline:
-                    readers = self._readers()
-                    if readers:
-                        for p in readers:
-                            p.send_signal(signal.SIGKILL)
-                            self.kills += 1
-                        psutil.wait_procs(readers, timeout=10)
-                        break
-                    time.sleep(0.02)
-            finally:
-                os.close(fd)
+            victims = self._openers()
+            if victims:
+                # Every opener waits on the same lease break, and giving the lease up lets them all
+                # in: each one waiting is killed before it is taken again.
+                while victims:
+                    for p in victims:
+                        p.send_signal(signal.SIGKILL)
+                        self.kills += 1
+                    psutil.wait_procs(victims, timeout=10)
+                    victims = self._openers()
+                self._lease()
+            time.sleep(0.02)
 
 
 @pytest.mark.slow
 def test_file_that_kills_its_worker_every_time_is_quarantined(tmp_path):
     photos = sorted((CELEBA / "img_celeba").iterdir())[:6]
     poison = tmp_path / "poison.jpg"
-    os.mkfifo(poison)
+    poison.write_bytes(photos[0].read_bytes()[:1000])
     src = tmp_path / "list.txt"
     src.write_text("\n".join(str(p) for p in photos[:3] + [poison] + photos[3:]))
     db = tmp_path / "q.db"
@@ -251,7 +273,8 @@ def test_file_that_kills_its_worker_every_time_is_quarantined(tmp_path):
     summary = _summary(out)
     assert summary["failed"] == 1 and summary["done"] + summary["noface"] == 6, summary
     [(path, reason)] = summary["failures"]
-    assert path == str(poison) and reason.startswith("worker crashed on this file"), reason
+    assert path == str(poison) and reason == ("worker crashed on this file: every worker process that read it "
+                                              "died (4 in a row: a crash in a decoder or model, or out of memory)"), reason
     # Dask runs a task on up to 4 workers (allowed-failures 3) before it gives up on it: the batch
     # holding the file 4 times, then the file alone 4 times. Bounded, never forever.
     assert watcher.kills == 8, (watcher.kills, err[-2000:])
@@ -533,9 +556,10 @@ def test_unreadable_file_is_reported_and_the_rest_stored(tmp_path, settings):
                        env={**os.environ, "DEEPFACE_HOME": settings.deepface_home})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    lines = [ln for ln in report.read_text().splitlines() if not ln.startswith("#")]
-    assert len(lines) == 1 and lines[0].startswith(str(folder / "locked.jpg"))
-    assert "permission denied" in lines[0]
+    [head, *records] = [json.loads(ln) for ln in report.read_text().splitlines()]
+    assert head["images_failed"] == 1 and len(records) == 1
+    assert records[0]["path"] == str(folder / "locked.jpg") and records[0]["status"] == "failed"
+    assert records[0]["reason"] == "unreadable: permission denied"
     os.chmod(folder / "locked.jpg", 0o644)
     stored = {Path(v["source_path"]).name for v in read_rows(tmp_path / "p.db", "dlib", with_vectors=False).values()}
     assert stored == {"readable.jpg"}
@@ -570,3 +594,154 @@ def test_index_file_still_being_written_is_waited_for(tmp_path):
         threading.Timer(0.3, Path(index_file).write_bytes, [whole]).start()  # the writer finishes
         store.build_indexes(["faces_dlib"])
         assert store.count("faces_dlib") == 300
+
+
+# -- 4. hostile files: one report line each, never the batch they travel in ------------------------
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+FORGED = "evil.jpg\nFORGED.jpg\tFORGED: a fake record.jpg"
+
+
+def _hostile_folder(root: Path) -> dict:
+    """Good photos and hostile files side by side in one folder (so in one batch). Returns the
+    good names and, per hostile name, the reason its report record must give."""
+    import shutil
+
+    from PIL import Image
+
+    from ingest.images import MAX_FILE_BYTES
+
+    root.mkdir(parents=True)
+    people = sorted((DATA / "people" / "Tom_Hanks").iterdir())
+    good = ["a_good.jpg", "b_good.jpg", "caf\\xe9.jpg"]  # the last one's name holds a backslash
+    for name, src in zip(good, people):
+        shutil.copy(src, root / name)
+    os.mkfifo(root / "z.jpg")
+    os.symlink("/dev/zero", root / "zero.jpg")
+    os.symlink(root / "nowhere.jpg", root / "dangling.jpg")
+    with open(root / "huge.tif", "wb") as f:  # sparse: the size is refused before any read
+        f.truncate(MAX_FILE_BYTES + 1)
+    (root / "bomb.png").write_bytes(_png_claiming(10_000, 10_000))
+    (root / "bigger_bomb.png").write_bytes(_png_claiming(20_000, 20_000))
+    data = people[3].read_bytes()
+    (root / "corrupt.jpg").write_bytes(data[: len(data) // 3] + b"\xff\xd9")  # still ends with EOI
+    (root / FORGED).write_text("not a picture\n")
+    bad_name = os.fsencode(root) + b"/caf\xe9.jpg"  # Latin-1 byte: not UTF-8, escapes like good[2]
+    shutil.copy(people[4], bad_name)
+    Image.fromarray(np.asarray(Image.open(people[5]).convert("RGB").resize((10_000, 10)))).save(root / "strip.png")
+    failed = {
+        "z.jpg": "unreadable: a named pipe (FIFO), not a regular file: not read",
+        "zero.jpg": "unreadable: a character device, not a regular file: not read",
+        "dangling.jpg": "unreadable: file not found (or a broken symbolic link)",
+        "huge.tif": f"unreadable: file too large ({(MAX_FILE_BYTES + 1) / 1e6:,.0f} MB, the limit is "
+                    f"{MAX_FILE_BYTES / 1e6:,.0f} MB)",
+        "bomb.png": "image too large: 10000x10000 px (100 MP), the limit is 80 MP",
+        "bigger_bomb.png": "image too large: 400 MP, the limit is 80 MP",
+        "corrupt.jpg": "corrupt JPEG data (premature end of data segment): part of the picture is missing "
+                       "or garbled; repair or re-export it",
+        FORGED: "not an image (unrecognised format)",
+        os.fsdecode(b"caf\xe9.jpg"): "file name is not valid UTF-8; rename the file",
+    }
+    return {"good": good, "failed": failed, "noface": ["strip.png"]}
+
+
+@pytest.mark.slow
+def test_hostile_files_cost_one_report_line_each_and_the_good_photos_are_stored(tmp_path):
+    root = tmp_path / "hostile"
+    expect = _hostile_folder(root)
+    db, report = tmp_path / "h.db", tmp_path / "report.jsonl"
+    t0 = time.perf_counter()
+    r = subprocess.run(_cli("ingest", str(root), "--db", str(db), "--workers", "1", "--batch-size", "32",
+                            "--report", str(report), "-q"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(f"\nhostile folder ingested in {time.perf_counter() - t0:.0f} s")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Corrupt JPEG" not in r.stderr, r.stderr[-3000:]
+    # the report: a summary record, then exactly one record per failed file, names exact
+    [head, *records] = [json.loads(ln) for ln in report.read_bytes().decode("utf-8").splitlines()]
+    assert head["format"] == "lookalike-ingest-report/2" and head["images_failed"] == len(expect["failed"])
+    got = {os.path.basename(rec["path"]): rec["reason"] for rec in records}
+    assert len(records) == len(got) == len(expect["failed"])
+    assert got == expect["failed"]
+    assert all(rec["status"] == "failed" and os.path.dirname(rec["path"]) == str(root) for rec in records)
+    # the good photos of the batch are stored, the one whose name reads like the undecodable one too
+    rows = read_rows(db, "dlib", with_vectors=False)
+    stored = {Path(v["source_path"]).name for v in rows.values()}
+    assert stored == set(expect["good"]), stored
+    from ingest.pipeline import _ledger_id
+    from ingest.store import Store
+
+    with Store(str(db)) as store:
+        status = store.ledger_status("dlib")
+    names = os.listdir(os.fsencode(root))
+    assert len(status) == len(names) == len(expect["good"]) + len(expect["failed"]) + len(expect["noface"])
+    for raw in names:
+        name = os.fsdecode(raw)
+        want = "done" if name in expect["good"] else "noface" if name in expect["noface"] else "failed"
+        assert status[_ledger_id("dlib", os.path.join(str(root), name))] == want, name
+    # a second run skips every file, the real `caf\xe9.jpg` photo included
+    r = subprocess.run(_cli("ingest", str(root), "--db", str(db), "--workers", "0", "--report", str(report), "-q"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and f"{len(names)} already done" in r.stdout, r.stdout + r.stderr[-2000:]
+    # query refuses the special files at once, one line, exit 4
+    for name in ("z.jpg", "zero.jpg"):
+        q = subprocess.run(_cli("query", str(root / name), "--db", str(db)), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert q.returncode == 4, q.stderr[-2000:]
+        assert _one_line(q.stderr) == f"lookalike: {root / name}: {expect['failed'][name].split(': ', 1)[1]}"
+
+
+def test_ctrl_c_stops_an_ingest_with_exit_130_and_no_traceback(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the driver and its Dask workers."""
+    proc = subprocess.Popen(_cli("ingest", str(CELEBA), "--limit", "300", "--workers", "2", "--batch-size", "4",
+                                 "--db", str(tmp_path / "c.db"), "--report", str(tmp_path / "r.jsonl")),
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        seen, buf = wait_for_progress(proc, 300, 8, timeout=300)
+        assert seen and proc.poll() is None, buf[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (out, err[-3000:])
+    assert "Traceback" not in buf + err and "KeyboardInterrupt" not in buf + err, (buf + err)[-3000:]
+    assert "interrupted: re-run the same command to resume" in out
+    head = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert head["interrupted"] is True
+
+
+def test_db_without_the_db_suffix_is_a_usage_error(tmp_path):
+    for args in (("stats",), ("ingest", str(CELEBA), "--limit", "1")):
+        r = subprocess.run(_cli(*args, "--db", str(tmp_path / "mydb")), cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        line = _one_line(r.stderr)
+        assert f"--db {tmp_path / 'mydb'}" in line and "must end in .db" in line, line
+    assert not (tmp_path / "mydb").exists()
+
+
+def test_ledger_ids_of_utf8_names_are_those_of_existing_databases():
+    """Resume finds a file by its ledger id: for a valid UTF-8 name it is what earlier versions
+    wrote (sha1 of the UTF-8 path), and names that differ in any byte get different ids."""
+    import hashlib
+
+    from ingest.pipeline import _ledger_id, storable
+
+    for name in ("/data/people/Tom_Hanks/x.jpg", "/d/Zoë 李/été 2024.jpg", "/d/a\\xe9.jpg"):
+        assert _ledger_id("dlib", name) == "dlib:" + hashlib.sha1(name.encode("utf-8")).hexdigest()
+        assert storable(name) == name
+    names = [os.fsdecode(b) for b in (b"/d/caf\xe9.jpg", b"/d/caf\\xe9.jpg", b"/d/caf\\\xe9.jpg", b"/d/caf\\\\xe9.jpg")]
+    assert len({_ledger_id("dlib", n) for n in names}) == 4
+    assert len({storable(n) for n in names if storable(n) != n}) == 2  # the two undecodable ones

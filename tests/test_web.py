@@ -210,6 +210,23 @@ def test_invalid_filter_names_the_field(web):
     assert r.status_code == 200 and all(f["matches"] == [] for f in r.json()["photo"]["faces"])
 
 
+@pytest.mark.parametrize("expr", [
+    "(" * 340 + "Smiling" + ")" * 340, "not " * 1000 + "Smiling", "Smiling or " * 7000 + "Smiling",
+    "confidence > 1e999", "face_index == 99999999999999999999999", 'identity == "\\ud800"',
+])
+def test_hostile_filter_is_422_with_the_validators_message(web, expr):
+    """What the CLI refuses with one line (exit 2), the API refuses with the same line: never a 500."""
+    from schemas.filters import FilterError, compile_filter
+
+    with pytest.raises(FilterError) as e:
+        compile_filter(expr)
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    r = web["client"].post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": expr})
+    assert r.status_code == 422, r.text[:500]
+    err = r.json()["error"]
+    assert err["code"] == "invalid_filter" and err["message"] == str(e.value)
+
+
 def test_bad_options(web):
     c = web["client"]
     photo = (GROUPS / "couple.jpg").read_bytes()
