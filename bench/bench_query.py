@@ -86,7 +86,7 @@ def synthetic_rows(start: int, n: int, sources: List[tuple]) -> List[Dict[str, A
         path, (x, y, w, h) = sources[j % len(sources)]
         r = {"id": f"{j:064x}_0", "image_sha256": f"{j:064x}", "source_path": path, "face_index": 0,
              "box_x": x, "box_y": y, "box_w": w, "box_h": h, "confidence": 1.0, "detector": "synthetic",
-             "identity": f"s{j % IDENTITIES:04d}", "has_attributes": True, "ingested_at": 0,
+             "identity": f"s{j % IDENTITIES:04d}", "has_attributes": True, "ingested_at": 0, "face_size": 100, "sharpness": 0.5, "frontal": 1.0, "quality": 1.0,
              "vector": b["vectors"][i].tolist()}
         r.update({a: bool(b["attrs"][i, k]) for k, a in enumerate(ATTRIBUTES)})
         rows.append(r)

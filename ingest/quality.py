@@ -33,7 +33,7 @@ CONFIDENCE_RAMP = (0.5, 0.8)
 SHARPNESS_RAMP = (0.03, 0.12)
 FRONTAL_RAMP = (0.0, 0.4)
 # Stored faces below this are left out of lookalike search by default (schemas' field doc, README).
-DEFAULT_MIN_QUALITY = 0.3
+DEFAULT_MIN_QUALITY = 0.4
 
 
 @dataclass(frozen=True)

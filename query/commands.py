@@ -73,7 +73,7 @@ def register(sub, storage_args, settings_fn) -> None:
     p.add_argument("--min-face", default="0", metavar="PX", help="skip query faces smaller than PX pixels")
     p.add_argument("--min-score", default=None, metavar="S", help="drop matches with score below S (-1..1)")
     p.add_argument("--min-quality", default=None, metavar="Q",
-                   help="leave out stored faces of quality below Q, 0..1 (default 0.3: tiny, blurred "
+                   help="leave out stored faces of quality below Q, 0..1 (default 0.4: tiny, blurred "
                         "or turned-away faces; 0 keeps every face, e.g. to find yourself in your own photos)")
     p.add_argument("--all-faces", action="store_true", help="the same as --min-quality 0")
     p.add_argument("--detector", default=None,

@@ -299,7 +299,7 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
               where_not: List[str] = Form([], description="boolean fields that must be false"),
               exclude_same_image: bool = Form(False, description="never return faces of this very photo"),
               min_quality: Optional[float] = Form(None, description="leave out stored faces below this quality, "
-                                                  "0..1 (default 0.3; 0 keeps every face)"),
+                                                  "0..1 (default 0.4; 0 keeps every face)"),
               ) -> Dict[str, Any]:
         s = _searcher()
         t0 = time.perf_counter()

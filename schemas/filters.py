@@ -439,19 +439,23 @@ def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
 _ATTRIBUTE_FIELDS = frozenset(ATTRIBUTES)
 
 
-def known_only(node: Node, negate: bool = False) -> Node:
+def known_only(node: Node, negate: bool = False, guarded: bool = False) -> Node:
     """`node` where no comparison on a CelebA attribute can match a face whose attributes are
     unknown: negations pushed down to the comparisons, and each attribute comparison joined with
-    `has_attributes == true`. SQL's null semantics (`not Smiling` is not true of an unknown
+    `has_attributes == true` (unless a conjunction above already requires it, so the rendered
+    filter compiles to itself). SQL's null semantics (`not Smiling` is not true of an unknown
     face), the same on deployments that store null and on those that store false (Milvus 2.3)."""
+    guard = Cmp("has_attributes", "==", True)
     if isinstance(node, Not):
-        return known_only(node.arg, not negate)
+        return known_only(node.arg, not negate, guarded)
     if isinstance(node, BoolOp):
         op = {"and": "or", "or": "and"}[node.op] if negate else node.op
-        return BoolOp(op, tuple(known_only(a, negate) for a in node.args))
+        if op == "and" and not negate and guard in node.args:
+            guarded = True
+        return BoolOp(op, tuple(known_only(a, negate, guarded) for a in node.args))
     atom = Not(node) if negate else node
-    if node.field in _ATTRIBUTE_FIELDS:
-        return BoolOp("and", (Cmp("has_attributes", "==", True), atom))
+    if node.field in _ATTRIBUTE_FIELDS and not guarded:
+        return BoolOp("and", (guard, atom))
     return atom
 
 

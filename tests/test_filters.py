@@ -52,21 +52,23 @@ def test_nothing_to_filter_gives_none():
 
 def test_where_shorthands_map_to_the_same_filter():
     f = compile_filter(None, ["Male", "Smiling"], ["Eyeglasses"])
-    assert f.render() == "(Male == true and Smiling == true and Eyeglasses == false)"
+    assert f.render() == ("((has_attributes == true and Male == true) and (has_attributes == true and "
+                          "Smiling == true) and (has_attributes == true and Eyeglasses == false))")
     g = compile_filter("Male and Smiling and not Eyeglasses")
-    row = {"Male": True, "Smiling": True, "Eyeglasses": False}
+    row = {"Male": True, "Smiling": True, "Eyeglasses": False, "has_attributes": True}
     assert f.evaluate(row) and g.evaluate(row)
     both = compile_filter('identity == "7"', ["Male"], ["Bald"])
-    assert both.fields() == ["Bald", "Male", "identity"]
-    assert both.evaluate({"identity": "7", "Male": True, "Bald": False})
-    assert not both.evaluate({"identity": "7", "Male": True, "Bald": True})
+    assert both.fields() == ["Bald", "Male", "has_attributes", "identity"]
+    assert both.evaluate({"identity": "7", "Male": True, "Bald": False, "has_attributes": True})
+    assert not both.evaluate({"identity": "7", "Male": True, "Bald": True, "has_attributes": True})
+    assert not both.evaluate({"identity": "7", "Male": None, "Bald": None, "has_attributes": False})
 
 
 def test_template_holds_placeholders_and_params_hold_values():
     f = compile_filter('identity in ["2880", "4262"] and box_w > 40 and Smiling == true')
     assert "2880" not in f.template and "{p0}" in f.template
-    assert f.params == {"p0": ["2880", "4262"], "p1": 40, "p2": True} or \
-        f.params == {"p0": ("2880", "4262"), "p1": 40, "p2": True}
+    # the attribute comparison comes with its has_attributes guard (one more True parameter)
+    assert [list(v) if isinstance(v, tuple) else v for v in f.params.values()] == [["2880", "4262"], 40, True, True]
     # substituting each parameter with encode_literal gives exactly render()
     rendered = f.template
     for key, value in f.params.items():
@@ -186,6 +188,7 @@ def _row(i: int, identity: str, vec: np.ndarray, **attrs) -> dict:
     r = {"id": f"{i:064x}_0", "image_sha256": f"{i:064x}", "source_path": f"/synthetic/{i}.jpg",
          "face_index": 0, "box_x": 0, "box_y": 0, "box_w": 50 + i, "box_h": 50, "confidence": 0.9,
          "detector": "synthetic", "identity": identity, "has_attributes": True, "ingested_at": i,
+         "face_size": 100, "sharpness": 0.5, "frontal": 1.0, "quality": 1.0,
          "vector": vec.tolist()}
     r.update({a: False for a in ATTRIBUTES})
     r.update(attrs)

@@ -252,13 +252,13 @@ def test_self_retrieval_and_exclude_same_image(searcher, sample):
     photos = sample["celeba_ingested"][:6]
     for p in photos:
         sha = sha256_bytes(read_bytes(p))
-        r = searcher.search_photo(p, top_k=5)
+        r = searcher.search_photo(p, top_k=5, min_quality=0)  # its own face, whatever its quality
         assert r.sha256 == sha and r.faces
         # the face the collection holds for this image comes back first, score ~1
         best = max((m for f in r.faces for m in f.matches[:1]), key=lambda m: m.score)
         assert best.image_sha256 == sha and best.score > 0.999 and best.distance < 1e-3
         hits += any(f.matches[0].image_sha256 == sha for f in r.faces)
-        ex = searcher.search_photo(p, top_k=5, exclude_same_image=True)
+        ex = searcher.search_photo(p, top_k=5, exclude_same_image=True, min_quality=0)
         assert all(m.image_sha256 != sha for f in ex.faces for m in f.matches)
         assert all(len(f.matches) == 5 for f in ex.faces)
     assert hits == len(photos)
@@ -473,7 +473,7 @@ def test_cli_ok_json_and_contact_sheet(sample, tmp_path):
     assert validate_result(doc, DOCUMENT_SCHEMA) == []
     assert json.loads((out / "results.json").read_text()) == doc
     first, second = doc["photos"]
-    assert first["path"] == str(photo) and first["top_k"] == 4 and first["filter"] == "Young == true"
+    assert first["path"] == str(photo) and first["top_k"] == 4 and first["filter"] == "(has_attributes == true and Young == true)"
     assert len(first["faces"]) == 6 and all(len(f["matches"]) == 4 for f in first["faces"])
     assert all(m["attributes"]["Young"] and m["has_attributes"] for f in first["faces"] for m in f["matches"])
     with Image.open(out / "result.png") as im:
@@ -544,7 +544,7 @@ def synthetic_rows(start: int, n: int, dim: int = 128, seed: int = 0):
         r = {"id": f"{j:064x}_0", "image_sha256": f"{j:064x}", "source_path": f"synthetic/{j}.jpg",
              "face_index": 0, "box_x": 0, "box_y": 0, "box_w": 100, "box_h": 100, "confidence": 1.0,
              "detector": "synthetic", "identity": f"s{j % SYN_IDENTITIES:04d}", "has_attributes": True,
-             "ingested_at": 0, "vector": v[i]}
+             "ingested_at": 0, "face_size": 100, "sharpness": 0.5, "frontal": 1.0, "quality": 1.0, "vector": v[i]}
         r.update({a: bool(attrs[i, k]) for k, a in enumerate(ATTRIBUTES)})
         rows.append(r)
     return rows
