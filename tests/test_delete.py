@@ -95,7 +95,7 @@ def test_delete_image_erases_every_copy_search_and_ledger_then_reingest_restores
 
     # search (HNSW, k above the row count: every remaining row comes back) never returns it ...
     k = after["faces_dlib"] + 5
-    r = search_photo(photo, db=str(db), model="all", top_k=k, settings=tiny_settings)
+    r = search_photo(photo, db=str(db), model="all", top_k=k, settings=tiny_settings, min_quality=0)
     assert r.faces
     for f in r.faces:
         for m in MODELS:
