@@ -252,10 +252,9 @@ class Store:
         if self._lite_path:
             _lite_acquire(self._lite_path)
         self._loaded: set = set()
-        self._columns: Dict[str, Any] = {}  # collection -> (schema, fields a write sends), for _upsert
+        self._columns: Dict[str, Any] = {}  # collection -> (schema, fields a write sends), for _upsert and reads
         self._templates: Optional[bool] = None  # does the server take filter templates? (probed)
         self._nullable: Optional[bool] = None  # does the server store null? (probed)
-        self._fields: Dict[str, List[str]] = {}  # collection -> its scalar field names
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -306,10 +305,15 @@ class Store:
 
     def field_names(self, name: str) -> List[str]:
         """Scalar fields a collection has (one written before a field was declared lacks it)."""
-        if name not in self._fields:
-            desc = self._call(f"describing {name}", self.client.describe_collection, name)
-            self._fields[name] = [f["name"] for f in desc.get("fields", []) if f["name"] != VECTOR_FIELD]
-        return self._fields[name]
+        return [f["name"] for f in self._described(name)[1] if f["name"] != VECTOR_FIELD]
+
+    def _described(self, name: str):
+        """(schema, the fields a write sends) of a collection, described once per Store."""
+        if name not in self._columns:
+            schema = self._call(f"describing {name}", self.client.describe_collection, name)
+            self._columns[name] = schema, [f for f in schema.get("fields", [])
+                                           if not f.get("auto_id") and not f.get("is_function_output")]
+        return self._columns[name]
 
     def _present(self, name: str, fields: Optional[List[str]]) -> List[str]:
         """`fields` (default: every output field) less those the collection lacks."""
@@ -362,8 +366,7 @@ class Store:
 
     def _ensure(self, name: str, fields: Sequence[FieldSpec], dim: int, index_type: str,
                 params: Dict[str, Any]) -> None:
-        self._columns.pop(name, None)  # described again at the next write (it may be new)
-        self._fields.pop(name, None)
+        self._columns.pop(name, None)  # described again at the next use (it may be new)
         if index_type not in self.profile.buildable:
             raise StoreError(f"index {index_type} is not buildable on profile {self.profile.name} "
                              f"(buildable: {', '.join(self.profile.buildable)})")
@@ -438,11 +441,7 @@ class Store:
         share of the cores); a column is one protobuf extend (300 face rows: 58 -> 3 ms). The
         request, and so what is stored, is the same. Falls back to rows on a pymilvus without the
         column call (its connection handler and call context are not public API)."""
-        if name not in self._columns:
-            schema = self._call(f"describing {name}", self.client.describe_collection, name)
-            self._columns[name] = schema, [f for f in schema.get("fields", [])
-                                           if not f.get("auto_id") and not f.get("is_function_output")]
-        schema, fields = self._columns[name]
+        schema, fields = self._described(name)
         try:
             # Only the collection's fields (one written before a field was declared lacks it); null
             # (unknown) stored as false in a field that cannot hold it (has_attributes says which).
