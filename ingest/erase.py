@@ -159,7 +159,7 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
     summary = DeleteSummary(target=str(target), dry_run=dry_run, selectors=selectors)
 
     own = store is None
-    store = store or Store(settings.db, settings.uri, settings.token, settings.profile)
+    store = store or Store.from_settings(settings)
     try:
         collections = store.face_collections()
         has_ledger = store.has_collection(LEDGER_COLLECTION)

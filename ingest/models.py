@@ -20,11 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ingest.images import Decoded
-from ingest.settings import Settings
+from ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
 from schemas import MODELS, ModelSpec, get_model
 
-DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
-             "yolov8n", "fastmtcnn")
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import (DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine,
+from ingest.models import (Engine, ModelError, WeightsMissing, default_face_model, get_engine,
                            make_embedder, model_source)
 from ingest.quality import assess
 from ingest.settings import Settings, pin_threads, thread_env
@@ -425,8 +425,7 @@ def worker_store(settings: Settings) -> Store:
     key = _store_key(settings)
     store = _STORES.get(key)
     if store is None:
-        store = _STORES[key] = Store(None, settings.uri, settings.token, settings.profile,
-                                     retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds)
+        store = _STORES[key] = Store.from_settings(settings, lite=False)
     return store
 
 
@@ -531,13 +530,10 @@ def run(
     except (SourceError, OSError) as e:
         raise IngestError(str(e)) from None
     models_list = resolve_models(models, settings, layer)
-    det = settings.detector
-    if det not in DETECTORS:
-        raise IngestError(f"unknown detector '{det}' (known: {', '.join(DETECTORS)})")
+    det = settings.detector  # validated by Settings
     summary = IngestSummary(src.describe(), models_list, det, images_seen=len(records_list))
 
-    store = Store(settings.db, settings.uri, settings.token, settings.profile,
-                  retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds)
+    store = Store.from_settings(settings)
     try:
         for m in models_list:
             # The driver reads only configs (dimensions), never weights: workers load the models.

@@ -38,9 +38,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from query.results import ExplanationFile
 
 METHODS = ("occlusion", "gradcam", "attention", "layers")
 DEFAULT_METHOD = "occlusion"
@@ -548,5 +550,24 @@ def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str]
                         title = f"face {qf.index + 1} -> match {mt.rank} ({mt.identity or '?'}, stored {mt.score:.3f})"
                         render_panel(ex, title).save(out / rel, compress_level=1)
                         ex.png = rel
-                    mt.explanations.append(ex)
+                    mt.explanations.append(ExplanationFile(**ex.to_dict()))
     return list(dict.fromkeys(notes))
+
+
+def explain_result(searcher, result, methods: Union[str, Sequence[str]], top: int = 3,
+                   out_dir: Optional[Union[str, Path]] = None) -> List[str]:
+    """Explain the top `top` matches of every face of a search result, after the search: the
+    result must come from `Searcher.search_photo(..., keep_image=True)`. Panels are written under
+    out_dir/explain/ and listed on each match; returns one-line notes (methods a model lacks)."""
+    if not result.ok or not result.faces:
+        return []
+    if result.image is None or len(result.detected) != len(result.faces):
+        raise ExplainError("explanations need the photo: search with keep_image=True")
+    chosen = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    t = time.perf_counter()
+    engine = searcher.engine(result.models, result.detector)
+    notes = explain_photo(searcher, engine, result.image, result.detected, result, chosen, max(0, int(top)),
+                          str(out_dir) if out_dir else None)
+    result.timings["explain"] = time.perf_counter() - t
+    result.notes += [n for n in notes if n not in result.notes]
+    return notes
