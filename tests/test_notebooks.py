@@ -47,8 +47,9 @@ def test_notebook_runs(path, tmp_path, deepface_home):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    # The last cell reports the kernel's interpreter: the notebooks must run on this virtualenv.
-    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
+    # The last cell reports the kernel's environment: the notebooks must run on this virtualenv
+    # (sys.prefix: a venv's interpreter is a link to the base Python, its prefix is the venv).
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.prefix, end='')"))
     env = dict(os.environ)
     # This checkout first, whatever the virtualenv's editable install points at; the notebooks'
     # scratch folders (tempfile) under this test's own folder.
@@ -60,6 +61,6 @@ def test_notebook_runs(path, tmp_path, deepface_home):
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env=env)  # raises CellExecutionError, with the cell and its traceback, on any error
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
-    assert Path(printed).resolve() == Path(sys.executable).resolve()
+    assert printed == sys.prefix, f"the kernel ran in {printed}, not in this environment ({sys.prefix})"
     if git:
         assert _repo_changes() == before, "the notebook wrote into the repository"
