@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     from query import delete_cli
 
     delete_cli.register(sub, _storage_args, _settings)
+    __import__("query.head_cli", fromlist=["register"]).register(sub, _storage_args, _settings)
     return p
 
 
