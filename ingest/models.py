@@ -675,6 +675,10 @@ _EMBEDDER_CLASSES = {"Dlib": DlibEmbedder}
 
 def make_embedder(name: str, settings: Settings) -> Embedder:
     spec = get_model(name)
+    if spec.head_of:  # `<model>_head`: the base model's embedder, then the database's head
+        from ingest.head import HeadEmbedder
+
+        return HeadEmbedder(spec, settings)
     if spec.kind == "deepface":
         return _EMBEDDER_CLASSES.get(spec.deepface_name, DeepFaceEmbedder)(spec, settings)
     if spec.is_transformer:
@@ -725,6 +729,11 @@ def get_engine(settings: Settings, detector: str, models: Sequence[str]) -> Engi
     """The process-wide engine for this configuration (models load once per process)."""
     key = (settings.deepface_home, settings.yunet_weights, settings.yunet_threshold, str(settings.data_dir),
            settings.clip_model, settings.dinov2_model, settings.dlib_engine, detector, tuple(models))
+    heads = [m for m in models if get_model(m).head_of]
+    if heads:  # a head is its database's file: the engine follows the database and a retrained file
+        from ingest.head import file_key
+
+        key += tuple(file_key(settings, m) for m in heads)
     with _ENGINES_LOCK:
         eng = _ENGINES.get(key)
         if eng is None:

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default) or "dlib" (dlib's
     # own code through DeepFace; the same vectors, slower, the reference).
     dlib_engine: str = "torch"
+    # Learned projection heads (ingest/head.py): default `<db stem>.heads/` beside a Lite database.
+    heads_dir: Optional[str] = Field(None, validation_alias=AliasChoices("LOOKALIKE_HEADS", "heads_dir"))
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -107,9 +107,10 @@ def _register() -> None:
     from query.commands import query
     from query.delete_cli import delete
     from query.eval_cli import eval_group
+    from query.head_cli import train_head_command
     from query.web_cli import serve
 
-    for command in (query, delete, serve, eval_group):
+    for command in (query, delete, serve, eval_group, train_head_command):
         cli.add_command(command)
 
 

@@ -129,6 +129,7 @@ class Searcher:
         self.ef_max = ef_max
         self._rows: Dict[str, int] = {}
         self._engine_settings: Dict[Tuple[str, ...], Settings] = {}
+        self._heads_checked: set = set()  # (head model, digest) checked against its collection
         self._probes: Dict[Tuple[str, str, str], Tuple[float, Any]] = {}
         # Filter probes started before the faces are embedded (see prefetch).
         self._inflight: Dict[Tuple[str, str, str], Any] = {}
@@ -178,6 +179,10 @@ class Searcher:
                 raise QueryError(f"unknown model '{m}' (known: {', '.join(MODELS)}, "
                                  f"<clip|dinov2>_l<N>, all)") from None
             if key not in present:
+                head_of = get_model(key).head_of
+                if head_of:
+                    raise QueryError(f"no collection {collection_name(key)} in DB; train it with "
+                                     f"lookalike train-head --model {head_of}")
                 hint = f"--models {get_model(key).base}" + (f" --layer {layer}" if key != m else "")
                 raise QueryError(f"no collection {collection_name(key)} in DB; ingest with {hint}")
             out.append(key)
@@ -200,8 +205,16 @@ class Searcher:
                     if recorded:
                         settings = settings.with_(**{f"{spec.base}_model": recorded})
             self._engine_settings[key] = settings
-        engine = get_engine(settings, detector or settings.detector, list(models))
-        return engine.load()
+        engine = get_engine(settings, detector or settings.detector, list(models)).load()
+        for m in models:
+            emb = engine.embedders[m]
+            if get_model(m).head_of and (m, emb.head.digest) not in self._heads_checked:
+                from ingest.head import check_head
+
+                # the head file must be the one its collection was written with
+                check_head(self.store, emb.head, emb.path)
+                self._heads_checked.add((m, emb.head.digest))
+        return engine
 
     def rows(self, model: str) -> int:
         name = collection_name(model)

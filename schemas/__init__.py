@@ -121,6 +121,9 @@ class ModelSpec:
     default_source: str = ""  # transformers model id, for kind == "hf-*"
     layer: Optional[int] = None  # intermediate block whose features are embedded (hf-* only)
     doc: str = ""
+    # `<model>_head`: the stored vectors of model `head_of` through a head trained on the
+    # collection's labelled faces (ingest/head.py); dim comes from the head file
+    head_of: str = ""
 
     @property
     def collection(self) -> str:
@@ -128,6 +131,8 @@ class ModelSpec:
 
     @property
     def base(self) -> str:
+        if self.head_of:
+            return get_model(self.head_of).base
         return self.name.split("_l")[0] if self.layer is not None else self.name
 
     @property
@@ -218,6 +223,13 @@ MODELS: Dict[str, ModelSpec] = {
 
 # `<model>_l<N>`: features of block N of a transformer model, in a collection of their own.
 _LAYER_KEY = re.compile(r"^(?P<base>[a-z0-9]+)_l(?P<layer>\d{1,3})$")
+# `<model>_head`: a model's vectors through its learned projection head (any model key above).
+HEAD_SUFFIX = "_head"
+
+
+def head_key(model: str) -> str:
+    """The model key of `model`'s learned head: faces_<model>_head holds its projected vectors."""
+    return f"{model}{HEAD_SUFFIX}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,20 +426,25 @@ def get_model(name: str) -> ModelSpec:
     """The spec of a model key: a declared model, or `<transformer model>_l<N>` for block N."""
     if name in MODELS:
         return MODELS[name]
+    if name.endswith(HEAD_SUFFIX) and len(name) > len(HEAD_SUFFIX):
+        base = get_model(name[:-len(HEAD_SUFFIX)])
+        if not base.head_of:  # a head of a head is not a model
+            return replace(base, name=name, dim=0, head_of=base.name,
+                           doc=f"{base.name} vectors through the head trained on this collection's identities")
     m = _LAYER_KEY.match(name)
     if m and m.group("base") in MODELS and MODELS[m.group("base")].is_transformer:
         base = MODELS[m.group("base")]
         # Block features are the hidden size wide (no projection): dim comes from the config.
         return replace(base, name=name, dim=0, layer=int(m.group("layer")),
                        doc=f"{base.name} features of block {m.group('layer')}")
-    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N"
+    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N, <model>_head for a trained head"
     raise UnknownName(f"unknown model '{name}' (known: {known})")
 
 
 def layer_key(name: str, layer: Optional[int]) -> str:
     """Model key for `--layer N`: transformer models get `_l<N>`, face models stay as they are."""
     spec = get_model(name)
-    if layer is None or not spec.is_transformer or spec.layer is not None:
+    if layer is None or not spec.is_transformer or spec.layer is not None or spec.head_of:
         return name
     return f"{spec.name}_l{layer}"
 
