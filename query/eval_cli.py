@@ -164,3 +164,20 @@ def retrieval(source, model, detectors, as_json, out, quiet, filter_, faces, wor
     extra = [str(folder / f"eval_retrieval_ingest_{d}.txt") for d in dets] if folder else []
     _emit(as_json, report, format_retrieval(report), folder, "eval_retrieval", extra)
     return EXIT_OK
+
+
+@eval_group.command("head")
+@click.option("--model", default="dlib", show_default=True, help="the base model whose head is compared")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--out", default=None, metavar="DIR", help="write the report (JSON, table) to DIR")
+@storage_options
+def head(model, as_json, out, db, uri, token, profile) -> int:
+    """A trained projection head beside its base model (`lookalike train-head`): Recall@1/5/10 and
+    mAP on the held-out photos and identities its file records."""
+    from query.evaluation import evaluate_head, format_head
+
+    settings = settings_for(db=db, uri=uri, token=token, profile=profile)
+    report = evaluate_head(model, settings=settings)
+    report.setdefault("kind", "head")
+    _emit(as_json, report, format_head(report), out_dir(out), "eval_head", [])
+    return EXIT_OK

@@ -4,6 +4,8 @@ Lite database of the people/ gallery, written as a file and a collection, querie
 (tiny, random) transformer model and one of its layers."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,9 @@ def test_cli_train_head_and_its_errors(gallery, capsys, tmp_path):
     out = capsys.readouterr()
     assert out.err == "" and "held-out identities" in out.out and "infonce loss, 2 epochs" in out.out
     assert Head.load(head_path(s, "dlib")).provenance["loss"] == "infonce"
+    assert main(["eval", "head", "--model", "dlib", "--db", s.db, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "dlib" and {"base", "head"} <= set(next(iter(report["sets"].values())))
     assert main(["train-head", "--model", "clip", "--db", s.db, "-q"]) == 2
     err = capsys.readouterr().err
     assert "no collection faces_clip" in err and err.count("\n") == 1
