@@ -432,6 +432,7 @@ class Searcher:
                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
                           min_quality=q_min, faces_skipped_small=len(found) - len(faces), timings=timings,
                           image=image if keep_image else None, detected=faces if keep_image else [])
+        timings = res.timings  # the model holds a copy of the dict it was given
         mark = q_min or DEFAULT_MIN_QUALITY
         for f in faces:
             q = assess(image, f).score

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = {"01_bulk_load.ipynb", "02_group_query.ipynb", "03_embedding_map.ipynb",
-            "04_explanations.ipynb", "05_evaluation.ipynb"}
+            "04_explanations.ipynb", "05_evaluation.ipynb", "06_head.ipynb"}
 # Seconds one cell may run before the notebook counts as broken (the slowest takes well under a
 # minute on 2 cores).
 CELL_TIMEOUT = 300

@@ -430,6 +430,7 @@ def test_python_api_search_photo(sample, searcher):
     # a second Store cannot open the same Lite DB in this process's server; reuse the store
     r = search_photo(GROUPS / "couple.jpg", store=searcher.store, settings=sample["settings"], top_k=2)
     assert len(r.faces) == 2 and all(len(f.matches) == 2 for f in r.faces)
+    assert {"read", "load_models", "detect", "embed", "search", "total"} <= set(r.timings)
     assert validate_document({"version": 1, "photos": [r.to_json()]}) == []
     assert Match.model_validate(r.faces[0].matches[0].model_dump(mode="json")) == r.faces[0].matches[0]
 
