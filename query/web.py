@@ -4,8 +4,8 @@ Everything a request does goes through one `query.search.Searcher` created at st
 once, the first time they are used or at startup with `warm=True`); every call into it is
 serialised by one lock, because Milvus Lite is a single-process, single-client database.
 
-Routes (documented at /docs and /redoc, served offline from fastapi-offline's copies of Swagger
-UI and ReDoc; OpenAPI at /openapi.json):
+Routes (documented at /docs by Swagger UI, whose files come from fastapi-offline and are served
+from here, so the page works offline; OpenAPI at /openapi.json):
 
     GET  /                         the page (query/static/index.html; app.css, app.js under /static)
     POST /api/query                multipart: image + model, k, filter, where[], where_not[],
@@ -583,8 +583,11 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
         finally:
             svc.close()
 
-    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts from this server, not a CDN
+    # FastAPIOffline: FastAPI whose /docs loads Swagger UI from this server, not a CDN. No
+    # validator badge (it would send the spec's URL to validator.swagger.io), and no /redoc
+    # (ReDoc's side menu fetches its logo from a CDN).
     app = FastAPIOffline(title="Lookalike", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
+                         redoc_url=None, swagger_ui_parameters={"validatorUrl": None},
                          description="Find the stored faces most like each face of a photo. The same "
                                      "Python API as `lookalike query` (query.search.Searcher).")
     app.state.lookalike = svc
