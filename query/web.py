@@ -65,6 +65,7 @@ PREVIEW_SIDE = 1600  # longest side of the query photo preview sent back (JPEG d
 PHOTO_SIDE = 1600  # longest side of a stored face's source photo (/api/photo)
 THUMB_SIDE = 160  # longest side of a match thumbnail
 WEB_TOP_K_MAX = 50  # matches per face the page can show; the CLI allows more
+HIDDEN_FIELDS = {"source_path"}  # never shown by nor filterable through the web API
 FACE_ID = re.compile(r"^[0-9a-f]{64}_[0-9]{1,5}$")
 OUTLINE = (79, 70, 229)  # the page's accent colour, for the face box on /api/photo
 
@@ -409,13 +410,19 @@ class Lookalike:
         """Search every face of the upload; the result keeps the decoded photo."""
         from ingest.images import ImageError
 
+        from schemas.filters import FilterError, compile_filter
+
         data = self.read_upload(image)
         self.check_model(opts.model)
+        flt = compile_filter(opts.filter or None, opts.where, opts.where_not)
+        if flt is not None and HIDDEN_FIELDS & set(flt.fields()):
+            # Server paths stay on the server: a filter on them could probe its folders blind.
+            raise FilterError(f"{sorted(HIDDEN_FIELDS & set(flt.fields()))[0]}: not filterable through the web API")
         name = _display_name(image.filename)  # only displayed
         try:
             with self.lock:
                 return self.searcher.search_photo(
-                    data, name=name, model=opts.model or None, top_k=opts.k, filter=opts.filter or None,
+                    data, name=name, model=opts.model or None, top_k=opts.k, filter=flt,
                     where=opts.where, where_not=opts.where_not, exclude_same_image=opts.exclude_same_image,
                     keep_image=True, min_quality=opts.min_quality)
         except ImageError as e:  # "<name>: reason" -> the reason
@@ -518,7 +525,8 @@ def fields() -> Dict[str, Any]:
     from schemas.filters import FILTERABLE
 
     return {"attribute_groups": ATTRIBUTE_GROUPS, "attributes": list(ATTRIBUTES),
-            "fields": [{"name": f.name, "kind": f.kind, "doc": f.doc} for f in FACE_FIELDS if f.name in FILTERABLE]}
+            "fields": [{"name": f.name, "kind": f.kind, "doc": f.doc} for f in FACE_FIELDS
+                       if f.name in FILTERABLE and f.name not in HIDDEN_FIELDS]}
 
 
 @api.post("/query", summary="Find lookalikes for every face of a photo", response_model=QueryResponse,

@@ -656,3 +656,11 @@ def test_browser_docs_offline(server, browser):
     assert "Lookalike" in page.locator(".info .title").inner_text()
     page.screenshot(path=str(ARTIFACTS / "web_docs.png"))
     assert page.errors == [] and page.outside == []
+
+
+def test_server_paths_cannot_be_probed_through_filters(web):
+    c = web["client"]
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": 'source_path like "/home/%"'})
+    assert r.status_code == 422 and "source_path" in r.json()["error"]["message"]
+    assert "source_path" not in {f["name"] for f in c.get("/api/fields").json()["fields"]}
