@@ -409,7 +409,6 @@ class Lookalike:
     def search(self, image: UploadFile, opts: QueryOptions) -> PhotoResult:
         """Search every face of the upload; the result keeps the decoded photo."""
         from ingest.images import ImageError
-
         from schemas.filters import FilterError, compile_filter
 
         data = self.read_upload(image)
