@@ -42,7 +42,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -199,9 +199,10 @@ def _install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         extra = {"field": fields[0]} if fields and fields[0] else {}
         return _error(422, "invalid_request", "; ".join(parts) or "invalid request", **extra)
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # Starlette types handlers for Exception; each of these takes its own subclass.
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
 
 
 class _BodyLimit:
@@ -253,7 +254,7 @@ def _bounded(im, side: int):
 
     if max(im.size) > side:
         r = side / max(im.size)
-        im = im.resize((max(1, round(im.width * r)), max(1, round(im.height * r))), Image.BILINEAR)
+        im = im.resize((max(1, round(im.width * r)), max(1, round(im.height * r))), Image.Resampling.BILINEAR)
     return im
 
 
@@ -281,7 +282,7 @@ def _thumb_jpeg(path: str, box: Tuple[int, int, int, int]) -> Optional[bytes]:
     crop = source_crop(path, (max(0, x - pad), max(0, y - pad), w + 2 * pad, h + 2 * pad))
     if crop is None:
         return None
-    crop.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
+    crop.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     return _jpeg(crop)
 
 
@@ -477,12 +478,13 @@ class QueryResponse(BaseModel):
     seconds: float = Field(description="server time for this request")
 
 
-_QUERY_ERRORS = {400: {"description": "bad option (unknown model, empty database)"},
+_QUERY_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {400: {"description": "bad option (unknown model, empty database)"},
                  413: {"description": "upload too large"},
                  415: {"description": "not an image type we decode"},
                  422: {"description": "invalid field (named), invalid filter (names the field) or unreadable image"},
                  503: {"description": "database error, model weights missing, or the server is starting"}}
-_JPEG = {200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such face, or its file is unreadable"}}
+_JPEG: Dict[Union[int, str], Dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such face, or its file is unreadable"}}
 
 page = APIRouter()
 api = APIRouter(prefix="/api", tags=["api"], route_class=_ClassifiedRoute)

@@ -127,7 +127,8 @@ def _suggest(name: str) -> str:
             close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     shown = _show(str(name))  # one line whatever the name holds (a --where value)
-    return f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., the 40 CelebA attributes; `lookalike fields` lists them)"
+    return (f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., "
+            f"the 40 CelebA attributes; `lookalike fields` lists them)")
 
 
 class _Parser:
@@ -245,7 +246,8 @@ class _Parser:
         tok = self.peek()
         if tok is None or tok[0] not in ("op", "kw") or tok[1] in (")", "and", "or", ","):
             if ftype != "BOOL":
-                raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; compare it, e.g. {name} == ...")
+                raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; "
+                                  f"compare it, e.g. {name} == ...")
             return BoolField(name)
         op = tok[1]
         if op in ("==", "!=", "<", "<=", ">", ">="):
