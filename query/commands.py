@@ -19,12 +19,12 @@ output:
             identity and source image of each match; a face with no "same" match is a
             lookalike search: its rows are the nearest faces, not the person
   --json    the same as JSON on stdout: {"version": 1, "photos": [...]}, one entry per photo
-            (shape documented in query/search.py)
+            (the models of query/results.py)
   --out DIR writes DIR/results.json (every photo) and a contact sheet per photo: the photo
             with numbered face boxes, then per face its crop and its top matches (at most 10
-            drawn) with "score id IDENTITY" captions. The first photo's sheet is result.png,
-            with several photos each sheet is named after its photo,
-            result_<photo name>.png; an unreadable photo gets no sheet.
+            drawn) with "score id IDENTITY" captions: result.png for one photo; with several,
+            each sheet is named after its photo, result_<photo name>.png; an unreadable photo
+            gets no sheet.
   --explain (needs --out) adds, for the top --explain-top matches (default 3) of every face,
             heat-map panels DIR/explain/<sha>_face<F>_<model>_match<R>_<method>.png
             (query | match | query map | match map, with the score), referenced from each

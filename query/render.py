@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -228,9 +229,19 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
     return sheet
 
 
-def sheet_name(i: int) -> str:
-    """result.png for the first photo, result_<n>.png (n = 2, 3, ... its position) for others."""
-    return "result.png" if i == 0 else f"result_{i + 1}.png"
+def sheet_names(results: Sequence[PhotoResult]) -> List[str]:
+    """result.png for one photo; with several, each sheet is named after its photo,
+    result_<stem>.png (result_<stem>_2.png for a second photo of the same name)."""
+    if len(results) == 1:
+        return ["result.png"]
+    names: List[str] = []
+    for r in results:
+        stem = re.sub(r"[^\w.-]+", "_", Path(r.path).stem)[:80] or "photo"
+        name, n = f"result_{stem}.png", 2
+        while name in names:
+            name, n = f"result_{stem}_{n}.png", n + 1
+        names.append(name)
+    return names
 
 
 def write_outputs(results: Sequence[PhotoResult], out_dir: str) -> List[str]:
@@ -245,10 +256,10 @@ def write_outputs(results: Sequence[PhotoResult], out_dir: str) -> List[str]:
     os.replace(tmp, out / "results.json")
     written.append(str(out / "results.json"))
     cache: Dict[object, Image.Image] = {}
-    for i, r in enumerate(results):
+    for r, name in zip(results, sheet_names(results)):
         if not r.ok:
             continue
-        path = out / sheet_name(i)
+        path = out / name
         render_sheet(r, source_cache=cache).save(path, compress_level=1)  # level 6 costs 0.5 s more
         written.append(str(path))
     return written

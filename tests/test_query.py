@@ -23,7 +23,7 @@ from ingest.images import ImageError, load, read_bytes, sha256_bytes
 from ingest.settings import Settings
 from query import search_photo
 from query.render import (GAP, HEADER_H, MARGIN, PHOTO_WIDTH, RENDER_MAX_K, ROW_GAP, ROW_H, THUMB,
-                          sheet_name, sheet_size)
+                          sheet_names, sheet_size)
 from query.results import Document, Match, PhotoResult, QueryError, check_top_k, validate_document
 from query.search import EF_MAX, Searcher, ef_for, exact_topk, same_image_filter
 from schemas import ATTRIBUTES, OUTPUT_FIELDS
@@ -183,7 +183,11 @@ def test_sheet_size_follows_the_layout_constants():
     w10, _ = sheet_size(1000, 500, 3, 50)  # at most RENDER_MAX_K thumbnails drawn
     assert w10 == 2 * MARGIN + THUMB + ROW_GAP + RENDER_MAX_K * (THUMB + GAP) - GAP
     assert sheet_size(1000, 500, 0, 5) == sheet_size(1000, 500, 1, 5)  # "no face" row
-    assert sheet_name(0) == "result.png" and sheet_name(2) == "result_3.png"
+    one = PhotoResult(path="/x/a b.jpg", sha256="", width=1, height=1, detector="yunet", models=["dlib"], top_k=1)
+    assert sheet_names([one]) == ["result.png"]
+    two = one.model_copy(update={"path": "/y/a b.jpg"})
+    other = one.model_copy(update={"path": "c.png"})
+    assert sheet_names([one, two, other]) == ["result_a_b.png", "result_a_b_2.png", "result_c.png"]
 
 
 def _marked_jpeg(path: Path, size, box, orientation: int = 1) -> None:
@@ -490,7 +494,7 @@ def test_cli_ok_json_and_contact_sheet(sample, tmp_path):
     assert first["path"] == str(photo) and first["top_k"] == 4 and first["filter"] == "(has_attributes == true and Young == true)"
     assert len(first["faces"]) == 6 and all(len(f["matches"]) == 4 for f in first["faces"])
     assert all(m["attributes"]["Young"] and m["has_attributes"] for f in first["faces"] for m in f["matches"])
-    with Image.open(out / "result.png") as im:
+    with Image.open(out / "result_multiface.png") as im:
         assert im.size == sheet_size(first["width"], first["height"], len(first["faces"]), 4)
         assert im.size == (2 * MARGIN + PHOTO_WIDTH,
                            MARGIN + HEADER_H + round(first["height"] * PHOTO_WIDTH / first["width"])
@@ -498,7 +502,7 @@ def test_cli_ok_json_and_contact_sheet(sample, tmp_path):
         # the photo sits at (MARGIN, MARGIN + HEADER_H); numbered boxes are drawn in colour on it
         px = np.asarray(im.convert("RGB"))
         assert px[MARGIN + HEADER_H:MARGIN + HEADER_H + 50, MARGIN:MARGIN + PHOTO_WIDTH].std() > 5
-    with Image.open(out / "result_2.png") as im:
+    with Image.open(out / "result_couple.png") as im:
         assert im.size == sheet_size(second["width"], second["height"], len(second["faces"]), 4)
     # a readable table without --json
     p = _cli(sample, GROUPS / "couple.jpg", "-k", "2")
