@@ -752,3 +752,22 @@ def test_detection_never_copies_a_big_photo_at_full_size(settings):
         tracemalloc.stop()
     assert len(faces) == 2
     assert peak < image.bgr.nbytes / 4, (peak, image.bgr.nbytes)
+
+
+def test_cli_query_a_folder(sample, tmp_path):
+    """A folder is its images, sorted; each gets a sheet named after it; a non-image is ignored."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("couple.jpg", "obama_and_biden.jpg"):
+        os.symlink(GROUPS / name, photos / name)
+    (photos / "notes.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    p = _cli(sample, photos, "-k", "1", "--out", out, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert [Path(ph["path"]).name for ph in doc["photos"]] == ["couple.jpg", "obama_and_biden.jpg"]
+    assert {f.name for f in out.iterdir()} == {"results.json", "result_couple.png", "result_obama_and_biden.png"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = _cli(sample, empty)
+    assert p.returncode == 2 and "no image in it" in p.stderr
