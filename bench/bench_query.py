@@ -206,7 +206,7 @@ def run_scenario(searcher, photo, k, reps, out_dir, keep_probes=False, **kw) -> 
     split = {key: med([x[key] for x in runs]) for key in runs[0]}
     return {"faces": len(last.faces), "split_median_s": {k2: round(v, 4) for k2, v in split.items()},
             "totals_s": [round(x["total"], 4) for x in runs],
-            "search": [s.to_dict() for s in last.search], "filter": last.filter,
+            "search": [s.model_dump() for s in last.search], "filter": last.filter,
             "matches_per_face": [len(f.matches) for f in last.faces]}
 
 

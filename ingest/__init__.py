@@ -1,9 +1,12 @@
 """Lookalike ingestion: sources, decoding, detection, embedders, the Milvus store, the pipeline.
 
 `ingest.run(source, ...)` is the Python twin of `lookalike ingest SOURCE`;
-`ingest.delete(image=..., sha256=..., identity=...)` the twin of `lookalike delete`.
+`ingest.delete(image=..., sha256=..., identity=...)` the twin of `lookalike delete`;
+`ingest.train_head(model, ...)` the twin of `lookalike train-head`.
 """
 from ingest.erase import DeleteError, DeleteSummary, delete
+from ingest.head import HeadError, HeadSummary, train_head
 from ingest.pipeline import IngestError, IngestSummary, run
 
-__all__ = ["run", "IngestSummary", "IngestError", "delete", "DeleteSummary", "DeleteError"]
+__all__ = ["run", "IngestSummary", "IngestError", "delete", "DeleteSummary", "DeleteError",
+           "train_head", "HeadSummary", "HeadError"]

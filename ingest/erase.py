@@ -101,6 +101,25 @@ def _check_sha(value: str) -> str:
     return v.lower()
 
 
+def _identity_variants(ident: str) -> List[str]:
+    """Spellings a user may have meant: identities match exactly, as stored (folder names keep
+    their case and underscores)."""
+    words = [w for w in ident.replace("_", " ").replace("-", " ").split() if w]
+    forms = {"_".join(w.capitalize() for w in words), "_".join(words), " ".join(words), ident.lower(),
+             ident.upper(), "_".join(w.lower() for w in words), ident.strip()}
+    forms.discard(ident)
+    return sorted(f for f in forms if f)
+
+
+def _no_such_identity(store, collections: List[str], ident: str) -> str:
+    near = sorted({r["identity"] for name in collections[:1]
+                   for r in store.rows_where(name, "identity", _identity_variants(ident), ["identity"])})
+    if near:
+        return f"no face is labelled '{ident}'; did you mean {' or '.join(repr(n) for n in near)}? (exact match)"
+    return (f"no face is labelled '{ident}' (identities match exactly: a CelebA number or a gallery folder "
+            f"name); to find someone unlabelled, query a photo of them and delete the images it finds")
+
+
 def _check_identity(value: str) -> str:
     v = str(value)
     if not v.strip():
@@ -159,7 +178,7 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
     summary = DeleteSummary(target=str(target), dry_run=dry_run, selectors=selectors)
 
     own = store is None
-    store = store or Store(settings.db, settings.uri, settings.token, settings.profile)
+    store = store or Store.from_settings(settings)
     try:
         collections = store.face_collections()
         has_ledger = store.has_collection(LEDGER_COLLECTION)
@@ -194,6 +213,9 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
                 person_shas.add(r["image_sha256"])
             face_ids[name] = ids
         person_shas.discard("")
+        for ident in idents:
+            if not any(list(store.rows_where(name, "identity", [ident], ["id"])) for name in collections[:1]):
+                summary.notes.append(_no_such_identity(store, collections, ident))
         ledger: Dict[str, Dict[str, Any]] = {}
         if has_ledger:
             for fld, values in (("image_sha256", sorted(content | person_shas)),

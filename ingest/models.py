@@ -20,11 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ingest.images import Decoded
-from ingest.settings import Settings
+from ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
 from schemas import MODELS, ModelSpec, get_model
 
-DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
-             "yolov8n", "fastmtcnn")
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -795,6 +793,10 @@ _TRANSFORMER_CLASSES = {"hf-clip": ClipEmbedder, "hf-dinov2": Dinov2Embedder}
 
 def make_embedder(name: str, settings: Settings) -> Embedder:
     spec = get_model(name)
+    if spec.head_of:  # `<model>_head`: the base model's embedder, then the database's head
+        from ingest.head import HeadEmbedder
+
+        return HeadEmbedder(spec, settings)
     if spec.kind == "deepface":
         return _EMBEDDER_CLASSES.get(spec.deepface_name, DeepFaceEmbedder)(spec, settings)
     if spec.kind in _TRANSFORMER_CLASSES:
@@ -851,6 +853,11 @@ def get_engine(settings: Settings, detector: str, models: Sequence[str]) -> Engi
     """The process-wide engine for this configuration (models load once per process)."""
     key = (settings.deepface_home, settings.yunet_weights, settings.yunet_threshold, str(settings.data_dir),
            settings.clip_model, settings.dinov2_model, settings.dlib_engine, detector, tuple(models))
+    heads = [m for m in models if get_model(m).head_of]
+    if heads:  # a head is its database's file: the engine follows the database and a retrained file
+        from ingest.head import file_key
+
+        key += tuple(file_key(settings, m) for m in heads)
     with _ENGINES_LOCK:
         eng = _ENGINES.get(key)
         if eng is None:

@@ -31,13 +31,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import (DETECTORS, Engine, ModelError, WeightsMissing, default_face_model, get_engine,
+from ingest.models import (Engine, ModelError, WeightsMissing, default_face_model, get_engine,
                            make_embedder, model_source)
 from ingest.quality import assess
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, StoreError, now_ms
-from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, layer_key
+from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, get_model, layer_key
 
 
 DEFAULT_REPORT = "ingest-report.jsonl"
@@ -289,8 +289,10 @@ class Writer:
     redoes: the ledger never gets ahead of durable faces."""
 
     def __init__(self, store: Store, models: Sequence[str], detector: str,
-                 records: Dict[str, ImageRecord], commit_every: float = 5.0, max_pending_faces: int = 4096):
+                 records: Dict[str, ImageRecord], commit_every: float = 5.0, max_pending_faces: int = 4096,
+                 heads: Optional[Dict[str, Any]] = None):
         self.store = store
+        self.heads = heads or {}  # model -> ingest.head.Head: its projected vectors go to faces_<model>_head
         self.models = list(models)
         self.detector = detector
         self.records = records
@@ -365,6 +367,10 @@ class Writer:
             for r in chosen.values():
                 rows.extend(self._face_rows(r, model, ts))
             self.store.upsert_faces(model, rows)
+            if model in self.heads:
+                from ingest.head import head_rows
+
+                self.store.upsert_faces(self.heads[model].key, head_rows(self.heads[model], rows))
         self.faces_stored += sum(len(r.faces) for r in chosen.values())
         return [{
             "id": _ledger_id(model, r.path), "model": model, "source_path": ledger_path(r.path),
@@ -386,7 +392,8 @@ class Writer:
     def close(self) -> None:
         """After the last commit: the run's writes into segments (Lite indexes segments only, and
         a long write-ahead log would be replayed by every later open)."""
-        names = [collection_name(m) for m in self.models] + [LEDGER_COLLECTION]
+        names = ([collection_name(m) for m in self.models] + [LEDGER_COLLECTION]
+                 + [collection_name(h.key) for h in self.heads.values()])
         # a run that stopped before its models loaded created no collection for them
         self.store.flush([n for n in names if self.store.has_collection(n)])
 
@@ -427,8 +434,7 @@ def worker_store(settings: Settings) -> Store:
     key = _store_key(settings)
     store = _STORES.get(key)
     if store is None:
-        store = _STORES[key] = Store(None, settings.uri, settings.token, settings.profile,
-                                     retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds)
+        store = _STORES[key] = Store.from_settings(settings, lite=False)
     return store
 
 
@@ -440,7 +446,10 @@ def process_and_write_batch(records: Sequence[ImageRecord], settings: Settings, 
     it into single images) and stops the run."""
     res = process_batch(records, settings, detector, models, min_face)
     try:
-        ServerWriter(worker_store(settings), models, detector, {r.path: r for r in records}).write(res.images)
+        from ingest.head import worker_heads
+
+        ServerWriter(worker_store(settings), models, detector, {r.path: r for r in records},
+                     heads=worker_heads(settings, models)).write(res.images)
     except StoreError as e:
         bad = _STORES.pop(_store_key(settings), None)
         if bad is not None:
@@ -491,6 +500,8 @@ def resolve_models(models: Optional[Sequence[str] | str], settings: Settings,
         m = default_face_model(settings) if m == "auto" else m
         try:
             out.append(layer_key(m, layer))
+            if get_model(out[-1]).head_of:
+                raise IngestError(f"{m} is written with its model: ingest --models {get_model(m).head_of}")
         except KeyError as e:
             raise IngestError(str(e).strip("'\"")) from None
     return list(dict.fromkeys(out))
@@ -533,13 +544,10 @@ def run(
     except (SourceError, OSError) as e:
         raise IngestError(str(e)) from None
     models_list = resolve_models(models, settings, layer)
-    det = settings.detector
-    if det not in DETECTORS:
-        raise IngestError(f"unknown detector '{det}' (known: {', '.join(DETECTORS)})")
+    det = settings.detector  # validated by Settings
     summary = IngestSummary(src.describe(), models_list, det, images_seen=len(records_list))
 
-    store = Store(settings.db, settings.uri, settings.token, settings.profile,
-                  retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds)
+    store = Store.from_settings(settings)
     try:
         # The driver reads only configs (dimensions), never weights: workers load the models.
         dims = {m: make_embedder(m, settings).dim for m in models_list}
@@ -555,6 +563,9 @@ def run(
             if store.has(m):
                 store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
         store.ensure_ledger()
+        from ingest.head import attach_heads
+
+        heads = attach_heads(store, settings, models_list, progress=progress)  # new faces go through them too
         # An image is skipped when every requested model has it recorded (failed ones too, unless
         # --retry-failed).
         # Looked up by id (from the name's bytes), not by the stored path: a name that is not
@@ -567,7 +578,7 @@ def run(
         del ledgers
         by_path = {r.path: r for r in todo}
         writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
-                                                            commit_every=settings.commit_seconds)
+                                                            commit_every=settings.commit_seconds, heads=heads)
         t0 = time.perf_counter()
         try:
             _run_batches(todo, writer, summary, settings, det, models_list, workers, scheduler,
@@ -576,7 +587,7 @@ def run(
             summary.interrupted = True
         summary.wall_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
-            names = [collection_name(m) for m in models_list]
+            names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]
             slow = [n for n in names if store.builds_index(n)]
             if progress and slow:  # minutes on a large collection: say why the run has not ended
                 print(f"indexing {', '.join(slow)} ...", file=sys.stderr)

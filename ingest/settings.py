@@ -1,66 +1,142 @@
-"""One typed settings object, read from the environment (LOOKALIKE_*), overridable per call."""
+"""One validated settings object, read from the environment (LOOKALIKE_*), overridable per call.
+
+Every command builds it once; a bad value (an unknown detector, a Lite path without `.db`, a
+negative retry count) fails there with one line naming the setting, not deep inside a worker.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# DeepFace's detector backends the product can run (weights provisioned offline: yunet, dlib).
+DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
+             "yolov8n", "fastmtcnn")
+DLIB_ENGINES = ("torch", "dlib")
 
-def _env(name: str, default: Optional[str] = None) -> Optional[str]:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+
+class SettingsError(ValueError):
+    """A setting with a value the product cannot use; the message names it (one line)."""
 
 
 def default_data_dir() -> Path:
     """Sample data: $LOOKALIKE_DATA, else ../shared/data beside the project."""
-    return Path(_env("LOOKALIKE_DATA", str(PROJECT_ROOT.parent / "shared" / "data"))).expanduser()
+    return Path(os.environ.get("LOOKALIKE_DATA") or PROJECT_ROOT.parent / "shared" / "data").expanduser()
 
 
-@dataclass(frozen=True)
-class Settings:
-    db: str = field(default_factory=lambda: _env("LOOKALIKE_DB", "lookalike.db"))
-    uri: Optional[str] = field(default_factory=lambda: _env("LOOKALIKE_URI"))
-    token: Optional[str] = field(default_factory=lambda: _env("LOOKALIKE_TOKEN"))
-    profile: Optional[str] = field(default_factory=lambda: _env("LOOKALIKE_PROFILE"))
-    detector: str = field(default_factory=lambda: _env("LOOKALIKE_DETECTOR", "yunet"))
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_ignore_empty=True, frozen=True,
+                                      extra="forbid", populate_by_name=True)
+
+    db: str = Field("lookalike.db", description="Milvus Lite database path (ends in .db)")
+    uri: Optional[str] = Field(None, description="Milvus server URI; when set, db is not used")
+    token: Optional[str] = None
+    profile: Optional[str] = Field(None, description="index profile (schemas.PROFILES)")
+    detector: str = "yunet"
     # DeepFace keeps weights in $DEEPFACE_HOME/.deepface/weights; DeepFace's own default is $HOME.
-    deepface_home: str = field(default_factory=lambda: _env("DEEPFACE_HOME", str(Path.home())))
+    deepface_home: str = Field(default_factory=lambda: str(Path.home()),
+                               validation_alias=AliasChoices("DEEPFACE_HOME", "deepface_home"))
     # Optional extra place to find a YuNet .onnx when DeepFace's weights dir lacks one (offline).
-    yunet_weights: Optional[str] = field(default_factory=lambda: _env("LOOKALIKE_YUNET_WEIGHTS"))
-    data_dir: Path = field(default_factory=default_data_dir)
-    # DeepFace's YuNet default (0.9) misses half the faces of the sample group photos; 0.6 finds
-    # 12/14 photos' counts right with no false faces on the no-face photos (measured, README).
+    yunet_weights: Optional[str] = None
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           validation_alias=AliasChoices("LOOKALIKE_DATA", "data_dir"))
     # transformers models: a hub id or a local directory (from_pretrained takes either)
-    clip_model: str = field(default_factory=lambda: _env("LOOKALIKE_CLIP_MODEL", "openai/clip-vit-base-patch32"))
-    dinov2_model: str = field(default_factory=lambda: _env("LOOKALIKE_DINOV2_MODEL", "facebook/dinov2-small"))
-    yunet_threshold: float = field(default_factory=lambda: float(_env("LOOKALIKE_YUNET_THRESHOLD", "0.6")))
+    clip_model: str = "openai/clip-vit-base-patch32"
+    dinov2_model: str = "facebook/dinov2-small"
+    # DeepFace's YuNet default (0.9) misses half the faces of the sample group photos; 0.6 finds
+    # the human-checked face counts with no false face on the no-face photos.
+    yunet_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     # Transient Milvus errors (server unreachable, restarting, deadline exceeded) are retried with
     # exponential backoff, at most this many times and within this many seconds per call
     # (ingest/store.py); then the command stops with one line (exit 6).
-    milvus_retries: int = field(default_factory=lambda: int(_env("LOOKALIKE_MILVUS_RETRIES", "8")))
-    milvus_retry_seconds: float = field(
-        default_factory=lambda: float(_env("LOOKALIKE_MILVUS_RETRY_SECONDS", "30")))
+    milvus_retries: int = Field(8, ge=0, le=100)
+    milvus_retry_seconds: float = Field(30.0, ge=0.0)
     # Lite ingest: the driver writes what the workers returned at most this often (faces, then
     # the ledger); a kill -9 loses at most these seconds of work, redone on resume. Shorter
     # costs the models CPU (ingest/pipeline.py Writer); 0 writes every batch as it completes.
-    commit_seconds: float = field(default_factory=lambda: float(_env("LOOKALIKE_COMMIT_SECONDS", "5")))
+    commit_seconds: float = Field(5.0, ge=0.0)
     # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default) or "dlib" (dlib's
-    # own code through DeepFace; the same vectors, 5-12x slower, the reference).
-    dlib_engine: str = field(default_factory=lambda: _env("LOOKALIKE_DLIB_ENGINE", "torch"))
+    # own code through DeepFace; the same vectors, slower, the reference).
+    dlib_engine: str = "torch"
+    # Learned projection heads (ingest/head.py): default `<db stem>.heads/` beside a Lite database.
+    heads_dir: Optional[str] = Field(None, validation_alias=AliasChoices("LOOKALIKE_HEADS", "heads_dir"))
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise SettingsError(_one_line(e)) from None
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, v: str) -> str:
+        if v not in DETECTORS:
+            raise ValueError(f"unknown detector '{v}' (known: {', '.join(DETECTORS)})")
+        return v
+
+    @field_validator("dlib_engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v not in DLIB_ENGINES:
+            raise ValueError(f"unknown dlib engine '{v}' (known: {', '.join(DLIB_ENGINES)})")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: Optional[str]) -> Optional[str]:
+        from schemas import PROFILES
+
+        if v is not None and v not in PROFILES:
+            raise ValueError(f"unknown index profile '{v}' (known: {', '.join(PROFILES)})")
+        return v
+
+    @model_validator(mode="after")
+    def _lite_path(self) -> "Settings":
+        # Milvus Lite takes only a path ending in .db (pymilvus calls anything else an illegal uri)
+        if not self.uri and not str(self.db).endswith(".db"):
+            raise ValueError(f"a Milvus Lite database path must end in .db (e.g. {self.db}.db); "
+                             f"a server is --uri http://host:19530")
+        return self
 
     @property
     def weights_dir(self) -> Path:
         return Path(self.deepface_home).expanduser() / ".deepface" / "weights"
 
+    @property
+    def target(self) -> str:
+        """Where the faces are: the server URI or the Lite database path."""
+        return self.uri or str(self.db)
+
     def model_source(self, base: str) -> str:
         return {"clip": self.clip_model, "dinov2": self.dinov2_model}[base]
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes: Any) -> "Settings":
+        """A validated copy with these values changed (None leaves a value as it is)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        return replace(self, **changes)
+        if not changes:
+            return self
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+# Flag (or variable) each setting is given with, for error messages.
+_FLAGS = {"db": "--db / $LOOKALIKE_DB", "uri": "--uri / $LOOKALIKE_URI", "profile": "--profile / $LOOKALIKE_PROFILE",
+          "detector": "--detector / $LOOKALIKE_DETECTOR", "deepface_home": "$DEEPFACE_HOME",
+          "data_dir": "$LOOKALIKE_DATA"}
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    name = str(err["loc"][0]) if err.get("loc") else ""
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not name and "Milvus Lite database path" in msg:
+        name = "db"
+    flag = _FLAGS.get(name, f"${'LOOKALIKE_' + name.upper()}" if name else "settings")
+    return f"{flag}: {msg}"
 
 
 def pin_threads(n: int = 1) -> None:

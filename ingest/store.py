@@ -7,6 +7,8 @@ on resume.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import logging
 import os
@@ -212,7 +214,17 @@ def _lite_release(path: str) -> None:
         server_manager_instance.release_server(path)
 
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ingest.settings import Settings
+
+
 class Store:
+    @classmethod
+    def from_settings(cls, settings: "Settings", *, lite: bool = True) -> "Store":
+        """The store the settings name (lite=False: the server only, as the workers open it)."""
+        return cls(settings.db if lite else None, settings.uri, settings.token, settings.profile,
+                   retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds)
+
     def __init__(self, db: Optional[str] = "lookalike.db", uri: Optional[str] = None,
                  token: Optional[str] = None, profile: Optional[str] = None,
                  retries: Optional[int] = None, retry_seconds: Optional[float] = None):
@@ -223,9 +235,9 @@ class Store:
         if retries is None or retry_seconds is None:
             from ingest.settings import Settings
 
-            s = Settings()
-            retries = s.milvus_retries if retries is None else retries
-            retry_seconds = s.milvus_retry_seconds if retry_seconds is None else retry_seconds
+            fields = Settings.model_fields
+            retries = fields["milvus_retries"].default if retries is None else retries
+            retry_seconds = fields["milvus_retry_seconds"].default if retry_seconds is None else retry_seconds
         self.retries, self.retry_seconds = max(0, int(retries)), float(retry_seconds)
         self.server = bool(uri)
         self._index_types: Dict[str, str] = {}

@@ -1,203 +1,153 @@
-"""`lookalike` command line: a thin layer over the Python API (ingest.run, query.search_photo, ...).
+"""`lookalike`: a thin click layer over the Python API; every command has a Python twin
+(`ingest.run`, `query.search_photo`, `ingest.delete`, `query.evaluation.evaluate_*`, ...).
 
-Exit codes (also in README):
-  0 success
-  2 usage error: bad option, bad source, invalid filter, unknown model, --db not ending in .db
-  3 no face found in a query photo
-  4 a query photo could not be read or decoded
-  5 model weights missing / model cannot load
-  6 Milvus error (database not writable, server unreachable, ...)
-  130 interrupted (Ctrl-C); re-running an ingest resumes it
+Errors become exit codes through one table (query/errors.py), which the web app shares.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import List, Optional
 
-EXIT_OK, EXIT_USAGE, EXIT_NOFACE, EXIT_UNREADABLE, EXIT_WEIGHTS, EXIT_STORE, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 6, 130
+import click
+
+from query.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify
+from query.options import detector_option, model_source_options, settings_for, storage_options
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_USAGE):
-        super().__init__(message)
-        self.code = code
+@click.group(context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
+def cli() -> None:
+    """Whose face is this like? Ingest face photos into Milvus, then query photos: every face of a
+    photo gets its nearest stored faces, with a same-person verdict.
+
+    \b
+    lookalike ingest ../shared/data/celeba        # CelebA layout, a folder (subfolder = person) or a list
+    lookalike query group.jpg --out out/          # table + out/result.png
+    lookalike serve                               # the web page on http://127.0.0.1:8000/
+    """
 
 
-def _storage_args(p: argparse.ArgumentParser) -> None:
-    from schemas import PROFILES
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("source")
+@click.option("--models", default="auto", show_default=True,
+              help="comma-separated: facenet, facenet512, dlib, clip, dinov2 (auto: facenet when its "
+                   "weights are present, else dlib)")
+@model_source_options
+@detector_option()
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="local Dask worker processes (0 = in-process)")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="address of an existing Dask scheduler")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N", help="ingest at most N images")
+@click.option("--partition", type=click.Choice(["train", "val", "test"]), default=None, help="CelebA partition")
+@click.option("--celeba-images", type=click.Choice(["wild", "aligned"]), default=None,
+              help="CelebA image folder when both exist (default: in-the-wild img_celeba)")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="images per Dask task (larger tasks cost the driver less CPU)")
+@click.option("--min-face", type=click.IntRange(0), default=24, show_default=True,
+              help="skip faces smaller than N px (smaller background faces embed as noise)")
+@click.option("--retry-failed", is_flag=True, help="retry images that failed before")
+@click.option("--report", default=None, metavar="PATH",
+              help="run report (default ingest-report.jsonl: a summary line, then one record per failed file)")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@storage_options
+def ingest(source, models, clip_model, dinov2_model, layer, detector, workers, scheduler, limit, partition,
+           celeba_images, batch_size, min_face, retry_failed, report, quiet, db, uri, token, profile) -> int:
+    """Ingest a CelebA folder, a folder of images (subfolder = identity) or a text file of paths.
 
-    g = p.add_argument_group("storage")
-    g.add_argument("--db", default=None, help="Milvus Lite database path (default lookalike.db, or $LOOKALIKE_DB)")
-    g.add_argument("--uri", default=None, help="Milvus server URI, e.g. http://localhost:19530 (or $LOOKALIKE_URI)")
-    g.add_argument("--token", default=None, help="Milvus server token (or $LOOKALIKE_TOKEN)")
-    g.add_argument("--profile", choices=list(PROFILES), default=None,
-                   help="index profile (default: lite = exact FLAT for --db, cpu = HNSW for --uri)")
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("transformer models")
-    g.add_argument("--clip-model", default=None,
-                   help="CLIP model id or local directory (default openai/clip-vit-base-patch32, 512-d)")
-    g.add_argument("--dinov2-model", default=None,
-                   help="DINOv2 model id or local directory (default facebook/dinov2-small, 384-d)")
-    g.add_argument("--layer", type=int, default=None,
-                   help="embed features of block N of the transformer models, into faces_<model>_l<N>")
-
-
-def _settings(args):
-    from ingest.settings import Settings
-
-    s = Settings().with_(db=args.db, uri=args.uri, token=args.token, profile=args.profile,
-                         detector=getattr(args, "detector", None),
-                         clip_model=getattr(args, "clip_model", None),
-                         dinov2_model=getattr(args, "dinov2_model", None))
-    if not s.uri and not str(s.db).endswith(".db"):
-        # Milvus Lite takes only a path ending in .db (pymilvus calls anything else an illegal uri)
-        flag = f"--db {args.db}" if getattr(args, "db", None) else f"$LOOKALIKE_DB ({s.db})"
-        raise CliError(f"{flag}: a Milvus Lite database path must end in .db (e.g. {s.db}.db); "
-                       f"a server is --uri http://host:19530")
-    return s
-
-
-def cmd_ingest(args) -> int:
+    Re-running resumes: images already stored are skipped."""
     from ingest import run
 
-    summary = run(
-        args.source, models=args.models, layer=args.layer, clip_model=args.clip_model,
-        dinov2_model=args.dinov2_model, workers=args.workers, scheduler=args.scheduler,
-        limit=args.limit, partition=args.partition, celeba_images=args.celeba_images,
-        batch_size=args.batch_size, min_face=args.min_face, retry_failed=args.retry_failed,
-        report=args.report, progress=not args.quiet, settings=_settings(args),
-    )
+    settings = settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
+                            clip_model=clip_model, dinov2_model=dinov2_model)
+    summary = run(source, models=models, layer=layer, workers=workers, scheduler=scheduler, limit=limit,
+                  partition=partition, celeba_images=celeba_images, batch_size=batch_size, min_face=min_face,
+                  retry_failed=retry_failed, report=report, progress=not quiet, settings=settings)
     for line in summary.lines():
-        print(line)
+        click.echo(line)
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
-def cmd_stats(args) -> int:
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@storage_options
+def stats(as_json, db, uri, token, profile) -> int:
+    """Rows and index of each face collection, and the photos recorded."""
     from ingest.store import Store
 
-    s = _settings(args)
-    with Store(s.db, s.uri, s.token, s.profile) as store:
-        stats = store.stats()
-    if args.json:
-        print(json.dumps([st.__dict__ for st in stats], indent=2))
+    s = settings_for(db=db, uri=uri, token=token, profile=profile)
+    with Store.from_settings(s) as store:
+        rows = store.stats()
+    if as_json:
+        click.echo(json.dumps([st.__dict__ for st in rows], indent=2))
         return EXIT_OK
-    if not stats:
-        print(f"no collections in {s.uri or s.db}")
+    if not rows:
+        click.echo(f"no collections in {s.target}")
         return EXIT_OK
-    print(f"{'collection':<22} {'model':<12} {'rows':>9} {'dim':>5}  index")
-    for st in stats:
-        print(f"{st.name:<22} {st.model or '-':<12} {st.rows:>9} {st.dim:>5}  {st.index_type} ({st.metric})")
+    click.echo(f"{'collection':<22} {'model':<12} {'rows':>9} {'dim':>5}  index")
+    for st in rows:
+        click.echo(f"{st.name:<22} {st.model or '-':<12} {st.rows:>9} {st.dim:>5}  {st.index_type} ({st.metric})")
     return EXIT_OK
 
 
-def cmd_fields(args) -> int:
+@cli.command()
+def fields() -> int:
+    """List the fields filters may use."""
     from schemas import FACE_FIELDS
 
     for f in FACE_FIELDS:
-        print(f"{f.name:<22} {f.kind:<8} {f.doc}")
+        click.echo(f"{f.name:<22} {f.kind:<8} {f.doc}")
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lookalike", description="Whose face is this like? Ingest faces into Milvus, query photos.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _register() -> None:
+    # Each command module imports only query.options and query.errors, never this module.
+    from query.commands import query
+    from query.delete_cli import delete
+    from query.eval_cli import eval_group
+    from query.head_cli import train_head_command
+    from query.web_cli import serve
 
-    pi = sub.add_parser("ingest", help="ingest a CelebA directory, a folder of images or a list file")
-    pi.add_argument("source", help="CelebA dir, image folder (subfolder = identity) or text file of paths")
-    pi.add_argument("--models", default="auto",
-                    help="comma-separated models: facenet, facenet512, dlib, clip, dinov2 (default auto: "
-                         "facenet when its weights are present, else dlib)")
-    _model_args(pi)
-    pi.add_argument("--detector", default=None, help="DeepFace detector backend (default yunet, or $LOOKALIKE_DETECTOR)")
-    pi.add_argument("--workers", type=int, default=2, help="local Dask worker processes (0 = in-process)")
-    pi.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
-    pi.add_argument("--limit", type=int, default=None, help="ingest at most N images")
-    pi.add_argument("--partition", choices=["train", "val", "test"], default=None, help="CelebA partition")
-    pi.add_argument("--celeba-images", choices=["wild", "aligned"], default=None,
-                    help="CelebA image folder when both exist (default: in-the-wild img_celeba)")
-    pi.add_argument("--batch-size", type=int, default=16,
-                    help="images per Dask task (default 16: fewer, larger tasks cost the driver less "
-                         "CPU, which on one machine the workers need; the last ones are smaller)")
-    pi.add_argument("--min-face", type=int, default=24,
-                    help="skip faces smaller than N px (default 24: smaller background faces embed as noise)")
-    pi.add_argument("--retry-failed", action="store_true", help="retry images that failed before")
-    pi.add_argument("--report", default=None, help="run report path (default ingest-report.jsonl: JSON Lines, a summary then one record per failed file)")
-    pi.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _storage_args(pi)
-    pi.set_defaults(func=cmd_ingest)
+    for command in (query, delete, serve, eval_group, train_head_command):
+        cli.add_command(command)
 
-    ps = sub.add_parser("stats", help="rows and index per collection")
-    ps.add_argument("--json", action="store_true")
-    _storage_args(ps)
-    ps.set_defaults(func=cmd_stats)
 
-    pf = sub.add_parser("fields", help="list the fields filters may use")
-    pf.set_defaults(func=cmd_fields)
-
-    try:
-        from query import commands  # query subcommands register themselves
-    except ImportError:  # pragma: no cover
-        commands = None
-    if commands is not None:
-        commands.register(sub, _storage_args, _settings)
-        if "query" in sub.choices and not any(a.dest == "layer" for a in sub.choices["query"]._actions):
-            _model_args(sub.choices["query"])
-    from query import web_cli
-
-    web_cli.register(sub, _storage_args, _settings)
-    from query import eval_cli
-
-    eval_cli.register(sub, _storage_args, _settings)
-    from query import delete_cli
-
-    delete_cli.register(sub, _storage_args, _settings)
-    return p
+_register()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run `lookalike ARGS`; returns the exit code (query/errors.py)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from ingest.images import ImageError
-    from ingest.models import ModelError, WeightsMissing
-    from ingest.pipeline import IngestError
-    from ingest.store import StoreError
-    from schemas.filters import FilterError
-    from schemas import UnknownName
-
     try:
-        return args.func(args)
-    except CliError as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return e.code
-    except FilterError as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (WeightsMissing, ModelError) as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except StoreError as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return EXIT_STORE
-    except ImageError as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    except (IngestError, UnknownName) as e:
-        print(f"lookalike: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("lookalike: interrupted", file=sys.stderr)
+        rv = cli.main(args=argv, prog_name="lookalike", standalone_mode=False)
+    except click.exceptions.Exit as e:  # --help
+        return e.exit_code
+    except click.exceptions.Abort:  # Ctrl-C inside a click prompt
+        click.echo("lookalike: interrupted", err=True)
         return EXIT_INTERRUPTED
+    except click.ClickException as e:
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see {e.ctx.command_path} --help)"
+        click.echo(f"lookalike: {e.format_message()}{hint}", err=True)
+        return e.exit_code if e.exit_code else EXIT_USAGE
+    except KeyboardInterrupt:
+        click.echo("lookalike: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the table decides what is a product error
+        kind = classify(e)
+        if kind is None:
+            raise
+        click.echo(f"lookalike: {e}", err=True)
+        return kind.exit_code
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def entry() -> None:  # pragma: no cover - the console script
+    sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # `python -m query.cli`: run the package's module, not this __main__ copy, so the CliError that
-    # subcommands import from query.cli is the one main() catches (else: a traceback, exit 1).
-    from query.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

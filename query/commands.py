@@ -1,15 +1,19 @@
-"""`lookalike query`: registered into the CLI by query/cli.py (register(sub, storage_args, settings))."""
+"""`lookalike query`: find the stored faces most like each face of one or more photos."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from typing import List
 
-QUERY_HELP = "find the stored faces most like each face of one or more photos"
+import click
 
-QUERY_EPILOG = """\
+from query.errors import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, UsageError
+from query.options import (detector_option, existing_db, model_source_options, out_dir, settings_for,
+                           storage_options)
+
+QUERY_EPILOG = """
 output:
   default   a table per face: rank, score (cosine similarity), the same-person verdict
             ("same" when the score reaches the model's calibrated threshold, with P(same)),
@@ -20,8 +24,8 @@ output:
   --out DIR writes DIR/results.json (every photo) and a contact sheet per photo: the photo
             with numbered face boxes, then per face its crop and its top matches (at most 10
             drawn) with "score id IDENTITY" captions. The first photo's sheet is result.png,
-            the n-th photo's result_<n>.png (result_2.png, result_3.png, ...); an unreadable
-            photo gets no sheet.
+            with several photos each sheet is named after its photo,
+            result_<photo name>.png; an unreadable photo gets no sheet.
   --explain (needs --out) adds, for the top --explain-top matches (default 3) of every face,
             heat-map panels DIR/explain/<sha>_face<F>_<model>_match<R>_<method>.png
             (query | match | query map | match map, with the score), referenced from each
@@ -29,166 +33,145 @@ output:
             gradcam (FaceNet, CLIP, DINOv2), attention (CLIP, DINOv2), layers (a plot of the
             similarity per block), or all. Several seconds per match and method on a CPU.
 
+
 filters (validated against the schema; `lookalike fields` lists the fields):
   --filter 'Smiling == true and identity in ["2880", "4262"]'   --where Male --where-not Eyeglasses
   A filter keeping few rows is searched exactly; otherwise the ANN search is widened.
 
+
 exit codes: 0 ok, 2 usage / invalid filter / unknown model or collection, 3 a photo has no face,
 4 a photo cannot be read, 5 model weights missing, 6 Milvus error. With several photos every
 photo is processed; the exit code is 4 if any photo was unreadable, else 3 if any had no face.
 """
 
 
+def expand_photos(photos) -> List[str]:
+    """Photos as given; a folder stands for the images directly inside it, sorted by name."""
+    from ingest.images import IMAGE_SUFFIXES
 
-def existing_db_settings(args, settings_fn):
-    """Settings for a command that reads an existing database (query, serve): the detector must
-    be known and a Lite database must exist (opening a missing one would create it empty)."""
-    from ingest.models import DETECTORS
-    from query.cli import CliError
-
-    settings = settings_fn(args)
-    if settings.detector not in DETECTORS:
-        raise CliError(f"unknown detector '{settings.detector}' (known: {', '.join(DETECTORS)})")
-    if not settings.uri and not Path(settings.db).exists():
-        raise CliError(f"database {settings.db} does not exist; ingest first: "
-                       f"lookalike ingest SOURCE --db {settings.db}")
-    return settings
-
-def register(sub, storage_args, settings_fn) -> None:
-    p = sub.add_parser("query", help=QUERY_HELP, description=QUERY_HELP.capitalize() + ".",
-                       epilog=QUERY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo(s) to search (any number of faces)")
-    p.add_argument("-k", "--top-k", default="5", metavar="K", help="matches per face, 1..1000 (default 5)")
-    p.add_argument("--model", default=None,
-                   help="model collection to search: dlib, facenet, clip, dinov2, <model>_l<N>, a "
-                        "comma list, or 'all' (one section per model); default: the first of "
-                        "facenet, dlib present in the database")
-    p.add_argument("--filter", default=None, metavar="EXPR", help="filter expression on stored faces")
-    p.add_argument("--where", action="append", default=[], metavar="FIELD",
-                   help="only faces where boolean FIELD is true (repeatable)")
-    p.add_argument("--where-not", action="append", default=[], metavar="FIELD",
-                   help="only faces where boolean FIELD is false (repeatable)")
-    p.add_argument("--exclude-same-image", action="store_true",
-                   help="never return faces of the query photo itself (same file bytes)")
-    p.add_argument("--min-face", default="0", metavar="PX", help="skip query faces smaller than PX pixels")
-    p.add_argument("--min-score", default=None, metavar="S", help="drop matches with score below S (-1..1)")
-    p.add_argument("--min-quality", default=None, metavar="Q",
-                   help="leave out stored faces of quality below Q, 0..1 (default 0.4: tiny, blurred "
-                        "or turned-away faces; 0 keeps every face, e.g. to find yourself in your own photos)")
-    p.add_argument("--all-faces", action="store_true", help="the same as --min-quality 0")
-    p.add_argument("--detector", default=None,
-                   help="DeepFace detector backend (default yunet, or $LOOKALIKE_DETECTOR); use the "
-                        "one the collection was ingested with")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--out", default=None, metavar="DIR", help="write results.json and contact sheet PNGs to DIR")
-    p.add_argument("--explain", action="store_true",
-                   help="explain the top matches with heat maps (PNG panels in --out, see below)")
-    p.add_argument("--method", default="occlusion", metavar="M",
-                   help="explanation method: occlusion, gradcam, attention, layers, a comma list or all")
-    p.add_argument("--explain-top", default="3", metavar="N", help="matches explained per face (default 3)")
-    storage_args(p)
-    p.set_defaults(func=lambda args: cmd_query(args, settings_fn))
+    out: List[str] = []
+    for p in photos:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(str(c) for c in path.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"{p}: a folder with no image in it")
+            out += found
+        else:
+            out.append(str(p))
+    return out
 
 
-def _int_arg(name: str, value: str, lo: int, hi: int):
-    from query.cli import CliError
-
-    try:
-        v = int(str(value).strip())
-    except ValueError:
-        raise CliError(f"{name} must be an integer between {lo} and {hi}, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise CliError(f"{name} must be between {lo} and {hi}, got {v}")
-    return v
-
-
-def cmd_query(args, settings_fn) -> int:
+@click.command("query", epilog=QUERY_EPILOG)
+@click.argument("photos", nargs=-1, required=True, metavar="PHOTO_OR_FOLDER...")
+@click.option("-k", "--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="matches per face")
+@click.option("--model", default=None,
+              help="collection to search: dlib, facenet, clip, dinov2, <model>_l<N>, a comma list, or 'all' "
+                   "(default: the first of facenet, dlib the database holds)")
+@click.option("--filter", "filter_", default=None, metavar="EXPR", help="filter expression on stored faces")
+@click.option("--where", multiple=True, metavar="FIELD", help="only faces where boolean FIELD is true (repeatable)")
+@click.option("--where-not", multiple=True, metavar="FIELD", help="only faces where boolean FIELD is false (repeatable)")
+@click.option("--exclude-same-image", is_flag=True, help="never return faces of the query photo itself (same bytes)")
+@click.option("--min-face", type=click.IntRange(0, 100_000), default=0, metavar="PX",
+              help="skip query faces smaller than PX pixels")
+@click.option("--min-score", type=click.FloatRange(-1.0, 1.0), default=None, metavar="S",
+              help="drop matches with score below S")
+@click.option("--min-quality", type=click.FloatRange(0.0, 1.0), default=None, metavar="Q",
+              help="leave out stored faces of quality below Q (default 0.4: tiny, blurred or turned-away "
+                   "faces; 0 keeps every face, e.g. to find yourself in your own photos)")
+@click.option("--all-faces", is_flag=True, help="the same as --min-quality 0")
+@detector_option("; use the one the collection was ingested with")
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@click.option("--out", default=None, metavar="DIR", help="write results.json and contact sheet PNGs to DIR")
+@click.option("--explain", is_flag=True, help="explain the top matches with heat maps (panels in --out)")
+@click.option("--method", default="occlusion", show_default=True, metavar="M",
+              help="explanation method: occlusion, gradcam, attention, layers, a comma list or all")
+@click.option("--explain-top", type=click.IntRange(1, 1000), default=3, show_default=True, metavar="N",
+              help="matches explained per face")
+@model_source_options
+@storage_options
+def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, min_face, min_score, min_quality,
+          all_faces, detector, as_json, out, explain, method, explain_top, clip_model, dinov2_model, layer,
+          db, uri, token, profile) -> int:
+    """Find the stored faces most like each face of one or more photos (a folder: its images)."""
     from ingest.images import ImageError
-    from query.cli import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, CliError
     from query.render import format_text, write_outputs
-    from query.search import TOP_K_MAX, QueryError, Searcher
+    from query.results import PhotoResult, check_min_quality
+    from query.search import Searcher
     from schemas.filters import compile_filter
 
-    k = _int_arg("-k/--top-k", args.top_k, 1, TOP_K_MAX)
-    min_face = _int_arg("--min-face", args.min_face, 0, 100_000)
-    min_score = None
-    if args.min_score is not None:
-        try:
-            min_score = float(args.min_score)
-        except ValueError:
-            raise CliError(f"--min-score must be a number between -1 and 1, got {args.min_score!r}") from None
-        if not -1.0 <= min_score <= 1.0:
-            raise CliError(f"--min-score must be between -1 and 1, got {min_score}")
-    from query.search import check_min_quality
-
-    try:
-        min_quality = 0.0 if args.all_faces else check_min_quality(args.min_quality)
-    except QueryError as e:
-        raise CliError(str(e)) from None
-    flt = compile_filter(args.filter, args.where, args.where_not)  # FilterError -> exit 2
+    min_q = 0.0 if all_faces else check_min_quality(min_quality)
+    flt = compile_filter(filter_, list(where), list(where_not))  # FilterError -> exit 2
     methods = None
-    explain_top = 0
-    if getattr(args, "explain", False):
-        if not args.out:
-            raise CliError("--explain needs --out DIR (the explanation panels are written there)")
-        from query.explain import ExplainError, parse_methods
+    if explain:
+        if not out:
+            raise UsageError("--explain needs --out DIR (the explanation panels are written there)")
+        from query.explain import parse_methods
 
-        try:
-            methods = ",".join(parse_methods(args.method))
-        except ExplainError as e:
-            raise CliError(str(e)) from None
-        explain_top = _int_arg("--explain-top", args.explain_top, 1, TOP_K_MAX)
-    settings = existing_db_settings(args, settings_fn)
-
-    results = []
+        methods = ",".join(parse_methods(method))
+    settings = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
+                                        clip_model=clip_model, dinov2_model=dinov2_model))
+    paths = expand_photos(photos)
+    if out:
+        out_dir(out)
+    results: list = []
     notes: list = []
     worst = EXIT_OK
-    try:
-        explicit = [b for b in ("clip", "dinov2") if getattr(args, f"{b}_model", None)]
-        with Searcher(settings, explicit_sources=explicit) as searcher:
-            models = searcher.resolve_models(args.model, getattr(args, "layer", None))
-            from query.search import PhotoResult
-
-            for path in args.photos:
+    explicit = [b for b, v in (("clip", clip_model), ("dinov2", dinov2_model)) if v]
+    show_bar = len(paths) > 1 and sys.stderr.isatty()
+    with Searcher(settings, explicit_sources=explicit) as searcher:
+        models = searcher.resolve_models(model, layer)
+        with click.progressbar(paths, label="photos", file=sys.stderr, show_pos=True) if show_bar \
+                else _plain(paths) as bar:
+            for path in bar:
                 try:
-                    r = searcher.search_photo(path, models=models, top_k=k, filter=flt,
-                                              exclude_same_image=args.exclude_same_image,
-                                              min_face=min_face, min_score=min_score,
-                                              min_quality=min_quality, keep_image=bool(args.out), explain=methods,
-                                              explain_top=explain_top, explain_dir=args.out)
-                    for note in r.notes:
-                        if note not in notes:
-                            notes.append(note)
-                            print(f"lookalike: {note}", file=sys.stderr)
+                    r = searcher.search_photo(path, models=models, top_k=top_k, filter=flt,
+                                              exclude_same_image=exclude_same_image, min_face=min_face,
+                                              min_score=min_score, min_quality=min_q, keep_image=bool(out))
+                    if methods:
+                        from query.explain import explain_result
+
+                        explain_result(searcher, r, methods, explain_top, out)
                 except ImageError as e:
-                    if len(args.photos) == 1:
+                    if len(paths) == 1:
                         raise
-                    print(f"lookalike: {e}", file=sys.stderr)
+                    click.echo(f"lookalike: {e}", err=True)
                     worst = EXIT_UNREADABLE
-                    results.append(PhotoResult(path=path, sha256="", width=0, height=0,
-                                               detector=settings.detector, models=models, top_k=k,
-                                               filter=flt.render() if flt else None, error=str(e)))
+                    results.append(PhotoResult(path=path, sha256="", width=0, height=0, detector=settings.detector,
+                                               models=models, top_k=top_k, filter=flt.render() if flt else None,
+                                               error=str(e)))
                     continue
+                for note in r.notes:
+                    if note not in notes:
+                        notes.append(note)
+                        click.echo(f"lookalike: {note}", err=True)
                 results.append(r)
                 if not r.faces:
-                    if worst == EXIT_OK:
-                        worst = EXIT_NOFACE
+                    worst = worst if worst != EXIT_OK else EXIT_NOFACE
                     skipped = (f"; {r.faces_skipped_small} smaller than --min-face {min_face} px skipped"
                                if r.faces_skipped_small else "")
-                    print(f"lookalike: {path}: no face found (detector {r.detector}{skipped})", file=sys.stderr)
-    except QueryError as e:
-        raise CliError(str(e)) from None
+                    click.echo(f"lookalike: {path}: no face found (detector {r.detector}{skipped})", err=True)
+    if as_json:
+        from query.results import results_document
 
-    if args.json:
-        from query.search import results_document
-
-        print(json.dumps(results_document(results), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(results_document(results), indent=2, ensure_ascii=False))
     else:
-        blocks = [format_text(r) for r in results if r.ok]
-        print("\n\n".join(blocks))
-    if args.out:
+        click.echo("\n\n".join(format_text(r) for r in results if r.ok))
+    if out:
         t = time.perf_counter()
-        written = write_outputs(results, args.out)
-        print(f"wrote {', '.join(written)} ({time.perf_counter() - t:.2f} s)",
-              file=sys.stderr if args.json else sys.stdout)
+        written = write_outputs(results, out)
+        click.echo(f"wrote {', '.join(written)} ({time.perf_counter() - t:.2f} s)", err=as_json)
     return worst
+
+
+class _plain:
+    """The progress bar's context-manager shape, without a bar (one photo, or not a terminal)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __enter__(self):
+        return self.items
+
+    def __exit__(self, *exc):
+        return False

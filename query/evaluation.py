@@ -244,6 +244,98 @@ def verdict_calibration(scores: Sequence[float], labels: Sequence[bool], far: fl
             "pairs": int(y.size), "negatives": int(neg.size)}
 
 
+SEARCH_FARS = (1e-2, 1e-3, 1e-4, 1e-5)  # per-pair false-accept rates the search verdict's curve is measured at
+SEARCH_FPIR = 0.05  # share of strangers a search may call "the same person" as someone
+
+
+def _platt(s: np.ndarray, y: np.ndarray, start: float) -> Tuple[float, float]:
+    """Logistic fit P(y | s) = 1 / (1 + exp(-(a s + b))) by Newton's method (two parameters)."""
+    a, b = 10.0, -10.0 * start
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * s + b, -50, 50)))
+        g = np.array([np.sum((p - y) * s), np.sum(p - y)])
+        w = p * (1 - p) + 1e-9
+        h = np.array([[np.sum(w * s * s), np.sum(w * s)], [np.sum(w * s), np.sum(w)]]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(a), float(b)
+
+
+def search_calibration(vectors: np.ndarray, identities: Sequence[str], fpir: float = SEARCH_FPIR,
+                       fars: Sequence[float] = SEARCH_FARS) -> Dict[str, Any]:
+    """The same-person verdict for search (1:N), from labelled unit vectors (one face per photo).
+
+    A 1:1 threshold (FAR 1 % on LFW pairs) lets almost every stranger match someone in a gallery of
+    a thousand faces: each search makes N comparisons. So the verdict keeps the impostor tail, the
+    threshold at each per-pair FAR of `fars` over every different-identity pair, and a search over
+    N faces uses the threshold at FAR = fpir / N (schemas.Verdict.threshold_for). Measured here
+    open-set, every face searched against all the others: a mated search (its identity has other
+    photos) is right when its best match is that identity; a non-mated search (its identity left
+    out) is a stranger, falsely accepted when its best score reaches the threshold. The logistic
+    is fitted on those two outcomes: P(the best match is the same person | score) at this gallery
+    size, half the searches strangers."""
+    v = np.asarray(vectors, dtype=np.float64)
+    ids = np.asarray([str(i) for i in identities])
+    n = len(ids)
+    sims = v @ v.T
+    iu = np.triu_indices(n, 1)
+    same = (ids[:, None] == ids[None, :])
+    neg = np.sort(sims[iu][~same[iu]])[::-1]
+    pos = sims[iu][same[iu]]
+    curve = []
+    for far in fars:
+        m = int(math.floor(far * neg.size + 1e-9))
+        if m >= neg.size or m < 1:
+            continue
+        thr = float(np.nextafter(neg[m], np.inf))
+        curve.append({"far": far, "threshold": round(thr, 4), "tar": float(np.mean(pos >= thr)),
+                      "impostors_above": m})
+    np.fill_diagonal(sims, -np.inf)
+    counts = Counter(ids.tolist())
+    mated, right, stranger = [], [], []
+    for i in range(n):
+        others = sims[i]
+        if counts[ids[i]] >= 2:
+            j = int(np.argmax(others))
+            mated.append(others[j])
+            right.append(ids[j] == ids[i])
+        stranger.append(float(np.max(np.where(same[i], -np.inf, others))))
+    mated_a, right_a, stranger_a = np.array(mated), np.array(right, bool), np.array(stranger)
+    curve_pts = tuple((c["threshold"], c["far"]) for c in curve)
+    from schemas import Verdict
+
+    s = np.concatenate([mated_a[right_a], stranger_a])
+    y = np.concatenate([np.ones(int(right_a.sum())), np.zeros(stranger_a.size)])
+    a, b = _platt(s, y, curve_pts[-1][0] if curve_pts else 0.9)
+    levels = []
+    for target in sorted({0.01, 0.02, fpir, 0.1}):
+        thr = Verdict(curve_pts[0][0] if curve_pts else 1.0, None, "", curve_pts, target).threshold_for(n - 1)
+        levels.append({"fpir_target": target, "threshold": round(thr, 4), "fpir": float(np.mean(stranger_a >= thr)),
+                       "tpir": float(np.mean(right_a & (mated_a >= thr))) if mated else None,
+                       "wrong_called_same": float(np.mean(~right_a & (mated_a >= thr))) if mated else None})
+    return {"faces": n, "identities": len(counts), "impostor_pairs": int(neg.size), "mated_pairs": int(pos.size),
+            "curve": curve, "gallery": n - 1, "mated_searches": len(mated), "fpir_target": fpir,
+            "levels": levels, "logistic": [round(a, 4), round(b, 4)], "logistic_midpoint": round(-b / a, 4)}
+
+
+def format_search_calibration(c: Dict[str, Any]) -> List[str]:
+    """The search verdict's calibration as report lines."""
+    out = [f"search verdict over {c['faces']} faces ({c['identities']} identities; {c['impostor_pairs']} impostor "
+           f"and {c['mated_pairs']} mated pairs)",
+           "  impostor tail: " + ", ".join(f"FAR {p['far']:g} at {p['threshold']:.4f} (TAR {100 * p['tar']:.1f} %)"
+                                          for p in c["curve"]),
+           f"  open set, each face searched against the other {c['gallery']} "
+           f"({c['mated_searches']} with their identity present):"]
+    for lv in c["levels"]:
+        out.append(f"    FPIR target {100 * lv['fpir_target']:4.1f} %: threshold {lv['threshold']:.4f}  strangers "
+                   f"called same {100 * lv['fpir']:5.2f} %  people found and called same {100 * (lv['tpir'] or 0):5.2f} %  "
+                   f"wrong person called same {100 * (lv['wrong_called_same'] or 0):5.2f} %")
+    out.append(f"  logistic slope {c['logistic'][0]:.2f}, midpoint {c['logistic_midpoint']:.4f}")
+    return out
+
+
 def verification_metrics(scores: Sequence[float], labels: Sequence[bool], folds: Sequence[int]) -> Dict[str, Any]:
     """Accuracy by the protocol the folds allow, best-threshold accuracy, ROC AUC, TAR@FAR."""
     s = np.asarray(scores, dtype=np.float64)
@@ -666,9 +758,10 @@ def plot_roc(report: Dict[str, Any], path: str | os.PathLike, title: Optional[st
 # Identity retrieval
 # ---------------------------------------------------------------------------------------------
 def retrieval_metrics(vectors: np.ndarray, identities: Sequence[str], images: Sequence[str],
-                      ks: Sequence[int] = RECALL_KS) -> Dict[str, Any]:
+                      ks: Sequence[int] = RECALL_KS, queries: Optional[Sequence[bool]] = None) -> Dict[str, Any]:
     """Leave-one-out retrieval, computed exactly: every face with a same-identity face in another
     image queries all faces outside its own image. Faces with identity '' are distractors only.
+    `queries` (a mask) restricts which faces query; every face stays in the gallery.
 
     Returns recall@k for each k, mAP, the number of queries and the per-query ranks of the first
     correct match (1-based)."""
@@ -686,7 +779,10 @@ def retrieval_metrics(vectors: np.ndarray, identities: Sequence[str], images: Se
     same_img = img_code[:, None] == img_code[None, :]
     same_id = (id_code[:, None] == id_code[None, :]) & labelled[:, None] & labelled[None, :]
     relevant = same_id & ~same_img
-    queries = np.flatnonzero(labelled & relevant.any(axis=1))
+    asking = labelled & relevant.any(axis=1)
+    if queries is not None:
+        asking &= np.asarray(queries, dtype=bool)
+    queries = np.flatnonzero(asking)
     first_ranks, aps = [], []
     for q in queries:
         s = S[q].astype(np.float64)
@@ -770,7 +866,7 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
         ingest_seconds = time.perf_counter() - t0
         if summary.interrupted:
             raise KeyboardInterrupt
-        with Store(target_db, uri, token, profile) as store:
+        with Store.from_settings(settings.with_(db=target_db, uri=uri, token=token, profile=profile)) as store:
             for model in summary.models:
                 t1 = time.perf_counter()
                 rows = [r for r in store.iterate(collection_name(model), RETRIEVAL_FIELDS,
@@ -849,4 +945,85 @@ def format_retrieval(report: Dict[str, Any]) -> str:
     if ref:
         lines += ["", "reference figures (this sample):"]
         lines += [f"  {m:<11} {a:>5.1f} %  {s}" for m, a, s in ref]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A learned head against its base model (ingest/head.py)
+# ---------------------------------------------------------------------------------------------
+HEAD_SETS = (("photos", "held-out photos of known identities"), ("identities", "held-out identities"),
+             ("train", "training faces"))
+
+
+def evaluate_head(model: str = "dlib", settings=None, store=None) -> Dict[str, Any]:
+    """The base model and its head side by side, on the split the head file records: each held-out
+    photo of a known identity, each face of a held-out identity, and each training face (how well
+    the head fits what it saw) queries every stored face outside its own image (leave-one-out,
+    exact, `retrieval_metrics`), once with the base collection's vectors and once with the head
+    collection's. Returns the report dict (`format_head` prints it)."""
+    from ingest.head import Head, head_path
+    from ingest.settings import Settings
+    from ingest.store import Store
+    from schemas import collection_name, head_key
+
+    settings = settings or Settings()
+    path = head_path(settings, model)
+    if not path.is_file():
+        raise EvalError(f"no head file {path}: train it with lookalike train-head --model {model}")
+    head = Head.load(path)
+    own = store is None
+    store = store or Store(settings.db, settings.uri, settings.token, settings.profile)
+    try:
+        fields = ["id", "identity", "image_sha256", "vector"]
+        base = {r["id"]: r for r in store.iterate(collection_name(model), fields)}
+        projected = {r["id"]: r["vector"] for r in store.iterate(collection_name(head_key(model)), ["id", "vector"])}
+    finally:
+        if own:
+            store.close()
+    ids = sorted(base)
+    missing = [i for i in ids if i not in projected]
+    if missing:
+        raise EvalError(f"{collection_name(head_key(model))} lacks {len(missing)} faces of {collection_name(model)} "
+                        f"(e.g. {missing[0]}); train the head again")
+    split = head.provenance.get("split", {})
+    held = set(split.get("heldout_identities", []))
+    photos, train = set(split.get("heldout_photo_ids", [])), set(split.get("train_ids", []))
+    identities = [str(base[i]["identity"]) for i in ids]
+    images = [str(base[i]["image_sha256"]) for i in ids]
+    masks = {"photos": [i in photos for i in ids], "identities": [n in held for n in identities],
+             "train": [i in train for i in ids]}
+    X = np.asarray([base[i]["vector"] for i in ids], dtype=np.float32)
+    P = np.asarray([projected[i] for i in ids], dtype=np.float32)
+    sets = {}
+    for key, _ in HEAD_SETS:
+        if not any(masks[key]):
+            continue
+        sets[key] = {}
+        for which, V in (("base", X), ("head", P)):
+            m = retrieval_metrics(V, identities, images, queries=masks[key])
+            m.pop("first_hit_ranks")
+            sets[key][which] = m
+    prov = head.provenance
+    return {"kind": "head", "version": 1, "model": model, "head_model": head_key(model), "head_file": str(path),
+            "faces": len(ids), "arch": prov.get("arch"), "loss": prov.get("loss"),
+            "epochs": (prov.get("config") or {}).get("epochs"), "holdout": prov.get("holdout"),
+            "counts": prov.get("counts", {}), "trained_at": prov.get("trained_at"), "sets": sets,
+            "protocol": "each query face ranks every stored face outside its own image (exact cosine); relevant: "
+                        "faces of its identity; base and head vectors over the same faces and queries"}
+
+
+def format_head(report: Dict[str, Any]) -> str:
+    lines = [f"{report['model']} vs {report['head_model']} ({report['arch']}, {report['loss']} loss, "
+             f"{report['epochs']} epochs, holdout {report['holdout']}): {report['faces']} stored faces",
+             f"protocol: {report['protocol']}", ""]
+    head = f"{'set':<38} {'queries':>7} {'':<5} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP':>7}"
+    lines += [head, "-" * len(head)]
+    for key, label in HEAD_SETS:
+        if key not in report["sets"]:
+            continue
+        for which in ("base", "head"):
+            m = report["sets"][key][which]
+            lines.append(f"{label if which == 'base' else '':<38} {m['queries'] if which == 'base' else '':>7} "
+                         f"{which:<5} {_pct(m['recall_at_1'], 1):>7} {_pct(m['recall_at_5'], 1):>7} "
+                         f"{_pct(m['recall_at_10'], 1):>7} {_pct(m['map'], 1):>7}")
     return "\n".join(lines)

@@ -38,9 +38,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from query.results import ExplanationFile
 
 METHODS = ("occlusion", "gradcam", "attention", "layers")
 DEFAULT_METHOD = "occlusion"
@@ -81,6 +83,8 @@ class Explanation:
     layer_scores: Optional[List[float]] = None  # layers
     seconds: float = 0.0
     png: Optional[str] = None  # path relative to the output directory, once written
+    face: int = -1  # the query face's index and the match's rank it explains (explain_result)
+    rank: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"method": self.method, "png": self.png or "", "seconds": round(self.seconds, 4)}
@@ -501,13 +505,15 @@ def match_face(searcher, models: Sequence[str], match, default_detector: str):
 
 
 def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str], top: int,
-                  out_dir: Optional[str]) -> List[str]:
+                  out_dir: Optional[str]) -> Tuple[List[str], List[Explanation]]:
     """Explain the top `top` matches of every face of `result` (a PhotoResult being built by
     `Searcher.search_photo`), attach them to the matches, write PNG panels under
-    out_dir/explain/. Returns one-line notes (methods not available for a model)."""
+    out_dir/explain/. Returns one-line notes (methods not available for a model) and the
+    explanations with their maps."""
     from ingest.images import ImageError
 
     notes: List[str] = []
+    done: List[Explanation] = []
     out = Path(out_dir) if out_dir else None
     if out is not None:
         (out / "explain").mkdir(parents=True, exist_ok=True)
@@ -540,10 +546,32 @@ def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str]
                     continue
                 for meth in usable:
                     ex = explain_inputs(emb, meth, q, m)
+                    ex.face, ex.rank = qf.index, mt.rank
                     if out is not None:
                         rel = f"explain/{tag}_face{qf.index + 1}_{model}_match{mt.rank}_{meth}.png"
                         title = f"face {qf.index + 1} -> match {mt.rank} ({mt.identity or '?'}, stored {mt.score:.3f})"
                         render_panel(ex, title).save(out / rel, compress_level=1)
                         ex.png = rel
-                    mt.explanations.append(ex)
-    return list(dict.fromkeys(notes))
+                    mt.explanations.append(ExplanationFile(**ex.to_dict()))
+                    done.append(ex)
+    return list(dict.fromkeys(notes)), done
+
+
+def explain_result(searcher, result, methods: Union[str, Sequence[str]], top: int = 3,
+                   out_dir: Optional[Union[str, Path]] = None) -> List[Explanation]:
+    """Explain the top `top` matches of every face of a search result, after the search: the
+    result must come from `Searcher.search_photo(..., keep_image=True)`. Panels are written under
+    out_dir/explain/ and listed on each match (`Match.explanations`); one-line notes (methods a
+    model lacks) go to `result.notes`. Returns the explanations with their maps and inputs."""
+    if not result.ok or not result.faces:
+        return []
+    if result.image is None or len(result.detected) != len(result.faces):
+        raise ExplainError("explanations need the photo: search with keep_image=True")
+    chosen = parse_methods(methods) if isinstance(methods, str) else list(methods)
+    t = time.perf_counter()
+    engine = searcher.engine(result.models, result.detector)
+    notes, done = explain_photo(searcher, engine, result.image, result.detected, result, chosen,
+                                max(0, int(top)), str(out_dir) if out_dir else None)
+    result.timings["explain"] = time.perf_counter() - t
+    result.notes += [n for n in notes if n not in result.notes]
+    return done

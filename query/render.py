@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from query.search import Match, PhotoResult, results_document
+from query.results import Match, PhotoResult, results_document
 
 MARGIN = 16
 HEADER_H = 28

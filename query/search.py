@@ -27,73 +27,29 @@ never costs more than `exact_max_rows` rows. A search whose only filter is the s
 `exclude_same_image` (it removes one image's faces, selectivity ~1) skips the probe. A Searcher
 remembers a probe for PROBE_TTL seconds, so the photos of one run sharing a filter probe once.
 
-Results (JSON shape)
---------------------
-`PhotoResult.to_dict()` (one entry of `"photos"` in `lookalike query --json` / results.json)::
-
-    RESULT_SCHEMA = {
-      "path": str, "sha256": str, "width": int, "height": int,   # original upright pixels
-      "detector": str, "models": [str], "top_k": int,
-      "filter": str | None,            # the validated filter as rendered for Milvus
-      "exclude_same_image": bool, "min_face": int, "min_score": float | None,
-      "min_quality": float,            # stored faces below it were left out (0: every face)
-      "error": str | None,             # one-line reason when the photo could not be read
-      "faces_skipped_small": int,      # faces under --min-face
-      "timings": {"read": float, "load_models": float, "detect": float, "embed": float,
-                  "search": float, "total": float},   # seconds; load_models ~0 after the first photo
-      "search": [{"model": str, "collection": str, "rows": int, "filtered_rows": int | None,
-                  "mode": "ann" | "exact" | "empty", "ef": int | None, "seconds": float,
-                  "note": str}],         # how the search was chosen
-      "faces": [{
-          "index": int, "box": [x, y, w, h], "confidence": float,
-          "quality": float | None,     # ingest/quality.py; None with --min-quality 0
-          "low_quality": bool,         # below min_quality: answered, but its matches mean little
-          "matches": [MATCH],          # models[0]
-          "matches_by_model": {model: [MATCH]},   # only when more than one model was searched
-      }],
-    }
-    MATCH = {"rank": int, "score": float,   # cosine similarity (IP of L2-normalised vectors)
-             "distance": float,             # 1 - score
-             "id": str, "identity": str, "source_path": str, "image_sha256": str,
-             "face_index": int, "box": [x, y, w, h], "confidence": float, "detector": str,
-             "has_attributes": bool,        # false: the 40 attributes are unknown
-             "attributes": {name: bool | null},  # the 40 CelebA attributes (null: unknown)
-             "quality": float | null, "face_size": int | null,   # null: stored before quality existed
-             "same_person": bool | null,    # score >= the model's calibrated threshold (schemas.VERDICTS);
-                                            # null: the model has none (CLIP, DINOv2)
-             "same_person_probability": float | null,   # calibrated P(same person | score)
-             "explanations": [EXPLANATION]}  # only with --explain, for the top --explain-top matches
-    EXPLANATION = {"method": "occlusion" | "gradcam" | "attention" | "layers",
-                   "png": str,              # panel, relative to the --out directory
-                   "seconds": float,        # time to compute it
-                   "layer_scores": [float]} # "layers" only: query-match cosine per block
-
-`RESULT_SCHEMA` / `MATCH_SCHEMA` below hold the same shape as Python types, and
-`validate_result` checks a dict against them (used by the tests).
+Results: query/results.py (typed models; the JSON shape of --json, results.json and the web API).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ingest.images import Decoded, ImageError, decode, read_bytes, sha256_bytes
+from ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from ingest.settings import Settings
 from ingest.store import Store
 from ingest.quality import DEFAULT_MIN_QUALITY, assess
-from schemas import (ATTRIBUTES, EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, VERDICTS, Verdict, breadth_max,
-                     collection_name, get_model)
+from query.results import (DEFAULT_TOP_K, TOP_K_MAX, Match, PhotoResult, QueryError, QueryFace,  # noqa: F401
+                           SearchInfo, check_min_quality, check_top_k, judge, results_document, verdict_for)
+from schemas import EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name, get_model
 from schemas.filters import CompiledFilter, combine, compile_filter, encode_literal
 
 # ---------------------------------------------------------------------------------------------
 # Tunables (measured on Milvus Lite, bench/bench_query.py)
 # ---------------------------------------------------------------------------------------------
-TOP_K_MAX = 1000
-DEFAULT_TOP_K = 5
 # Models tried, in order, when --model is not given.
 DEFAULT_MODEL_ORDER = ("facenet", "dlib")
 # A filter keeping at most this many rows is searched exactly (numpy over the fetched vectors).
@@ -113,254 +69,9 @@ PROBE_TTL = 60.0
 _BREADTH_PARAM = {"HNSW": "ef", "HNSW_SQ": "ef", "GPU_CAGRA": "itopk_size"}
 
 
-class QueryError(ValueError):
-    """A query that cannot run as asked (unknown model, missing collection, bad -k); one line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Result types
-# ---------------------------------------------------------------------------------------------
-Box = Tuple[int, int, int, int]
-
-
-@dataclass
-class Match:
-    rank: int
-    score: float  # cosine similarity
-    distance: float  # 1 - score
-    id: str
-    identity: str
-    source_path: str
-    image_sha256: str
-    face_index: int
-    box: Box
-    confidence: float
-    detector: str
-    has_attributes: bool
-    attributes: Dict[str, Optional[bool]]  # None: unknown (a face without CelebA annotation)
-    quality: Optional[float] = None  # None: stored before quality existed
-    face_size: Optional[int] = None
-    same_person: Optional[bool] = None  # None: no calibrated threshold for this model
-    same_person_probability: Optional[float] = None
-    explanations: List[Any] = field(default_factory=list, repr=False)  # query.explain.Explanation
-
-    @classmethod
-    def from_row(cls, rank: int, score: float, row: Dict[str, Any], verdict: Optional[Verdict] = None) -> "Match":
-        known = bool(row.get("has_attributes", False))
-        same, prob = judge(score, verdict)
-        return cls(
-            rank=rank, score=float(score), distance=float(1.0 - score), id=str(row["id"]),
-            identity=str(row.get("identity", "")), source_path=str(row.get("source_path", "")),
-            image_sha256=str(row.get("image_sha256", "")), face_index=int(row.get("face_index", 0)),
-            box=(int(row.get("box_x", 0)), int(row.get("box_y", 0)), int(row.get("box_w", 0)),
-                 int(row.get("box_h", 0))),
-            confidence=float(row.get("confidence", 0.0)), detector=str(row.get("detector", "")),
-            has_attributes=known,
-            attributes={a: (bool(row.get(a)) if known and row.get(a) is not None else None) for a in ATTRIBUTES},
-            quality=None if row.get("quality") is None else round(float(row["quality"]), 4),
-            face_size=None if row.get("face_size") is None else int(row["face_size"]),
-            same_person=same, same_person_probability=prob,
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "rank": self.rank, "score": self.score, "distance": self.distance, "id": self.id,
-            "identity": self.identity, "source_path": self.source_path,
-            "image_sha256": self.image_sha256, "face_index": self.face_index, "box": list(self.box),
-            "confidence": self.confidence, "detector": self.detector,
-            "has_attributes": self.has_attributes, "attributes": dict(self.attributes),
-            "quality": self.quality, "face_size": self.face_size, "same_person": self.same_person,
-            "same_person_probability": self.same_person_probability,
-            **({"explanations": [e.to_dict() for e in self.explanations]} if self.explanations else {}),
-        }
-
-
-@dataclass
-class QueryFace:
-    index: int  # 0-based, detector order (left to right); shown as index + 1
-    box: Box  # original upright pixels of the query photo
-    confidence: float
-    matches_by_model: Dict[str, List[Match]] = field(default_factory=dict)
-    dbox: Optional[Box] = field(default=None, repr=False)  # decoded-image pixels (rendering)
-    quality: Optional[float] = None
-    low_quality: bool = False  # below the search's minimum quality: answered, but treat with care
-
-    @property
-    def same_person(self) -> List[Match]:
-        """Matches (first model) judged the same person; empty: nobody in the collection is."""
-        return [m for m in self.matches if m.same_person]
-
-    @property
-    def matches(self) -> List[Match]:
-        """Matches of the first searched model."""
-        return next(iter(self.matches_by_model.values()), [])
-
-    def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {
-            "index": self.index, "box": list(self.box), "confidence": self.confidence,
-            "quality": self.quality, "low_quality": self.low_quality,
-            "matches": [m.to_dict() for m in self.matches],
-        }
-        if len(self.matches_by_model) > 1:
-            out["matches_by_model"] = {k: [m.to_dict() for m in v] for k, v in self.matches_by_model.items()}
-        return out
-
-
-@dataclass
-class SearchInfo:
-    """How one model's search ran."""
-
-    model: str
-    collection: str
-    rows: int  # rows in the collection
-    filtered_rows: Optional[int]  # rows the filter keeps; None when not probed (no user filter)
-    mode: str  # "ann" | "exact" | "empty"
-    ef: Optional[int]  # breadth parameter given to the ANN search
-    seconds: float
-    note: str = ""  # how the search was chosen, for people reading --json
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class PhotoResult:
-    path: str
-    sha256: str
-    width: int
-    height: int
-    detector: str
-    models: List[str]
-    top_k: int
-    filter: Optional[str]
-    exclude_same_image: bool = False
-    min_face: int = 0
-    min_score: Optional[float] = None
-    min_quality: float = 0.0
-    faces: List[QueryFace] = field(default_factory=list)
-    faces_skipped_small: int = 0
-    search: List[SearchInfo] = field(default_factory=list)
-    timings: Dict[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
-    image: Optional[Decoded] = field(default=None, repr=False)  # kept for rendering when asked
-    notes: List[str] = field(default_factory=list, repr=False)  # e.g. explanation methods skipped
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "path": self.path, "sha256": self.sha256, "width": self.width, "height": self.height,
-            "detector": self.detector, "models": list(self.models), "top_k": self.top_k,
-            "filter": self.filter, "exclude_same_image": self.exclude_same_image,
-            "min_face": self.min_face, "min_score": self.min_score, "min_quality": self.min_quality,
-            "error": self.error,
-            "faces_skipped_small": self.faces_skipped_small,
-            "timings": {k: round(v, 6) for k, v in self.timings.items()},
-            "search": [s.to_dict() for s in self.search],
-            "faces": [f.to_dict() for f in self.faces],
-        }
-
-
-def results_document(results: Sequence[PhotoResult]) -> Dict[str, Any]:
-    """The document `--json` prints and `--out` writes as results.json."""
-    return {"version": 1, "photos": [r.to_dict() for r in results]}
-
-
-# Shape of to_dict(), as Python types (a tuple means "one of"); see the module docstring.
-MATCH_SCHEMA: Dict[str, Any] = {
-    "rank": int, "score": float, "distance": float, "id": str, "identity": str,
-    "source_path": str, "image_sha256": str, "face_index": int, "box": [int], "confidence": float,
-    "detector": str, "has_attributes": bool, "attributes": {"*": (bool, type(None))},
-    "quality": (float, type(None)), "face_size": (int, type(None)),
-    "same_person": (bool, type(None)), "same_person_probability": (float, type(None)),
-    "explanations?": [{"method": str, "png": str, "seconds": float, "layer_scores?": [float]}],
-}
-FACE_SCHEMA: Dict[str, Any] = {
-    "index": int, "box": [int], "confidence": float, "quality": (float, type(None)), "low_quality": bool,
-    "matches": [MATCH_SCHEMA],
-    "matches_by_model?": {"*": [MATCH_SCHEMA]},
-}
-SEARCH_SCHEMA: Dict[str, Any] = {
-    "model": str, "collection": str, "rows": int, "filtered_rows": (int, type(None)),
-    "mode": str, "ef": (int, type(None)), "seconds": float, "note": str,
-}
-RESULT_SCHEMA: Dict[str, Any] = {
-    "path": str, "sha256": str, "width": int, "height": int, "detector": str, "models": [str],
-    "top_k": int, "filter": (str, type(None)), "exclude_same_image": bool, "min_face": int,
-    "min_score": (float, int, type(None)), "min_quality": (float, int), "error": (str, type(None)),
-    "faces_skipped_small": int,
-    "timings": {"*": float}, "search": [SEARCH_SCHEMA], "faces": [FACE_SCHEMA],
-}
-DOCUMENT_SCHEMA: Dict[str, Any] = {"version": int, "photos": [RESULT_SCHEMA]}
-
-
-def validate_result(value: Any, schema: Any = DOCUMENT_SCHEMA, where: str = "$") -> List[str]:
-    """Problems of `value` against a schema above ([] when it conforms)."""
-    problems: List[str] = []
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            return [f"{where}: expected object, got {type(value).__name__}"]
-        if "*" in schema:
-            for k, v in value.items():
-                problems += validate_result(v, schema["*"], f"{where}.{k}")
-            return problems
-        keys = {k.rstrip("?"): k.endswith("?") for k in schema}
-        for k, optional in keys.items():
-            if k not in value:
-                if not optional:
-                    problems.append(f"{where}: missing key '{k}'")
-                continue
-            sub = schema[k + "?"] if optional else schema[k]
-            problems += validate_result(value[k], sub, f"{where}.{k}")
-        extra = set(value) - set(keys)
-        if extra:
-            problems.append(f"{where}: unexpected keys {sorted(extra)}")
-        return problems
-    if isinstance(schema, list):
-        if not isinstance(value, list):
-            return [f"{where}: expected list, got {type(value).__name__}"]
-        for i, v in enumerate(value):
-            problems += validate_result(v, schema[0], f"{where}[{i}]")
-        return problems
-    types = schema if isinstance(schema, tuple) else (schema,)
-    ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in types)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        ok = True  # JSON does not distinguish 1.0 from 1
-    if not ok:
-        problems.append(f"{where}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}")
-    return problems
-
-
 # ---------------------------------------------------------------------------------------------
 # Search policy
 # ---------------------------------------------------------------------------------------------
-def check_top_k(k: Any) -> int:
-    try:
-        kk = int(k)
-        if str(k).strip() != str(kk) and not isinstance(k, int):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise QueryError(f"-k/--top-k must be an integer between 1 and {TOP_K_MAX}, got {k!r}") from None
-    if not 1 <= kk <= TOP_K_MAX:
-        raise QueryError(f"-k/--top-k must be between 1 and {TOP_K_MAX}, got {kk}")
-    return kk
-
-
-def check_min_quality(q: Any) -> float:
-    """--min-quality: None -> the default; a number in [0, 1]."""
-    if q is None:
-        return DEFAULT_MIN_QUALITY
-    try:
-        v = float(q)
-    except (TypeError, ValueError):
-        raise QueryError(f"--min-quality must be a number between 0 and 1, got {q!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise QueryError(f"--min-quality must be between 0 and 1, got {v:g}")
-    return v
-
-
 def ef_for(k: int, selectivity: float, base: int, ef_max: int = EF_MAX) -> int:
     """ANN breadth for top-k under a filter keeping `selectivity` of the rows."""
     s = min(1.0, max(selectivity, 1e-9))
@@ -389,23 +100,6 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: Sequence[str], k: 
     return out
 
 
-def judge(score: float, verdict: Optional[Verdict]) -> Tuple[Optional[bool], Optional[float]]:
-    """(same person?, P(same person)) of a score under a model's verdict; (None, None) without one."""
-    if verdict is None:
-        return None, None
-    prob = None
-    if verdict.logistic is not None:
-        a, b = verdict.logistic
-        prob = round(1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a * score + b)))), 4)
-    return bool(score >= verdict.threshold), prob
-
-
-def verdict_for(model: str) -> Optional[Verdict]:
-    """The calibrated same-person verdict of a model key (none for block features `_l<N>`)."""
-    spec = get_model(model)
-    return VERDICTS.get(spec.name)
-
-
 def quality_filter(min_quality: float) -> str:
     """System filter keeping stored faces of at least this quality (value encoded, never concatenated)."""
     return f"quality >= {encode_literal(float(min_quality))}"
@@ -430,12 +124,12 @@ class Searcher:
         # transformer bases ("clip", "dinov2") whose weights the caller chose (--clip-model ...)
         self.explicit_sources = set(explicit_sources)
         self._own_store = store is None
-        self.store = store or Store(self.settings.db, self.settings.uri, self.settings.token,
-                                    self.settings.profile)
+        self.store = store or Store.from_settings(self.settings)
         self.exact_max_rows = exact_max_rows
         self.ef_max = ef_max
         self._rows: Dict[str, int] = {}
         self._engine_settings: Dict[Tuple[str, ...], Settings] = {}
+        self._heads_checked: set = set()  # (head model, digest) checked against its collection
         self._probes: Dict[Tuple[str, str, str], Tuple[float, Any]] = {}
         # Filter probes started before the faces are embedded (see prefetch).
         self._inflight: Dict[Tuple[str, str, str], Any] = {}
@@ -485,6 +179,10 @@ class Searcher:
                 raise QueryError(f"unknown model '{m}' (known: {', '.join(MODELS)}, "
                                  f"<clip|dinov2>_l<N>, all)") from None
             if key not in present:
+                head_of = get_model(key).head_of
+                if head_of:
+                    raise QueryError(f"no collection {collection_name(key)} in DB; train it with "
+                                     f"lookalike train-head --model {head_of}")
                 hint = f"--models {get_model(key).base}" + (f" --layer {layer}" if key != m else "")
                 raise QueryError(f"no collection {collection_name(key)} in DB; ingest with {hint}")
             out.append(key)
@@ -523,8 +221,16 @@ class Searcher:
                     if recorded:
                         settings = settings.with_(**{f"{spec.base}_model": recorded})
             self._engine_settings[key] = settings
-        engine = get_engine(settings, detector or settings.detector, list(models))
-        return engine.load()
+        engine = get_engine(settings, detector or settings.detector, list(models)).load()
+        for m in models:
+            emb = engine.embedders[m]
+            if get_model(m).head_of and (m, emb.head.digest) not in self._heads_checked:
+                from ingest.head import check_head
+
+                # the head file must be the one its collection was written with
+                check_head(self.store, emb.head, emb.path)
+                self._heads_checked.add((m, emb.head.digest))
+        return engine
 
     def rows(self, model: str) -> int:
         name = collection_name(model)
@@ -552,7 +258,7 @@ class Searcher:
         name = collection_name(model)
         fields = output_fields if output_fields is not None else OUTPUT_FIELDS
         total = self.rows(model)
-        info = SearchInfo(model, name, total, None, "ann", None, 0.0)
+        info = SearchInfo(model=model, collection=name, rows=total, mode="ann", seconds=0.0)
         if len(q) == 0:
             info.mode = "empty"
             return [], info
@@ -585,10 +291,14 @@ class Searcher:
                                 f"ANN search; {index} has no breadth parameter "
                                 f"to raise, so neighbours may be missed"))
         verdict = verdict_for(model)
+        # The faces this search compared against: the filter's rows where probed, else all rows.
+        searched = info.filtered_rows if info.filtered_rows is not None else total
+        if verdict is not None:
+            info.same_person_threshold = round(verdict.threshold_for(searched), 4)
         out: List[List[Match]] = []
         for per in hits:
             ms = [(s, r) for s, r in per if min_score is None or s >= min_score]
-            out.append([Match.from_row(i + 1, s, r, verdict) for i, (s, r) in enumerate(ms)])
+            out.append([Match.from_row(i + 1, s, r, verdict, searched) for i, (s, r) in enumerate(ms)])
         info.seconds = time.perf_counter() - t0
         return out, info
 
@@ -686,24 +396,20 @@ class Searcher:
         return out
 
     # -- photos ----------------------------------------------------------------------------------
-    def search_photo(self, photo: Union[str, Path], *, model: Optional[Union[str, Sequence[str]]] = None,
+    def search_photo(self, photo: Union[str, Path, bytes], *, model: Optional[Union[str, Sequence[str]]] = None,
                      top_k: int = DEFAULT_TOP_K, filter: Optional[Union[str, CompiledFilter]] = None,
                      where: Iterable[str] = (), where_not: Iterable[str] = (),
                      exclude_same_image: bool = False, min_face: int = 0,
                      min_score: Optional[float] = None, detector: Optional[str] = None,
                      keep_image: bool = False, models: Optional[List[str]] = None,
-                     explain: Optional[str] = None, explain_top: int = 3,
-                     explain_dir: Optional[Union[str, Path]] = None,
-                     min_quality: Optional[float] = None) -> PhotoResult:
-        """Detect every face of `photo`, search each model once with all faces.
+                     min_quality: Optional[float] = None, name: Optional[str] = None) -> PhotoResult:
+        """Detect every face of `photo` (a path, or the file's bytes with an optional `name` for
+        messages), and search each model once with all faces.
 
         Stored faces below `min_quality` (default DEFAULT_MIN_QUALITY; 0 keeps every face, e.g. to
         find oneself in one's own photo archive) are left out; a query face below it is still
-        answered and marked `low_quality`.
-
-        `explain` ("occlusion", "gradcam", "attention", "layers", a comma list or "all") adds
-        heat-map explanations to the top `explain_top` matches of every face (query.explain),
-        with PNG panels written under `explain_dir`/explain/ when it is given.
+        answered and marked `low_quality`. `keep_image` keeps the decoded photo and its detected
+        faces on the result, for rendering and for `query.explain.explain_result`.
 
         Raises ImageError (unreadable photo, message starts with the path), QueryError,
         FilterError, StoreError, WeightsMissing/ModelError. A photo without a face gives a
@@ -714,11 +420,11 @@ class Searcher:
         flt = filter if isinstance(filter, CompiledFilter) else compile_filter(filter, where, where_not)
         models = models or self.resolve_models(model)
         det = detector or self.settings.detector
-        path = str(photo)
+        path = name or ("upload" if isinstance(photo, (bytes, bytearray)) else str(photo))
         timings: Dict[str, float] = {}
         t0 = t = time.perf_counter()
         try:  # read first: an unreadable photo fails before any model loads
-            data = read_bytes(path)
+            data = bytes(photo) if isinstance(photo, (bytes, bytearray)) else read_bytes(str(photo))
             sha = sha256_bytes(data)
             image = decode(data)
             del data
@@ -741,12 +447,12 @@ class Searcher:
                           models=list(models), top_k=k, filter=flt.render() if flt else None,
                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
                           min_quality=q_min, faces_skipped_small=len(found) - len(faces), timings=timings,
-                          image=image if keep_image else None)
+                          image=image if keep_image else None, detected=faces if keep_image else [])
+        timings = res.timings  # the model holds a copy of the dict it was given
         mark = q_min or DEFAULT_MIN_QUALITY
-        res.faces = []
         for f in faces:
             q = assess(image, f).score
-            res.faces.append(QueryFace(f.index, tuple(int(v) for v in f.box), float(f.confidence),
+            res.faces.append(QueryFace(index=f.index, box=tuple(int(v) for v in f.box), confidence=float(f.confidence),
                                        dbox=tuple(int(v) for v in f.dbox), quality=q, low_quality=q < mark))
         timings["embed"] = timings["search"] = 0.0
         if not faces:
@@ -762,18 +468,11 @@ class Searcher:
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):
                 qf.matches_by_model[m] = ms
-        if explain:
-            from query.explain import explain_photo, parse_methods  # lazy: off by default
-
-            t = time.perf_counter()
-            res.notes += explain_photo(self, engine, image, faces, res, parse_methods(explain),
-                                       max(0, int(explain_top)), explain_dir)
-            timings["explain"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return res
 
 
-def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Optional[str] = None,
+def search_photo(photo: Union[str, Path, bytes], *, db: Optional[str] = None, uri: Optional[str] = None,
                  token: Optional[str] = None, profile: Optional[str] = None,
                  model: Optional[Union[str, Sequence[str]]] = None, top_k: int = DEFAULT_TOP_K,
                  filter: Optional[str] = None, where: Iterable[str] = (), where_not: Iterable[str] = (),
@@ -784,16 +483,23 @@ def search_photo(photo: Union[str, Path], *, db: Optional[str] = None, uri: Opti
                  min_quality: Optional[float] = None) -> PhotoResult:
     """Python twin of `lookalike query PHOTO`: the faces of one photo and their top-k matches.
 
+    `explain` ("occlusion", "gradcam", "attention", "layers", a comma list or "all") then explains
+    the top `explain_top` matches of every face (query.explain.explain_result), with PNG panels
+    under `explain_dir`/explain/ when it is given.
+
     >>> r = search_photo("group.jpg", db="lookalike.db", top_k=5, filter="Smiling == true")
     >>> [(f.index, f.matches[0].identity, round(f.matches[0].score, 2)) for f in r.faces]
     """
     settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector)
     with Searcher(settings, store=store) as s:
-        return s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where,
-                              where_not=where_not, exclude_same_image=exclude_same_image,
-                              min_face=min_face, min_score=min_score, keep_image=keep_image,
-                              explain=explain, explain_top=explain_top, explain_dir=explain_dir,
-                              min_quality=min_quality)
+        r = s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where, where_not=where_not,
+                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
+                           keep_image=keep_image or bool(explain), min_quality=min_quality)
+        if explain:
+            from query.explain import explain_result  # lazy: off by default
+
+            explain_result(s, r, explain, explain_top, explain_dir)
+        return r
 
 
 def search_photos(photos: Sequence[Union[str, Path]], **kwargs) -> List[PhotoResult]:

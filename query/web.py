@@ -26,7 +26,6 @@ import base64
 import io
 import os
 import re
-import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -47,6 +46,7 @@ MAX_UPLOAD_BYTES = 15 * 1024 * 1024
 _FORM_OVERHEAD = 64 * 1024
 PREVIEW_SIDE = 1600  # longest side of the query photo preview sent back (JPEG data URL)
 THUMB_SIDE = 160  # longest side of a match thumbnail
+WEB_TOP_K_MAX = 50  # matches per face the page can show; the CLI allows more
 FACE_ID = re.compile(r"^[0-9a-f]{64}_[0-9]{1,5}$")
 
 # The 40 CelebA attributes, grouped for the filter UI (every attribute exactly once; tested).
@@ -142,7 +142,8 @@ class _State:
         self._thumbs: Dict[tuple, bytes] = {}
 
     def open(self, warm: bool) -> None:
-        from query.search import QueryError, Searcher
+        from query.results import QueryError
+        from query.search import Searcher
 
         if self.searcher is None:
             self.searcher = Searcher(self.settings, explicit_sources=self.explicit_sources)
@@ -201,10 +202,10 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
     otherwise one is created at startup over `settings` and closed at shutdown. `warm` loads the
     default model's detector and embedder at startup, so the first query is as fast as the rest."""
     from ingest.images import ImageError
-    from ingest.models import ModelError, WeightsMissing
     from ingest.store import StoreError
     from ingest.quality import DEFAULT_MIN_QUALITY
-    from query.search import DEFAULT_TOP_K, TOP_K_MAX, QueryError, results_document
+    from query.errors import classify
+    from query.results import DEFAULT_TOP_K, QueryError, results_document
     from schemas import ATTRIBUTES, FACE_FIELDS, collection_name
     from schemas.filters import FILTERABLE, FilterError, compile_filter
 
@@ -276,7 +277,7 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
         where = settings.uri or Path(settings.db).name
         return {"database": where, "detector": settings.detector,
                 "collections": [c.__dict__ for c in cols], "models": models, "default_model": default,
-                "top_k": {"default": DEFAULT_TOP_K, "max": TOP_K_MAX}, "annotated_faces": annotated,
+                "top_k": {"default": DEFAULT_TOP_K, "max": WEB_TOP_K_MAX}, "annotated_faces": annotated,
                 "min_quality": {"default": DEFAULT_MIN_QUALITY},
                 "max_upload_bytes": max_upload_bytes}
 
@@ -293,7 +294,7 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
                          422: {"description": "invalid filter (names the field) or unreadable image"}})
     def query(image: UploadFile = File(..., description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF)"),
               model: Optional[str] = Form(None, description="model collection, e.g. dlib (default: the database's default)"),
-              k: str = Form(str(DEFAULT_TOP_K), description=f"matches per face, 1..{TOP_K_MAX}"),
+              k: int = Form(DEFAULT_TOP_K, ge=1, le=WEB_TOP_K_MAX, description=f"matches per face, 1..{WEB_TOP_K_MAX}"),
               filter: Optional[str] = Form(None, description="filter expression, e.g. Smiling == true and Male == false"),
               where: List[str] = Form([], description="boolean fields that must be true"),
               where_not: List[str] = Form([], description="boolean fields that must be false"),
@@ -327,43 +328,22 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
                                                      f"(models: {', '.join(present) or 'none'})")
         name = _display_name(image.filename)
         f.seek(0)
-        # The Searcher reads photos from a path: the upload goes to a private temporary file whose
-        # name we choose (the client's file name is only displayed).
-        fd, tmp = tempfile.mkstemp(prefix="lookalike-upload-", suffix="." + kind)
+        data = f.read()  # bounded above; the client's file name is only displayed
         try:
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-            try:
-                with state.lock:
-                    r = s.search_photo(tmp, model=model or None, top_k=k, filter=filter or None,
-                                       where=where, where_not=where_not,
-                                       exclude_same_image=exclude_same_image, keep_image=True,
-                                       min_quality=min_quality)
-            except FilterError as e:
-                raise ApiError(422, "invalid_filter", str(e), field=_field_of(str(e))) from None
-            except QueryError as e:
-                raise ApiError(400, "bad_option", str(e)) from None
-            except ImageError as e:
-                msg = str(e)
-                if msg.startswith(tmp):
-                    msg = msg[len(tmp):].lstrip(": ")
-                raise ApiError(422, "unreadable", f"cannot read this image: {msg}") from None
-            except WeightsMissing as e:
-                raise ApiError(500, "weights_missing", str(e)) from None
-            except ModelError as e:
-                raise ApiError(500, "model_error", str(e)) from None
-            except StoreError as e:
-                raise ApiError(503, "store_error", str(e)) from None
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        r.path = name
+            with state.lock:
+                r = s.search_photo(data, name=name, model=model or None, top_k=k, filter=filter or None,
+                                   where=where, where_not=where_not, exclude_same_image=exclude_same_image,
+                                   keep_image=True, min_quality=min_quality)
+        except Exception as e:  # noqa: BLE001 - the shared table (query/errors.py) decides
+            kind = classify(e)
+            if kind is None:
+                raise
+            msg = str(e)
+            if isinstance(e, ImageError):
+                msg = "cannot read this image: " + (msg[len(name):].lstrip(": ") if msg.startswith(name) else msg)
+            extra = {"field": _field_of(msg)} if isinstance(e, FilterError) else {}
+            raise ApiError(kind.http_status, kind.api_code, msg, **extra) from None
+        del data
         preview = _preview(r.image) if r.image is not None else None
         doc = results_document([r])
         return {"version": doc["version"], "photo": doc["photos"][0], "preview": preview,

@@ -6,6 +6,7 @@ pymilvus schemas; the filter validator (schemas/filters.py) checks user expressi
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -120,6 +121,9 @@ class ModelSpec:
     default_source: str = ""  # transformers model id, for kind == "hf-*"
     layer: Optional[int] = None  # intermediate block whose features are embedded (hf-* only)
     doc: str = ""
+    # `<model>_head`: the stored vectors of model `head_of` through a head trained on the
+    # collection's labelled faces (ingest/head.py); dim comes from the head file
+    head_of: str = ""
 
     @property
     def collection(self) -> str:
@@ -127,6 +131,8 @@ class ModelSpec:
 
     @property
     def base(self) -> str:
+        if self.head_of:
+            return get_model(self.head_of).base
         return self.name.split("_l")[0] if self.layer is not None else self.name
 
     @property
@@ -136,22 +142,60 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Verdict:
-    """When a match is called "the same person": score (cosine) >= threshold, set at a false-accept
-    rate on labelled pairs; `logistic` (a, b) turns a score into P(same) = 1 / (1 + exp(-(a s + b)))."""
+    """When a match is called "the same person", for one model.
+
+    A pair is the same person when its cosine score reaches `threshold` (per-pair FAR 1 %). A search
+    compares a face with N stored faces, so one pair's false-accept rate, N times over, would call
+    almost every stranger someone: `threshold_for(N)` is the score at which the per-pair FAR is
+    `fpir / N`, read off the impostor tail `far_curve` (log-linear between its points and past the
+    last one), so about `fpir` of the strangers searched get a false "same person" whatever the
+    gallery's size. P(same) = 1 / (1 + exp(-slope (score - threshold_for(N)))): the slope is the
+    logistic fit's (pairs and searches give the same one), centred on the threshold so that the
+    verdict and the probability never disagree (the search fit's midpoint lies within 0.002 of it)."""
     threshold: float
-    logistic: Optional[Tuple[float, float]]
+    slope: Optional[float]
     source: str
+    far_curve: Tuple[Tuple[float, float], ...] = ()  # (threshold, per-pair FAR), FAR decreasing
+    fpir: float = 0.05
+
+    def threshold_for(self, n: int) -> float:
+        """The same-person threshold of a search over n stored faces."""
+        pts = sorted(self.far_curve, key=lambda p: -p[1])
+        if not pts or n <= 1:
+            return self.threshold
+        need = math.log10(self.fpir / n)
+        logs = [(t, math.log10(f)) for t, f in pts]
+        if need >= logs[0][1]:
+            return self.threshold
+        for (t0, f0), (t1, f1) in zip(logs, logs[1:]):
+            if f1 <= need <= f0:
+                return max(self.threshold, t0 + (t1 - t0) * (f0 - need) / (f0 - f1))
+        if len(logs) < 2:
+            return max(self.threshold, logs[-1][0])
+        (t0, f0), (t1, f1) = logs[-2], logs[-1]
+        # Past the measured tail: an exponential tail, extended (few impostor pairs score there).
+        return min(0.999, t1 + (t1 - t0) * (f1 - need) / (f0 - f1))
+
+    def probability(self, score: float, n: int) -> Optional[float]:
+        """P(same person) of a match scoring `score` in a search over n faces (None without a fit)."""
+        if self.slope is None:
+            return None
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, self.slope * (score - self.threshold_for(n))))))
 
 
-# The one record of same-person thresholds, per model (base model for `_l<N>` keys: none; general
-# vision models are not face verifiers). Calibrated by `lookalike eval lfw` (query/evaluation.py
-# verdict_calibration: threshold at FAR 1 %, Platt fit); figures in bench/results/accuracy.txt.
+# The one record of same-person verdicts, per model (none for block features `_l<N>`; general vision
+# models are not face verifiers). dlib: the pair threshold from `lookalike eval lfw` (LFW fold 1,
+# FAR 1 %), the impostor tail and the logistic from `search_calibration` (query/evaluation.py) over
+# the LFW fold-1 images and the CelebA sample; figures and their run in bench/results/accuracy.txt.
 VERDICTS: Dict[str, Verdict] = {
-    # LFW fold 1 (600 pairs), yunet + dlib, the product's path: FAR 1.00 %, TAR 99.67 %, accuracy
-    # 99.33 % at this threshold (bench/results/accuracy.txt)
-    "dlib": Verdict(0.9031, (205.78, -185.94), "LFW fold 1, yunet + dlib, FAR 1 % (lookalike eval lfw)"),
+    "dlib": Verdict(
+        0.9031, 206.83,
+        "pairs: LFW fold 1, yunet + dlib, FAR 1 % (lookalike eval lfw); search: impostor tail and "
+        "logistic over the LFW fold-1 images and the CelebA sample (bench/bench_accuracy.py)",
+        far_curve=((0.9061, 1e-2), (0.9249, 1e-3), (0.9399, 1e-4), (0.9492, 1e-5)),
+        fpir=0.05),
     # No FaceNet weights on the machines that calibrate: DeepFace's published cosine threshold
-    # (distance 0.40) until `lookalike eval lfw --models facenet` is run where they are.
+    # (distance 0.40), a pair threshold only, until a calibration runs where the weights are.
     "facenet": Verdict(0.60, None, "DeepFace's published threshold for Facenet, cosine distance 0.40"),
     "facenet512": Verdict(0.70, None, "DeepFace's published threshold for Facenet512, cosine distance 0.30"),
 }
@@ -179,6 +223,13 @@ MODELS: Dict[str, ModelSpec] = {
 
 # `<model>_l<N>`: features of block N of a transformer model, in a collection of their own.
 _LAYER_KEY = re.compile(r"^(?P<base>[a-z0-9]+)_l(?P<layer>\d{1,3})$")
+# `<model>_head`: a model's vectors through its learned projection head (any model key above).
+HEAD_SUFFIX = "_head"
+
+
+def head_key(model: str) -> str:
+    """The model key of `model`'s learned head: faces_<model>_head holds its projected vectors."""
+    return f"{model}{HEAD_SUFFIX}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,20 +426,25 @@ def get_model(name: str) -> ModelSpec:
     """The spec of a model key: a declared model, or `<transformer model>_l<N>` for block N."""
     if name in MODELS:
         return MODELS[name]
+    if name.endswith(HEAD_SUFFIX) and len(name) > len(HEAD_SUFFIX):
+        base = get_model(name[:-len(HEAD_SUFFIX)])
+        if not base.head_of:  # a head of a head is not a model
+            return replace(base, name=name, dim=0, head_of=base.name,
+                           doc=f"{base.name} vectors through the head trained on this collection's identities")
     m = _LAYER_KEY.match(name)
     if m and m.group("base") in MODELS and MODELS[m.group("base")].is_transformer:
         base = MODELS[m.group("base")]
         # Block features are the hidden size wide (no projection): dim comes from the config.
         return replace(base, name=name, dim=0, layer=int(m.group("layer")),
                        doc=f"{base.name} features of block {m.group('layer')}")
-    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N"
+    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N, <model>_head for a trained head"
     raise UnknownName(f"unknown model '{name}' (known: {known})")
 
 
 def layer_key(name: str, layer: Optional[int]) -> str:
     """Model key for `--layer N`: transformer models get `_l<N>`, face models stay as they are."""
     spec = get_model(name)
-    if layer is None or not spec.is_transformer or spec.layer is not None:
+    if layer is None or not spec.is_transformer or spec.layer is not None or spec.head_of:
         return name
     return f"{spec.name}_l{layer}"
 

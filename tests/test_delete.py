@@ -211,6 +211,11 @@ def test_cli(db, template):
                       (["--image", str(PEOPLE)], "is a folder")):
         r = _lookalike("delete", *args, "--db", str(db))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and msg in r.stderr, r.stderr
+    r = _lookalike("delete", "--identity", "Obama", "--db", str(db))  # stored as the folder name: obama
+    assert r.returncode == 0 and "removed 0 faces" in r.stdout
+    assert r.stderr.count("\n") == 1 and "did you mean 'obama'" in r.stderr, r.stderr
+    r = _lookalike("delete", "--identity", "nobody_at_all", "--db", str(db), "--dry-run")
+    assert r.returncode == 0 and "no face is labelled 'nobody_at_all'" in r.stderr and "query a photo" in r.stderr
     r = _lookalike("delete", "--identity", "obama", "--db", str(db.parent / "missing.db"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not (db.parent / "missing.db").exists()

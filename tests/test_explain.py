@@ -161,7 +161,7 @@ def _cli(*args):
 
 
 def test_cli_explain_writes_panels_referenced_from_results(small_db, tmp_path, monkeypatch, capsys):
-    from query.search import validate_result
+    from query.results import validate_document
 
     monkeypatch.setattr(X, "OCC_PATCH", 1 / 3)
     monkeypatch.setattr(X, "OCC_STRIDE", 1 / 3)
@@ -173,7 +173,7 @@ def test_cli_explain_writes_panels_referenced_from_results(small_db, tmp_path, m
     err = capsys.readouterr().err
     assert "gradcam is not available for dlib" in err  # one line per skipped method
     doc = json.loads((out / "results.json").read_text())
-    assert validate_result(doc) == []
+    assert validate_document(doc) == []
     matches = doc["photos"][0]["faces"][0]["matches"]
     assert len(matches) == 3
     for mt in matches[:2]:
@@ -200,9 +200,9 @@ def test_plain_query_does_not_import_explain(small_db, tmp_path):
     db = tmp_path / "copy.db"  # Milvus Lite: one process per database; this one holds the original
     shutil.copytree(small_db, db)
     small_db = db
-    code = ("import sys, json; from query.search import search_photo, validate_result, results_document\n"
+    code = ("import sys, json; from query.search import search_photo; from query.results import validate_document, results_document\n"
             f"r = search_photo({str(photo)!r}, db={str(small_db)!r}, top_k=2)\n"
-            "d = results_document([r]); assert validate_result(d) == []\n"
+            "d = results_document([r]); assert validate_document(d) == []\n"
             "assert 'query.explain' not in sys.modules\n"
             "assert all('explanations' not in m for f in d['photos'][0]['faces'] for m in f['matches'])\n"
             "assert 'explain' not in d['photos'][0]['timings']\n")

@@ -367,6 +367,7 @@ def test_property_what_the_validator_accepts_milvus_lite_accepts(lite_store, exp
         assert _milvus_ids(store, f) == {r["id"] for r in rows if f.evaluate(r)}, f.render()
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("expr, needle", [
     ("confidence > 1e999", "1e999"),
     ("face_index == 99999999999999999999999", "99999999999999999999999"),

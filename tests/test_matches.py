@@ -63,9 +63,41 @@ def test_unannotated_faces_can_still_be_asked_for():
 def test_verdict_is_recorded_with_its_source():
     v = VERDICTS["dlib"]
     assert isinstance(v, Verdict) and 0.5 < v.threshold < 1.0 and "LFW" in v.source
-    a, b = v.logistic
-    p = lambda s: 1 / (1 + np.exp(-(a * s + b)))  # noqa: E731
-    assert p(v.threshold - 0.05) < 0.5 < p(v.threshold + 0.05)
+    assert v.slope and v.far_curve and 0 < v.fpir < 0.5
+
+
+def test_search_threshold_rises_with_the_gallery_and_agrees_with_the_probability():
+    v = VERDICTS["dlib"]
+    sizes = [1, 10, 100, 753, 1421, 10_000, 200_000, 10**9]
+    thresholds = [v.threshold_for(n) for n in sizes]
+    assert thresholds[0] == v.threshold_for(2) == v.threshold  # a pair or two: the pair threshold
+    assert thresholds == sorted(thresholds) and len(set(thresholds)) == len(thresholds)
+    assert thresholds[-1] <= 0.999
+    for n, t in zip(sizes, thresholds):
+        assert v.probability(t, n) == pytest.approx(0.5)
+        assert v.probability(t - 0.01, n) < 0.5 < v.probability(t + 0.01, n)
+    # between two measured points of the impostor tail the threshold lies between theirs
+    (t3, f3), (t4, f4) = v.far_curve[-2:]
+    assert t3 < v.threshold_for(round(v.fpir / (f3 * f4) ** 0.5)) < t4
+
+
+def test_search_calibration_on_made_up_identities():
+    """Two well-separated clusters per identity: the open-set figures are what they must be."""
+    from query.evaluation import search_calibration
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(60, 32))
+    vecs, ids = [], []
+    for i, c in enumerate(centres):
+        for _ in range(3):
+            x = c + 0.05 * rng.normal(size=32)
+            vecs.append(x / np.linalg.norm(x))
+            ids.append(f"p{i}")
+    cal = search_calibration(np.array(vecs), ids)
+    assert cal["faces"] == 180 and cal["identities"] == 60 and cal["mated_searches"] == 180
+    assert [p["far"] for p in cal["curve"]] == sorted((p["far"] for p in cal["curve"]), reverse=True)
+    for lv in cal["levels"]:
+        assert lv["tpir"] == 1.0 and lv["fpir"] <= 2 * lv["fpir_target"] + 0.02
 
 
 # -- a real gallery -----------------------------------------------------------------------------
@@ -126,18 +158,20 @@ def test_low_quality_faces_skipped_by_default_and_kept_on_request(gallery, setti
 
 
 def test_verdict_on_a_group_photo(gallery, settings):
-    from query.search import Searcher, validate_result, results_document
+    from query.results import results_document, validate_document
+    from query.search import Searcher
 
-    thr = VERDICTS["dlib"].threshold
     with Searcher(settings.with_(db=gallery)) as s:
         r = s.search_photo(str(GROUP), top_k=5)
-    assert not validate_result(results_document([r]))
+    thr = VERDICTS["dlib"].threshold_for(r.search[0].rows)
+    assert r.search[0].same_person_threshold == round(thr, 4) and thr > VERDICTS["dlib"].threshold
+    assert not validate_document(results_document([r]))
     assert len(r.faces) == 2
     for f in r.faces:
         top = f.matches[0]
         assert top.identity in ("obama", "biden") and top.same_person is True
         for m in f.matches:
-            assert m.same_person == (m.score >= thr)
+            assert m.same_person == (m.score >= thr) == (m.same_person_probability >= 0.5)
             assert 0.0 <= m.same_person_probability <= 1.0
             assert all(v is None for v in m.attributes.values())
         probs = [m.same_person_probability for m in f.matches]
@@ -172,3 +206,22 @@ def test_cli_shows_verdict_and_min_quality(gallery, tmp_path):
     bad = subprocess.run(env_py + ["query", str(GROUP), "--db", gallery, "--min-quality", "2"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--min-quality" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_strangers_against_a_celebrity_gallery(tmp_path, settings):
+    """Group photos of people who are not in the CelebA sample: each face still gets its nearest
+    lookalikes, and (almost) none is called the same person as a celebrity. A pair threshold would
+    call nearly all of them someone: their best scores lie above it."""
+    import ingest
+    from query.search import Searcher
+
+    db = str(tmp_path / "celeba.db")
+    ingest.run(str(DATA / "celeba"), db=db, models="dlib", workers=2, progress=False, settings=settings,
+               report=str(tmp_path / "report.jsonl"))
+    faces = []
+    with Searcher(settings.with_(db=db)) as s:
+        for photo in ("t1.jpg", "multiface.jpg"):
+            faces += s.search_photo(str(DATA / "groups" / "photos" / photo), top_k=5).faces
+    assert len(faces) >= 10 and all(len(f.matches) == 5 for f in faces)
+    assert sum(f.matches[0].score >= VERDICTS["dlib"].threshold for f in faces) >= len(faces) // 2
+    assert sum(bool(f.same_person) for f in faces) <= 1

@@ -24,8 +24,8 @@ from ingest.settings import Settings
 from query import search_photo
 from query.render import (GAP, HEADER_H, MARGIN, PHOTO_WIDTH, RENDER_MAX_K, ROW_GAP, ROW_H, THUMB,
                           sheet_name, sheet_size)
-from query.search import (DOCUMENT_SCHEMA, EF_MAX, MATCH_SCHEMA, RESULT_SCHEMA, QueryError, Searcher,
-                          check_top_k, ef_for, exact_topk, same_image_filter, validate_result)
+from query.results import Document, Match, PhotoResult, QueryError, check_top_k, validate_document
+from query.search import EF_MAX, Searcher, ef_for, exact_topk, same_image_filter
 from schemas import ATTRIBUTES, OUTPUT_FIELDS
 from schemas.filters import FilterError, compile_filter
 
@@ -155,12 +155,24 @@ def test_same_image_filter_is_encoded():
     compile_filter(same_image_filter('x" or 1==1'))  # a valid expression, one string value
 
 
-def test_validate_result_catches_shape_errors():
-    assert validate_result({"version": 1, "photos": []}) == []
-    assert validate_result({"version": 1}) == ["$: missing key 'photos'"]
-    bad = {"version": "1", "photos": [{"path": 3}]}
-    problems = validate_result(bad)
-    assert any("version" in p for p in problems) and any("missing key 'faces'" in p for p in problems)
+def test_validate_document_catches_shape_errors():
+    assert validate_document({"version": 1, "photos": []}) == []
+    assert validate_document({"version": 1}) == ["photos: Field required"]
+    bad = {"version": "x", "photos": [{"path": 3}]}
+    problems = validate_document(bad)
+    assert any(p.startswith("version") for p in problems) and any(p.startswith("photos.0.sha256") for p in problems)
+    extra = {"version": 1, "photos": [], "surprise": True}
+    assert validate_document(extra) != []
+
+
+def test_results_schema_comes_from_the_models():
+    """The JSON Schema the web API publishes is the models' own."""
+    schema = Document.model_json_schema(mode="serialization")
+    match = schema["$defs"]["Match"]["properties"]
+    assert {"score", "same_person", "same_person_probability", "quality", "attributes"} <= set(match)
+    face = schema["$defs"]["QueryFace"]["properties"]
+    assert "matches" in face and "dbox" not in face
+    assert "image" not in schema["$defs"]["PhotoResult"]["properties"]
 
 
 def test_sheet_size_follows_the_layout_constants():
@@ -209,13 +221,13 @@ def test_source_crop_takes_the_upright_box(tmp_path, size, box, orientation):
 
 def test_missing_source_gives_grey_placeholder(tmp_path):
     from query.render import PLACEHOLDER, render_sheet
-    from query.search import Match, PhotoResult, QueryFace
+    from query.results import QueryFace
 
     photo = tmp_path / "q.jpg"
     _marked_jpeg(photo, (400, 300), (50, 50, 100, 100))
     m = Match.from_row(1, 0.83, {"id": "x_0", "identity": "2880", "source_path": str(tmp_path / "gone.jpg"),
                                  "box_x": 0, "box_y": 0, "box_w": 50, "box_h": 50})
-    face = QueryFace(0, (50, 50, 100, 100), 0.9, {"dlib": [m]})
+    face = QueryFace(index=0, box=(50, 50, 100, 100), confidence=0.9, matches_by_model={"dlib": [m]})
     r = PhotoResult(path=str(photo), sha256="", width=400, height=300, detector="yunet", models=["dlib"],
                     top_k=1, filter=None, faces=[face])
     sheet = render_sheet(r)
@@ -418,8 +430,9 @@ def test_python_api_search_photo(sample, searcher):
     # a second Store cannot open the same Lite DB in this process's server; reuse the store
     r = search_photo(GROUPS / "couple.jpg", store=searcher.store, settings=sample["settings"], top_k=2)
     assert len(r.faces) == 2 and all(len(f.matches) == 2 for f in r.faces)
-    assert validate_result(r.to_dict(), RESULT_SCHEMA) == []
-    assert validate_result(r.faces[0].matches[0].to_dict(), MATCH_SCHEMA) == []
+    assert {"read", "load_models", "detect", "embed", "search", "total"} <= set(r.timings)
+    assert validate_document({"version": 1, "photos": [r.to_json()]}) == []
+    assert Match.model_validate(r.faces[0].matches[0].model_dump(mode="json")) == r.faces[0].matches[0]
 
 
 def test_model_all_gives_one_section_per_model(tmp_path):
@@ -443,8 +456,9 @@ def test_model_all_gives_one_section_per_model(tmp_path):
         assert s.resolve_models() == ["dlib"]
         r = s.search_photo(GROUPS / "obama_and_biden.jpg", model="all", top_k=3, keep_image=True)
     assert r.models == ["dlib", "dinov2"] and len(r.search) == 2
-    doc = r.to_dict()
-    assert validate_result(doc, RESULT_SCHEMA) == []
+    doc = r.to_json()
+    assert validate_document({"version": 1, "photos": [doc]}) == []
+    assert PhotoResult.model_validate(doc).faces[0].matches_by_model.keys() == {"dlib", "dinov2"}
     for f in doc["faces"]:
         assert set(f["matches_by_model"]) == {"dlib", "dinov2"}
         assert f["matches"] == f["matches_by_model"]["dlib"]
@@ -470,7 +484,7 @@ def test_cli_ok_json_and_contact_sheet(sample, tmp_path):
     p = _cli(sample, photo, GROUPS / "couple.jpg", "-k", "4", "--json", "--out", out, "--where", "Young")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert validate_result(doc, DOCUMENT_SCHEMA) == []
+    assert validate_document(doc) == []
     assert json.loads((out / "results.json").read_text()) == doc
     first, second = doc["photos"]
     assert first["path"] == str(photo) and first["top_k"] == 4 and first["filter"] == "(has_attributes == true and Young == true)"
@@ -509,8 +523,8 @@ def test_cli_unreadable_exit_4(sample, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["-k", "0"], "between 1 and 1000"),
-    (["-k", "1001"], "between 1 and 1000"),
+    (["-k", "0"], "'--top-k': 0 is not in the range 1<=x<=1000"),
+    (["-k", "1001"], "'--top-k': 1001 is not in the range 1<=x<=1000"),
     (["--filter", "Smilng == true"], "unknown field 'Smilng'"),
     (["--filter", "Smiling == true) or (1 == 1"], "syntax error"),
     (["--where", "identity"], "boolean"),

@@ -6,7 +6,6 @@ thread (the browser test), as `lookalike serve` does.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import socket
@@ -23,7 +22,8 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ingest.settings import Settings  # noqa: E402
-from query.search import RESULT_SCHEMA, Searcher, validate_result  # noqa: E402
+from query.results import validate_document  # noqa: E402
+from query.search import Searcher  # noqa: E402
 from query.web import ATTRIBUTE_GROUPS, MAX_UPLOAD_BYTES, create_app, sniff_image  # noqa: E402
 from schemas import ATTRIBUTES  # noqa: E402
 
@@ -102,27 +102,22 @@ def test_sniff_image():
         assert sniff_image(bad) is None
 
 
-def test_serve_subcommand_registers():
-    from query.cli import _settings, _storage_args
-    from query.web_cli import register
+def test_serve_refuses_missing_db_and_busy_port(tmp_path, capsys):
+    import socket
 
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    register(sub, _storage_args, _settings)
-    args = p.parse_args(["serve", "--db", "x.db"])
-    assert (args.host, args.port, args.db) == ("127.0.0.1", 8000, "x.db")  # loopback by default
-    assert _settings(args).db == "x.db"
+    from query.cli import main
 
-
-def test_serve_refuses_missing_db(tmp_path):
-    from query.cli import CliError, _settings, _storage_args
-    from query.web_cli import register
-
-    p = argparse.ArgumentParser()
-    register(p.add_subparsers(dest="command"), _storage_args, _settings)
-    args = p.parse_args(["serve", "--db", str(tmp_path / "nope.db")])
-    with pytest.raises(CliError, match="does not exist"):
-        args.func(args)
+    assert main(["serve", "--db", str(tmp_path / "nope.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    db = tmp_path / "empty.db"
+    db.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", "--db", str(db), "--port", str(port), "--no-warm"]) == 2
+    out = capsys.readouterr()
+    assert "already in use" in out.err and "--port" in out.err and "serving" not in out.out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +154,7 @@ def test_query_group_photo(web):
     assert r.status_code == 200, r.text
     doc = r.json()
     photo = doc["photo"]
-    assert validate_result(photo, RESULT_SCHEMA) == []
+    assert validate_document({"version": 1, "photos": [photo]}) == []
     assert photo["path"] == "obama_and_biden.jpg"  # the upload's name, not the temporary file
     assert lo <= len(photo["faces"]) <= hi
     assert all(len(f["matches"]) == 3 for f in photo["faces"])
@@ -234,9 +229,11 @@ def test_hostile_filter_is_422_with_the_validators_message(web, expr):
 def test_bad_options(web):
     c = web["client"]
     photo = (GROUPS / "couple.jpg").read_bytes()
-    for k in ("0", "1001", "x", "2.5"):
+    for k in ("0", "51", "500", "x", "2.5"):  # the page offers 1..50; so does the API
         r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"k": k})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_option", k
+        err = r.json()["error"]
+        assert r.status_code == 422 and err["code"] == "invalid_request" and err["message"].startswith("k:"), k
+        assert "--" not in err["message"]  # names the API's field, not a CLI flag
     for model in ("facenet", "../../etc/passwd", "/etc/passwd", "dlib,nope"):
         r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"model": model})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_model", model

@@ -1,0 +1,150 @@
+"""Unit tests of the user-facing layer that need no sample data, no models and no database: they
+run wherever the package is installed (conftest collects only these modules without the data)."""
+from __future__ import annotations
+
+import pytest
+
+from ingest.settings import DETECTORS, Settings, SettingsError
+from query.errors import EXIT_STORE, EXIT_USAGE, EXIT_WEIGHTS, UsageError, classify
+from query.results import Document, Match, PhotoResult, QueryFace, check_min_quality, check_top_k
+
+
+# -- settings ------------------------------------------------------------------------------------
+def test_settings_read_the_environment_and_validate_once(monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_DETECTOR", "opencv")
+    monkeypatch.setenv("LOOKALIKE_DB", "")  # empty: the default, as an unset variable
+    monkeypatch.setenv("DEEPFACE_HOME", "/tmp/dfh")
+    monkeypatch.setenv("LOOKALIKE_MILVUS_RETRIES", "3")
+    s = Settings()
+    assert (s.detector, s.db, s.deepface_home, s.milvus_retries) == ("opencv", "lookalike.db", "/tmp/dfh", 3)
+    assert s.with_(db="x.db", uri=None).db == "x.db" and s.with_() is s
+    assert s.with_(uri="http://h:19530", db="not-a-lite-path").target == "http://h:19530"
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"detector": "nope"}, "--detector / $LOOKALIKE_DETECTOR: unknown detector 'nope'"),
+    ({"db": "mydb"}, "--db / $LOOKALIKE_DB: a Milvus Lite database path must end in .db"),
+    ({"profile": "fast"}, "--profile / $LOOKALIKE_PROFILE: unknown index profile 'fast'"),
+    ({"milvus_retries": -1}, "$LOOKALIKE_MILVUS_RETRIES"),
+    ({"dlib_engine": "gpu"}, "unknown dlib engine 'gpu'"),
+    ({"yunet_threshold": 1.5}, "$LOOKALIKE_YUNET_THRESHOLD"),
+])
+def test_a_bad_setting_is_one_line_naming_it(change, needle):
+    with pytest.raises(SettingsError) as e:
+        Settings().with_(**change)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert classify(e.value).exit_code == EXIT_USAGE
+
+
+def test_settings_detectors_are_the_models_detectors():
+    from ingest import models
+
+    assert models.DETECTORS is DETECTORS
+
+
+def test_cli_profile_choices_are_the_declared_profiles():
+    from query.options import PROFILE_NAMES
+    from schemas import PROFILES
+
+    assert set(PROFILE_NAMES) == set(PROFILES)
+
+
+# -- one error table -----------------------------------------------------------------------------
+def test_error_table_gives_exit_code_and_http_status():
+    from ingest.store import StoreError
+    from schemas.filters import FilterError, compile_filter
+
+    with pytest.raises(FilterError) as fe:
+        compile_filter("Smilng == true")
+    assert (classify(fe.value).exit_code, classify(fe.value).http_status) == (EXIT_USAGE, 422)
+    assert (classify(StoreError("x")).exit_code, classify(StoreError("x")).http_status) == (EXIT_STORE, 503)
+    assert classify(UsageError("x", EXIT_WEIGHTS)).exit_code == EXIT_WEIGHTS
+    assert classify(RuntimeError("a bug")) is None  # not a product error: it must show
+
+
+def test_every_table_entry_names_a_real_exception():
+    import importlib
+
+    from query.errors import TABLE
+
+    for module, name, _ in TABLE:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception), (module, name)
+
+
+# -- the command line without a database ---------------------------------------------------------
+def test_cli_help_and_usage_errors(capsys):
+    from query.cli import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("ingest", "query", "serve", "stats", "delete", "eval", "fields", "train-head"):
+        assert command in out
+    assert main(["query", "--help"]) == 0 and "--min-quality" in capsys.readouterr().out
+    assert main(["query"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PHOTO_OR_FOLDER" in err and "lookalike query --help" in err
+    assert main(["query", "x.jpg", "-k", "0"]) == 2
+    assert "'--top-k': 0 is not in the range" in capsys.readouterr().err
+    assert main(["stats", "--db", "nodotdb"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lookalike: --db / $LOOKALIKE_DB: a Milvus Lite database path must end in .db (e.g. nodotdb.db); "
+        "a server is --uri http://host:19530")
+
+
+def test_cli_modules_do_not_import_the_cli():
+    """No import cycle: the command modules use query.options and query.errors, never query.cli."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "query"
+    for path in root.glob("*.py"):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "query.cli" not in imported, path.name
+    search = (root / "search.py").read_text()
+    assert "from query.explain" not in search.split("def search_photo(photo")[0]  # the Searcher does not explain
+
+
+# -- result models -------------------------------------------------------------------------------
+def _result(models=("dlib",)) -> PhotoResult:
+    m = Match.from_row(1, 0.95, {"id": "ab_0", "identity": "obama", "quality": 0.9, "face_size": 80})
+    face = QueryFace(index=0, box=(1, 2, 3, 4), confidence=0.9, quality=0.8,
+                     matches_by_model={name: [m] for name in models})
+    return PhotoResult(path="p.jpg", sha256="s", width=10, height=10, detector="yunet", models=list(models),
+                       top_k=1, faces=[face], timings={"total": 0.1})
+
+
+@pytest.mark.parametrize("models", [("dlib",), ("dlib", "dinov2")])
+def test_results_round_trip_through_json(models):
+    doc = Document(photos=[_result(models)]).model_dump(mode="json")
+    face = doc["photos"][0]["faces"][0]
+    assert ("matches_by_model" in face) == (len(models) > 1)  # one model: written once, as matches
+    assert "dbox" not in face and "image" not in doc["photos"][0] and "explanations" not in face["matches"][0]
+    back = Document.model_validate(doc)
+    assert back.model_dump(mode="json") == doc
+    assert list(back.photos[0].faces[0].matches_by_model) == list(models)
+
+
+def test_unknown_attributes_are_null_and_the_verdict_follows_the_gallery_size():
+    from schemas import VERDICTS
+
+    v = VERDICTS["dlib"]
+    small = Match.from_row(1, 0.93, {"id": "a_0", "has_attributes": False}, v, searched=10)
+    large = Match.from_row(1, 0.93, {"id": "a_0", "has_attributes": False}, v, searched=100_000)
+    assert all(val is None for val in small.attributes.values())
+    assert small.same_person is True and large.same_person is False
+    assert small.same_person_probability > 0.5 > large.same_person_probability
+
+
+def test_option_checks_name_the_python_parameter():
+    from query.results import QueryError
+
+    assert check_top_k("7") == 7 and check_min_quality(None) == pytest.approx(0.4)
+    for bad, fn in (("0", check_top_k), ("x", check_top_k), (2, check_min_quality), ("nan", check_min_quality)):
+        with pytest.raises(QueryError) as e:
+            fn(bad)
+        assert "--" not in str(e.value)
