@@ -172,6 +172,11 @@ def test_stats_lists_face_collections_only(dlib_db):
     assert counts == {"dlib": {"done": summary.images_done, "noface": summary.images_noface,
                                "failed": summary.images_failed}}
     assert summary.images_noface == 1 and summary.images_failed == 1
+    out, err = _cli("stats", "--db", db).communicate(timeout=300)
+    assert LEDGER_COLLECTION not in out and " 2  FLAT" not in out, out
+    assert out.splitlines()[1:] == [
+        f"{'faces_dlib':<22} {'dlib':<12} {summary.faces_stored:>9} {128:>5}  FLAT (IP)",
+        f"photos dlib: {summary.images_done} with faces, 1 without a face, 1 failed"], out
 
 
 # -- 3, 4. a plain run prints the bar and the summary, and nothing else ----------------------------
