@@ -10,8 +10,7 @@ from typing import List
 import click
 
 from query.errors import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, UsageError
-from query.options import (detector_option, existing_db, model_source_options, out_dir, settings_for,
-                           storage_options)
+from query.options import detector_option, existing_db, model_source_options, out_dir, settings_for, storage_options
 
 QUERY_EPILOG = """
 output:

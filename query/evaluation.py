@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # ---------------------------------------------------------------------------------------------
 # Published / reference figures, printed beside ours
@@ -85,7 +86,7 @@ RECALL_KS = (1, 5, 10)
 # ---------------------------------------------------------------------------------------------
 # Verification metrics (pure numpy)
 # ---------------------------------------------------------------------------------------------
-def worst_case(scores: Sequence[float], labels: Sequence[bool]) -> np.ndarray:
+def worst_case(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """Scores with every missing one (NaN: no face) set to the worst case for its pair: -inf for a
     same-person pair (never accepted), +inf for a different-person pair (always accepted)."""
     s = np.asarray(scores, dtype=np.float64).copy()
@@ -96,7 +97,7 @@ def worst_case(scores: Sequence[float], labels: Sequence[bool]) -> np.ndarray:
     return s
 
 
-def accuracy_at(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> float:
+def accuracy_at(scores: ArrayLike, labels: ArrayLike, threshold: float) -> float:
     """Fraction of pairs decided right when "same person" means score >= threshold (NaN: wrong)."""
     s = worst_case(scores, labels)
     y = np.asarray(labels, dtype=bool)
@@ -113,7 +114,7 @@ def _candidate_thresholds(s: np.ndarray) -> np.ndarray:
     return np.concatenate([[finite[0] - 1e-6], mids, [finite[-1] + 1e-6]])
 
 
-def best_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[float, float]:
+def best_threshold(scores: ArrayLike, labels: ArrayLike) -> Tuple[float, float]:
     """(threshold, accuracy) maximising accuracy over the pairs given.
 
     Candidates are the midpoints between consecutive distinct scores (and just below the lowest /
@@ -134,7 +135,7 @@ def best_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[flo
     return float(cand[i]), float(correct[i] / max(1, y.size))
 
 
-def kfold_accuracy(scores: Sequence[float], labels: Sequence[bool], folds: Sequence[int]) -> Dict[str, Any]:
+def kfold_accuracy(scores: ArrayLike, labels: ArrayLike, folds: ArrayLike) -> Dict[str, Any]:
     """LFW protocol: per fold, the best threshold of the OTHER folds applied to it.
 
     Returns per-fold accuracies and thresholds, mean, std (population, as LFW results are usually
@@ -158,7 +159,7 @@ def kfold_accuracy(scores: Sequence[float], labels: Sequence[bool], folds: Seque
             "stderr": float(a.std() / math.sqrt(len(a)))}
 
 
-def roc_curve(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(scores: ArrayLike, labels: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds), thresholds decreasing; "accept" means score >= threshold.
     Missing scores take the worst case (see `worst_case`). Starts at (0, 0) (threshold +inf,
     nothing accepted but +inf scores) and ends at (1, 1)."""
@@ -178,7 +179,7 @@ def roc_curve(scores: Sequence[float], labels: Sequence[bool]) -> Tuple[np.ndarr
     return fpr, tpr, thr
 
 
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Area under the ROC curve = P(score of a same pair > score of a different pair), ties 1/2."""
     s = worst_case(scores, labels)
     y = np.asarray(labels, dtype=bool)
@@ -191,7 +192,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float((below.sum() + 0.5 * ties.sum()) / (pos.size * neg.size))
 
 
-def tar_at_far(scores: Sequence[float], labels: Sequence[bool], far: float = FAR_TARGET
+def tar_at_far(scores: ArrayLike, labels: ArrayLike, far: float = FAR_TARGET
                ) -> Optional[Dict[str, float]]:
     """True accept rate at the threshold that accepts at most floor(far * negatives) different-
     person pairs ("accept" = score > threshold, the threshold being the (m+1)-th highest
@@ -211,7 +212,7 @@ def tar_at_far(scores: Sequence[float], labels: Sequence[bool], far: float = FAR
 VERDICT_FAR = 0.01  # false-accept rate the same-person threshold is set at
 
 
-def verdict_calibration(scores: Sequence[float], labels: Sequence[bool], far: float = VERDICT_FAR
+def verdict_calibration(scores: ArrayLike, labels: ArrayLike, far: float = VERDICT_FAR
                         ) -> Optional[Dict[str, Any]]:
     """The same-person threshold at a false-accept rate (pairs where both faces were found):
     the lowest threshold at which at most floor(far x negatives) different-person pairs score at
@@ -336,7 +337,7 @@ def format_search_calibration(c: Dict[str, Any]) -> List[str]:
     return out
 
 
-def verification_metrics(scores: Sequence[float], labels: Sequence[bool], folds: Sequence[int]) -> Dict[str, Any]:
+def verification_metrics(scores: ArrayLike, labels: ArrayLike, folds: ArrayLike) -> Dict[str, Any]:
     """Accuracy by the protocol the folds allow, best-threshold accuracy, ROC AUC, TAR@FAR."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
@@ -474,6 +475,11 @@ def present_folds(root: Path, pairs: Sequence[Pair]) -> Tuple[List[int], Dict[in
 # ---------------------------------------------------------------------------------------------
 # Embedding images through the product's path
 # ---------------------------------------------------------------------------------------------
+def _box(b) -> Tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in b)
+    return x, y, w, h
+
+
 def nearest_centre(faces: Sequence[Any], width: int, height: int) -> Any:
     """The face whose box centre is nearest the image centre (LFW crops are centred on the person)."""
     cx, cy = width / 2.0, height / 2.0
@@ -517,14 +523,14 @@ def embed_images(paths: Sequence[str], settings, detector: str, models: Sequence
                 try:
                     faces = engine.detector.detect(image)
                     face = nearest_centre(faces, image.width, image.height) if faces else None
-                    vecs = {m: engine.embedders[m].embed(image, [face])[0] for m in models} if faces else {}
+                    vecs = {m: engine.embedders[m].embed(image, [face])[0] for m in models} if face is not None else {}
                 except (WeightsMissing, ModelError):
                     raise  # configuration problems stop the evaluation
                 except Exception as e:  # noqa: BLE001 - a model crash on one image: that image fails
                     out[path] = Embedded(path, 0, {}, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 else:
                     out[path] = Embedded(path, len(faces), vecs,
-                                         box=tuple(int(v) for v in face.box) if face is not None else None)
+                                         box=_box(face.box) if face is not None else None)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -614,7 +620,8 @@ def evaluate_lfw(pairs_path: str, images: str, models: Sequence[str] = ("dlib",)
                 "pairs_without_face": int((~both).sum()),
                 "accuracy_pairs_with_faces": m_both["accuracy"] if m_both else None,
                 "pairs_with_faces": int(both.sum()),
-                "load_seconds": round(load_seconds, 2), "seconds": round(seconds, 2), "ms_per_image": round(1000 * seconds / max(1, len(paths)), 1),
+                "load_seconds": round(load_seconds, 2), "seconds": round(seconds, 2),
+                "ms_per_image": round(1000 * seconds / max(1, len(paths)), 1),
                 "verdict": verdict_calibration(scores, labels),
                 "roc": {"fpr": [round(float(x), 6) for x in fpr], "tpr": [round(float(x), 6) for x in tpr]},
                 "scores": [None if math.isnan(x) else round(float(x), 6) for x in scores],
@@ -758,7 +765,7 @@ def plot_roc(report: Dict[str, Any], path: str | os.PathLike, title: Optional[st
 # Identity retrieval
 # ---------------------------------------------------------------------------------------------
 def retrieval_metrics(vectors: np.ndarray, identities: Sequence[str], images: Sequence[str],
-                      ks: Sequence[int] = RECALL_KS, queries: Optional[Sequence[bool]] = None) -> Dict[str, Any]:
+                      ks: Sequence[int] = RECALL_KS, queries: Optional[ArrayLike] = None) -> Dict[str, Any]:
     """Leave-one-out retrieval, computed exactly: every face with a same-identity face in another
     image queries all faces outside its own image. Faces with identity '' are distractors only.
     `queries` (a mask) restricts which faces query; every face stays in the gallery.
@@ -782,9 +789,9 @@ def retrieval_metrics(vectors: np.ndarray, identities: Sequence[str], images: Se
     asking = labelled & relevant.any(axis=1)
     if queries is not None:
         asking &= np.asarray(queries, dtype=bool)
-    queries = np.flatnonzero(asking)
+    asked = np.flatnonzero(asking)
     first_ranks, aps = [], []
-    for q in queries:
+    for q in asked:
         s = S[q].astype(np.float64)
         s[same_img[q]] = -np.inf
         order = np.argsort(-s, kind="stable")
@@ -795,11 +802,11 @@ def retrieval_metrics(vectors: np.ndarray, identities: Sequence[str], images: Se
         precision_at_hits = np.arange(1, hits.size + 1) / (hits + 1)
         aps.append(float(precision_at_hits.mean()))
     fr = np.array(first_ranks)
-    out: Dict[str, Any] = {"queries": int(queries.size)}
+    out: Dict[str, Any] = {"queries": int(asked.size)}
     for k in ks:
         out[f"recall_at_{k}"] = float(np.mean(fr <= k)) if fr.size else None
     out["map"] = float(np.mean(aps)) if aps else None
-    out["identities_queried"] = int(len(set(ids[queries].tolist())))
+    out["identities_queried"] = int(len(set(ids[asked].tolist())))
     out["first_hit_ranks"] = [int(x) for x in fr]
     return out
 
@@ -900,10 +907,10 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
                     "eval_seconds": round(time.perf_counter() - t1, 2),
                 })
     kind = "celeba" if src.kind == "celeba" else "folder"
-    ref = {}
+    ref: Dict[str, Any] = {}
     for m in models:
         if f"{kind}/{m}" in REFERENCE_RETRIEVAL:
-            ref[m] = [{"recall_at_1": a, "source": s} for a, s in REFERENCE_RETRIEVAL[f"{kind}/{m}"]]
+            ref[m] = [{"recall_at_1": a, "source": where} for a, where in REFERENCE_RETRIEVAL[f"{kind}/{m}"]]
     return {
         "kind": "retrieval", "version": 1, "source": str(Path(source).resolve()), "source_kind": src.kind,
         "filter": flt.render() if flt else None, "faces": faces,
@@ -994,7 +1001,7 @@ def evaluate_head(model: str = "dlib", settings=None, store=None) -> Dict[str, A
              "train": [i in train for i in ids]}
     X = np.asarray([base[i]["vector"] for i in ids], dtype=np.float32)
     P = np.asarray([projected[i] for i in ids], dtype=np.float32)
-    sets = {}
+    sets: Dict[str, Any] = {}
     for key, _ in HEAD_SETS:
         if not any(masks[key]):
             continue

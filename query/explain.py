@@ -196,7 +196,7 @@ def _vit_embed(embedder, out):
 
 def _vit_grid(embedder, pixels) -> Tuple[int, int]:
     cfg = embedder.config()
-    patch = int(getattr(getattr(cfg, "vision_config", cfg), "patch_size"))
+    patch = int(getattr(cfg, "vision_config", cfg).patch_size)
     return pixels.shape[-2] // patch, pixels.shape[-1] // patch
 
 

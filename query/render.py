@@ -131,13 +131,13 @@ def source_crop(path: str, box: Sequence[int]) -> Optional[Image.Image]:
 def _thumb(img: Optional[Image.Image]) -> Image.Image:
     if img is None:
         return Image.new("RGB", (THUMB, THUMB), PLACEHOLDER)
-    return ImageOps.pad(img.convert("RGB"), (THUMB, THUMB), method=Image.BILINEAR, color=(235, 235, 235))
+    return ImageOps.pad(img.convert("RGB"), (THUMB, THUMB), method=Image.Resampling.BILINEAR, color=(235, 235, 235))
 
 
 def _label(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], text: str, colour, size: int = 16) -> None:
     font = _font(size)
-    l, t, r, b = draw.textbbox(xy, text, font=font)
-    draw.rectangle((l - 3, t - 2, r + 3, b + 2), fill=colour)
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=colour)
     draw.text(xy, text, fill=(255, 255, 255), font=font)
 
 
@@ -178,7 +178,7 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
     ph = photo_height(result.width, result.height)
     top = MARGIN + HEADER_H
     if decoded is not None:
-        photo = Image.fromarray(decoded.rgb).resize((PHOTO_WIDTH, ph), Image.BILINEAR)
+        photo = Image.fromarray(decoded.rgb).resize((PHOTO_WIDTH, ph), Image.Resampling.BILINEAR)
     else:
         photo = Image.new("RGB", (PHOTO_WIDTH, ph), PLACEHOLDER)
     pdraw = ImageDraw.Draw(photo)

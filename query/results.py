@@ -12,7 +12,7 @@ P(same person), 0.5 at the threshold; both are null for models without a verdict
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_serializer, model_validator
 
@@ -230,7 +230,7 @@ class Document(BaseModel):
     photos: List[PhotoResult]
 
 
-def results_document(results: List[PhotoResult]) -> Dict[str, Any]:
+def results_document(results: Sequence[PhotoResult]) -> Dict[str, Any]:
     """The document `--json` prints and `--out` writes as results.json."""
     return Document(photos=list(results)).model_dump(mode="json")
 

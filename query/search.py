@@ -39,11 +39,23 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
+from ingest.quality import DEFAULT_MIN_QUALITY, assess
 from ingest.settings import Settings
 from ingest.store import Store
-from ingest.quality import DEFAULT_MIN_QUALITY, assess
-from query.results import (DEFAULT_TOP_K, TOP_K_MAX, Match, PhotoResult, QueryError, QueryFace,  # noqa: F401
-                           SearchInfo, check_min_quality, check_top_k, judge, results_document, verdict_for)
+from query.results import (  # noqa: F401
+    DEFAULT_TOP_K,
+    TOP_K_MAX,
+    Match,
+    PhotoResult,
+    QueryError,
+    QueryFace,
+    SearchInfo,
+    check_min_quality,
+    check_top_k,
+    judge,
+    results_document,
+    verdict_for,
+)
 from schemas import EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name, get_model
 from schemas.filters import CompiledFilter, combine, compile_filter, encode_literal
 
@@ -154,7 +166,7 @@ class Searcher:
                        layer: Optional[int] = None) -> List[str]:
         """Models to search: `model` is a name, a comma list, 'all' or None (the first of
         facenet, dlib present, else the first collection); `layer` picks `<model>_l<N>`."""
-        from schemas import get_model, layer_key
+        from schemas import layer_key
 
         present = self.store.models()
         where = self.settings.uri or self.settings.db
@@ -208,7 +220,6 @@ class Searcher:
         """The process-wide engine (models load once per process). A transformer model embeds
         with the weights its collection records, unless the caller chose them explicitly."""
         from ingest.models import get_engine
-        from schemas import get_model
 
         key = tuple(models)
         settings = self._engine_settings.get(key)

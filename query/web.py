@@ -4,21 +4,32 @@ Everything a request does goes through one `query.search.Searcher` created at st
 once, the first time they are used or at startup with `warm=True`); every call into it is
 serialised by one lock, because Milvus Lite is a single-process, single-client database.
 
-Routes (FastAPI documents them at /docs and /openapi.json):
+Routes (documented at /docs by Swagger UI, whose files come from fastapi-offline and are served
+from here, so the page works offline; OpenAPI at /openapi.json):
 
     GET  /                         the page (query/static/index.html; app.css, app.js under /static)
     POST /api/query                multipart: image + model, k, filter, where[], where_not[],
-                                   exclude_same_image -> {"version": 1, "photo": RESULT, "preview": ...}
-    GET  /api/stats                collections (rows, dim, index), models, default model
+                                   exclude_same_image, min_quality -> QueryResponse
+    POST /api/sheet                the same form -> the contact sheet (PNG) of that query
+    GET  /api/stats                collections (rows, dim, index), models, default model, bounds
     GET  /api/fields               attribute groups for the filter UI, filterable fields
     GET  /api/thumb/{model}/{id}   JPEG crop of a stored face, looked up by primary key
+    GET  /api/photo/{model}/{id}   JPEG of a stored face's whole source photo, the face outlined
+
+Server paths are not disclosed: a match's `source_path` is the file's name only, and its photo is
+fetched by face id (GET /api/photo). The contact sheet re-runs the query rather than keeping
+anything per user: the search is deterministic, and the server holds no state between requests.
 
 Security: the client never sends a path. An upload is checked for size (413, counted while the
 body streams in, so a lying or absent Content-Length does not help) and for an image signature
 (415) before it is decoded; decoding refuses images over ingest.images.MAX_PIXELS. Filters go
-through schemas.filters.compile_filter (inside Searcher.search_photo). A thumbnail is cropped from
-the `source_path` of the row whose primary key is asked for: only files the collection points to
-are ever opened. Model names are checked against the database's collections.
+through schemas.filters.compile_filter (inside Searcher.search_photo). Thumbnails and photos are
+read from the `source_path` of the row whose primary key is asked for: only files the collection
+points to are ever opened. Model names are checked against the database's collections.
+
+Errors: a product exception (query/errors.py's table) becomes {"error": {"code", "message"}}
+with the table's HTTP status in one place (_ClassifiedRoute); the app's own refusals (413, 415,
+404) are ApiError. Messages name the API's fields, never the CLI's flags.
 """
 from __future__ import annotations
 
@@ -29,25 +40,34 @@ import re
 import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.settings import Settings
+from query.errors import ErrorKind, UsageError, classify
+from query.results import DEFAULT_TOP_K, DOCUMENT_VERSION, PhotoResult
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/docs-assets"  # where Swagger UI's and ReDoc's files are served from
 MAX_UPLOAD_BYTES = 15 * 1024 * 1024
 # multipart overhead allowed on top of the file (boundaries, the option fields)
 _FORM_OVERHEAD = 64 * 1024
 PREVIEW_SIDE = 1600  # longest side of the query photo preview sent back (JPEG data URL)
+PHOTO_SIDE = 1600  # longest side of a stored face's source photo (/api/photo)
 THUMB_SIDE = 160  # longest side of a match thumbnail
 WEB_TOP_K_MAX = 50  # matches per face the page can show; the CLI allows more
+HIDDEN_FIELDS = {"source_path"}  # never shown by nor filterable through the web API
 FACE_ID = re.compile(r"^[0-9a-f]{64}_[0-9]{1,5}$")
+OUTLINE = (79, 70, 229)  # the page's accent colour, for the face box on /api/photo
 
 # The 40 CelebA attributes, grouped for the filter UI (every attribute exactly once; tested).
 ATTRIBUTE_GROUPS: List[Dict[str, Any]] = [
@@ -72,6 +92,13 @@ _MAGIC = [
 ]
 _FTYP_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
+# The shared validators word their messages for the command line; the API's names differ.
+_CLI_WORDS = (
+    ("--where/--where-not", "where/where_not"), ("-k/--top-k", "k"), ("--top-k", "k"), ("top_k", "k"),
+    ("--min-quality", "min_quality"), ("--models", "model"), ("--model", "model"),
+    ("--filter", "filter"), ("`lookalike fields`", "GET /api/fields"),
+)
+
 
 def sniff_image(head: bytes) -> Optional[str]:
     """The image format named by a file's first bytes, or None when it is not one we decode."""
@@ -85,7 +112,17 @@ def sniff_image(head: bytes) -> Optional[str]:
     return None
 
 
+def file_name(path: str) -> str:
+    """The last part of a path (either separator): what the API shows of a server path."""
+    return re.split(r"[\\/]", path or "")[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
 class ApiError(Exception):
+    """A refusal of the web app's own (size, type, no such face, starting): its HTTP status."""
+
     def __init__(self, status: int, code: str, message: str, **extra: Any):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
@@ -93,6 +130,79 @@ class ApiError(Exception):
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def _too_large(limit: int) -> str:
+    return f"upload larger than {limit // (1024 * 1024)} MB"
+
+
+def api_message(message: str, db: Optional[str] = None) -> str:
+    """A product error's message for the API: CLI flags renamed to the API's fields, and the
+    database's folder left out."""
+    for cli, api in _CLI_WORDS:
+        message = message.replace(cli, api)
+    if db:
+        for shown in {str(Path(db).resolve()), db}:
+            message = message.replace(shown, Path(db).name)
+    return message
+
+
+def _field_of(message: str) -> Optional[str]:
+    """The field a filter error names, for the page to highlight."""
+    m = re.search(r"unknown field '([^']*)'", message) or re.search(r"'([A-Za-z_][A-Za-z0-9_]*)'", message)
+    return m.group(1) if m else None
+
+
+def product_error(exc: BaseException, kind: ErrorKind, db: Optional[str] = None) -> JSONResponse:
+    """The API's answer to a product exception, with the status query/errors.py gives it."""
+    message = api_message(str(exc), db)
+    extra = {"field": _field_of(message)} if kind.api_code == "invalid_filter" else {}
+    return _error(kind.http_status, kind.api_code, message, **extra)
+
+
+class _ClassifiedRoute(APIRoute):
+    """A route whose product exceptions answer through query/errors.py's one table; anything
+    the table does not know (a bug) propagates as a 500."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def classified(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as e:  # noqa: BLE001 - the shared table decides, else re-raised
+                kind = classify(e)
+                if kind is None:
+                    raise
+                svc = getattr(request.app.state, "lookalike", None)
+                return product_error(e, kind, svc.settings.db if svc and not svc.settings.uri else None)
+
+        return classified
+
+
+def _install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+    async def api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:
+            return _error(413, "too_large", _too_large(max_upload_bytes))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts, fields = [], []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ())[1:]]
+            parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg')}")
+            fields.append(loc[0] if loc else None)
+        extra = {"field": fields[0]} if fields and fields[0] else {}
+        return _error(422, "invalid_request", "; ".join(parts) or "invalid request", **extra)
+
+    # Starlette types handlers for Exception; each of these takes its own subclass.
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
 
 
 class _BodyLimit:
@@ -107,14 +217,13 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         cl = headers.get(b"content-length")
-        too_large = _error(413, "too_large", f"upload larger than {self.limit // (1024 * 1024)} MB")
         if cl is not None:
             try:
                 n = int(cl)
             except ValueError:
                 return await _error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
             if n > self.limit:
-                return await too_large(scope, receive, send)
+                return await _error(413, "too_large", _too_large(self.limit))(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -130,14 +239,115 @@ class _BodyLimit:
         return await self.app(scope, limited, send)
 
 
-class _State:
-    """The one Searcher and its lock (Milvus Lite: one client per process)."""
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+def _display_name(name: Optional[str]) -> str:
+    """The upload's file name for display only (never used as a path)."""
+    base = file_name(name or "")
+    base = "".join(c for c in base if c.isprintable())[:120].strip()
+    return base or "upload"
 
-    def __init__(self, settings: Settings, searcher=None, explicit_sources=()):
+
+def _bounded(im, side: int):
+    from PIL import Image
+
+    if max(im.size) > side:
+        r = side / max(im.size)
+        im = im.resize((max(1, round(im.width * r)), max(1, round(im.height * r))), Image.Resampling.BILINEAR)
+    return im
+
+
+def _jpeg(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _preview(decoded) -> str:
+    from PIL import Image
+
+    im = _bounded(Image.fromarray(decoded.rgb), PREVIEW_SIDE)
+    return "data:image/jpeg;base64," + base64.b64encode(_jpeg(im)).decode("ascii")
+
+
+def _thumb_jpeg(path: str, box: Tuple[int, int, int, int]) -> Optional[bytes]:
+    """A stored face's crop with a little context (it looks better), or None when unreadable."""
+    from PIL import Image
+
+    from query.render import source_crop
+
+    x, y, w, h = box
+    pad = round(0.15 * max(w, h))
+    crop = source_crop(path, (max(0, x - pad), max(0, y - pad), w + 2 * pad, h + 2 * pad))
+    if crop is None:
+        return None
+    crop.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    return _jpeg(crop)
+
+
+def _photo_jpeg(path: str, box: Tuple[int, int, int, int]) -> Optional[bytes]:
+    """A stored face's whole source photo, upright, longest side at most PHOTO_SIDE, the face
+    outlined; None when the file is missing or unreadable."""
+    from PIL import Image, ImageDraw
+
+    from ingest.images import ImageError, load
+
+    try:
+        decoded = load(path)
+    except (ImageError, OSError):
+        return None
+    im = _bounded(Image.fromarray(decoded.rgb), PHOTO_SIDE)
+    s = im.width / max(decoded.width, 1)  # original upright pixels -> these pixels
+    x, y, w, h = (v * s for v in box)
+    ImageDraw.Draw(im).rectangle((x, y, x + w, y + h), outline=OUTLINE, width=max(2, round(max(im.size) / 300)))
+    return _jpeg(im)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the routes share
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class QueryOptions:
+    """The query form's options (the same for /api/query and /api/sheet)."""
+
+    model: Optional[str] = None
+    k: int = DEFAULT_TOP_K
+    filter: Optional[str] = None
+    where: List[str] = field(default_factory=list)
+    where_not: List[str] = field(default_factory=list)
+    exclude_same_image: bool = False
+    min_quality: Optional[float] = None
+
+
+def query_options(
+    model: Optional[str] = Form(None, description="model collection, e.g. dlib; a comma list or 'all' "
+                                                  "(default: the database's default)"),
+    k: int = Form(DEFAULT_TOP_K, ge=1, le=WEB_TOP_K_MAX, description=f"matches per face, 1..{WEB_TOP_K_MAX}"),
+    filter: Optional[str] = Form(None, description="filter expression, e.g. Smiling == true and Male == false"),
+    where: List[str] = Form([], description="boolean fields that must be true"),
+    where_not: List[str] = Form([], description="boolean fields that must be false"),
+    exclude_same_image: bool = Form(False, description="never return faces of this very photo"),
+    min_quality: Optional[float] = Form(None, ge=0, le=1, description="leave out stored faces below this "
+                                        "quality, 0..1 (default 0.4; 0 keeps every face)"),
+) -> QueryOptions:
+    return QueryOptions(model, k, filter, where, where_not, exclude_same_image, min_quality)
+
+
+IMAGE_FILE = File(..., description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF)")
+
+
+class Lookalike:
+    """The app's state: settings, the one Searcher and its lock (Milvus Lite: one client per
+    process), the thumbnail cache and the upload limit."""
+
+    def __init__(self, settings: Settings, searcher=None, explicit_sources=(),
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES):
         self.settings = settings
-        self.searcher = searcher
+        self._searcher = searcher
         self.own = searcher is None
         self.explicit_sources = explicit_sources
+        self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()
         self._thumbs: Dict[tuple, bytes] = {}
 
@@ -145,24 +355,101 @@ class _State:
         from query.results import QueryError
         from query.search import Searcher
 
-        if self.searcher is None:
-            self.searcher = Searcher(self.settings, explicit_sources=self.explicit_sources)
+        if self._searcher is None:
+            self._searcher = Searcher(self.settings, explicit_sources=self.explicit_sources)
         if warm:
             with self.lock:
                 try:
-                    models = self.searcher.resolve_models(None)
+                    models = self._searcher.resolve_models(None)
                 except QueryError:
                     return  # empty database: the page says so
-                self.searcher.engine(models)
+                self._searcher.engine(models)
 
     def close(self) -> None:
-        if self.own and self.searcher is not None:
-            self.searcher.close()
-            self.searcher = None
+        if self.own and self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
 
-    def thumb(self, key: tuple, make) -> Optional[bytes]:
+    @property
+    def searcher(self):
+        if self._searcher is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        return self._searcher
+
+    def check_model(self, model: Optional[str]) -> None:
+        """Refuse a model without a collection here before anything loads (and before the
+        search's own message, written for the command line, could name a CLI flag)."""
+        from schemas import UnknownName
+
+        with self.lock:
+            present = self.searcher.store.models()
+        if not present:
+            raise UsageError("the database holds no faces yet: ingest photos into it first")
+        names = [m.strip() for m in (model or "").split(",") if m.strip()]
+        bad = [m for m in names if m not in present and names != ["all"]]
+        if bad:
+            raise UnknownName(f"no collection for model '{bad[0]}' in this database "
+                              f"(models: {', '.join(present)})")
+
+    def read_upload(self, image: UploadFile) -> bytes:
+        """The upload's bytes, refused when too large (413), empty or not an image type (415)."""
+        f = image.file
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+        if size > self.max_upload_bytes:  # the middleware bounds the body; this, the file itself
+            raise ApiError(413, "too_large", _too_large(self.max_upload_bytes))
+        if size == 0:
+            raise ApiError(422, "unreadable", "empty file (0 bytes)")
+        if sniff_image(f.read(32)) is None:
+            raise ApiError(415, "unsupported_type", "not an image this app reads (JPEG, PNG, WebP, GIF, "
+                                                    "BMP, TIFF, HEIC or AVIF)")
+        f.seek(0)
+        return f.read()
+
+    def search(self, image: UploadFile, opts: QueryOptions) -> PhotoResult:
+        """Search every face of the upload; the result keeps the decoded photo."""
+        from ingest.images import ImageError
+        from schemas.filters import FilterError, compile_filter
+
+        data = self.read_upload(image)
+        self.check_model(opts.model)
+        flt = compile_filter(opts.filter or None, opts.where, opts.where_not)
+        if flt is not None and HIDDEN_FIELDS & set(flt.fields()):
+            # Server paths stay on the server: a filter on them could probe its folders blind.
+            raise FilterError(f"{sorted(HIDDEN_FIELDS & set(flt.fields()))[0]}: not filterable through the web API")
+        name = _display_name(image.filename)  # only displayed
+        try:
+            with self.lock:
+                return self.searcher.search_photo(
+                    data, name=name, model=opts.model or None, top_k=opts.k, filter=flt,
+                    where=opts.where, where_not=opts.where_not, exclude_same_image=opts.exclude_same_image,
+                    keep_image=True, min_quality=opts.min_quality)
+        except ImageError as e:  # "<name>: reason" -> the reason
+            msg = str(e)
+            msg = msg[len(name):].lstrip(": ") if msg.startswith(name) else msg
+            raise ImageError(f"cannot read this image: {msg}") from None
+
+    def stored_face(self, model: str, face_id: str) -> Tuple[str, Tuple[int, int, int, int]]:
+        """(source_path, box) of a stored face, looked up by primary key only; 404 otherwise."""
+        if not FACE_ID.match(face_id):
+            raise ApiError(404, "not_found", "no such face")
+        s = self.searcher
+        with self.lock:
+            if model not in s.store.models():
+                raise ApiError(404, "not_found", f"no collection for model '{model}'")
+            rows = s.store.get(model, [face_id], output_fields=[
+                "id", "source_path", "box_x", "box_y", "box_w", "box_h"])
+        if not rows:
+            raise ApiError(404, "not_found", "no such face")
+        row = rows[0]
+        return str(row["source_path"]), (int(row["box_x"]), int(row["box_y"]), int(row["box_w"]),
+                                         int(row["box_h"]))
+
+    def thumb(self, model: str, face_id: str) -> Optional[bytes]:
+        key = (model, face_id)
         if key not in self._thumbs:
-            data = make()
+            data = _thumb_jpeg(*self.stored_face(model, face_id))
             if data is None:
                 return None
             if len(self._thumbs) >= 2048:
@@ -171,225 +458,151 @@ class _State:
         return self._thumbs[key]
 
 
-def _field_of(message: str) -> Optional[str]:
-    """The field a filter error names, for the page to highlight."""
-    m = re.search(r"unknown field '([^']*)'", message) or re.search(r"'([A-Za-z_][A-Za-z0-9_]*)'", message)
-    return m.group(1) if m else None
+def service(request: Request) -> Lookalike:
+    return request.app.state.lookalike
 
 
-def _display_name(name: Optional[str]) -> str:
-    """The upload's file name for display only (never used as a path)."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = "".join(c for c in base if c.isprintable())[:120].strip()
-    return base or "upload"
+# ---------------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------------
+class QueryResponse(BaseModel):
+    """POST /api/query's answer: the results document's one photo and a preview to draw on.
+
+    Server paths are not disclosed: each match's `source_path` holds the file's name only (its
+    photo is GET /api/photo/{model}/{id}), and `photo.path` is the upload's file name."""
+
+    version: int = Field(DOCUMENT_VERSION, description="the results document's version")
+    photo: PhotoResult = Field(description="as in `lookalike query --json`, source paths cut to file names")
+    preview: Optional[str] = Field(None, description=f"the decoded photo (longest side at most {PREVIEW_SIDE} "
+                                                     "px) as a JPEG data URL; face boxes are in its proportions")
+    seconds: float = Field(description="server time for this request")
 
 
-def _preview(decoded) -> str:
-    from PIL import Image
+_QUERY_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {400: {"description": "bad option (unknown model, empty database)"},
+                 413: {"description": "upload too large"},
+                 415: {"description": "not an image type we decode"},
+                 422: {"description": "invalid field (named), invalid filter (names the field) or unreadable image"},
+                 503: {"description": "database error, model weights missing, or the server is starting"}}
+_JPEG: Dict[Union[int, str], Dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such face, or its file is unreadable"}}
 
-    im = Image.fromarray(decoded.rgb)
-    if max(im.size) > PREVIEW_SIDE:
-        r = PREVIEW_SIDE / max(im.size)
-        im = im.resize((max(1, round(im.width * r)), max(1, round(im.height * r))), Image.BILINEAR)
+page = APIRouter()
+api = APIRouter(prefix="/api", tags=["api"], route_class=_ClassifiedRoute)
+
+
+@page.get("/", include_in_schema=False)
+def index():
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@api.get("/stats", summary="Collections in the database, and the bounds of the query's options")
+def stats(svc: Lookalike = Depends(service)) -> Dict[str, Any]:
+    from ingest.quality import DEFAULT_MIN_QUALITY
+    from query.results import QueryError
+    from schemas import collection_name
+    from schemas.filters import compile_filter
+
+    s = svc.searcher
+    with svc.lock:
+        cols = s.store.stats()
+        models = s.store.models()
+        try:
+            default = s.resolve_models(None)[0]
+        except QueryError:
+            default = None
+        # attribute filters mean something only where some faces carry CelebA attributes
+        annotated = s.store.count(collection_name(default), compile_filter("has_attributes == true")) \
+            if default else 0
+    settings = svc.settings
+    return {"database": settings.uri or Path(settings.db).name, "detector": settings.detector,
+            "collections": [c.__dict__ for c in cols], "models": models, "default_model": default,
+            "top_k": {"default": DEFAULT_TOP_K, "max": WEB_TOP_K_MAX}, "annotated_faces": annotated,
+            "min_quality": {"default": DEFAULT_MIN_QUALITY}, "max_upload_bytes": svc.max_upload_bytes}
+
+
+@api.get("/fields", summary="Fields filters may use, attributes grouped")
+def fields() -> Dict[str, Any]:
+    from schemas import ATTRIBUTES, FACE_FIELDS
+    from schemas.filters import FILTERABLE
+
+    return {"attribute_groups": ATTRIBUTE_GROUPS, "attributes": list(ATTRIBUTES),
+            "fields": [{"name": f.name, "kind": f.kind, "doc": f.doc} for f in FACE_FIELDS
+                       if f.name in FILTERABLE and f.name not in HIDDEN_FIELDS]}
+
+
+@api.post("/query", summary="Find lookalikes for every face of a photo", response_model=QueryResponse,
+          responses=_QUERY_ERRORS)
+def query(image: UploadFile = IMAGE_FILE, opts: QueryOptions = Depends(query_options),
+          svc: Lookalike = Depends(service)) -> QueryResponse:
+    t0 = time.perf_counter()
+    r = svc.search(image, opts)
+    preview = _preview(r.image) if r.image is not None else None
+    for f in r.faces:
+        for ms in f.matches_by_model.values():
+            for m in ms:
+                m.source_path = file_name(m.source_path)
+    return QueryResponse(photo=r, preview=preview, seconds=round(time.perf_counter() - t0, 4))
+
+
+@api.post("/sheet", summary="The contact sheet (PNG) of a query", response_class=Response,
+          responses={200: {"content": {"image/png": {}}}, **_QUERY_ERRORS})
+def sheet(image: UploadFile = IMAGE_FILE, opts: QueryOptions = Depends(query_options),
+          svc: Lookalike = Depends(service)) -> Response:
+    """Runs the query again (the same form as /api/query) and draws it as `lookalike query --out`
+    does: the photo with numbered boxes, then a row of matches per face."""
+    from query.render import render_sheet
+
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    render_sheet(svc.search(image, opts)).save(buf, "PNG", compress_level=1)
+    return Response(buf.getvalue(), media_type="image/png")
+
+
+@api.get("/thumb/{model}/{face_id}", summary="Crop of a stored face (JPEG)", response_class=Response,
+         responses=_JPEG)
+def thumb(model: str, face_id: str, svc: Lookalike = Depends(service)) -> Response:
+    data = svc.thumb(model, face_id)
+    if data is None:
+        raise ApiError(404, "not_found", "the source image of this face is missing or unreadable")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+@api.get("/photo/{model}/{face_id}", summary="Source photo of a stored face (JPEG, the face outlined)",
+         response_class=Response, responses=_JPEG)
+def photo(model: str, face_id: str, svc: Lookalike = Depends(service)) -> Response:
+    data = _photo_jpeg(*svc.stored_face(model, face_id))
+    if data is None:
+        raise ApiError(404, "not_found", "the source image of this face is missing or unreadable")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
 def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool = True,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, explicit_sources=()) -> FastAPI:
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, explicit_sources: Sequence[str] = ()) -> FastAPI:
     """The web app. `searcher`: an open query.search.Searcher to use (its owner closes it);
     otherwise one is created at startup over `settings` and closed at shutdown. `warm` loads the
     default model's detector and embedder at startup, so the first query is as fast as the rest."""
-    from ingest.images import ImageError
-    from ingest.store import StoreError
-    from ingest.quality import DEFAULT_MIN_QUALITY
-    from query.errors import classify
-    from query.results import DEFAULT_TOP_K, QueryError, results_document
-    from schemas import ATTRIBUTES, FACE_FIELDS, collection_name
-    from schemas.filters import FILTERABLE, FilterError, compile_filter
+    from fastapi_offline import FastAPIOffline
 
-    settings = settings or Settings()
-    state = _State(settings, searcher, explicit_sources)
+    svc = Lookalike(settings or Settings(), searcher, explicit_sources, max_upload_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.open(warm)
+        svc.open(warm)
         try:
             yield
         finally:
-            state.close()
+            svc.close()
 
-    app = FastAPI(title="Lookalike", version="1", lifespan=lifespan,
-                  description="Find the stored faces most like each face of a photo. The same "
-                              "Python API as `lookalike query` (query.search.Searcher).")
-    app.state.lookalike = state
+    # FastAPIOffline: FastAPI whose /docs loads Swagger UI from this server, not a CDN. No
+    # validator badge (it would send the spec's URL to validator.swagger.io), and no /redoc
+    # (ReDoc's side menu fetches its logo from a CDN).
+    app = FastAPIOffline(title="Lookalike", version="1", lifespan=lifespan, static_url=DOCS_ASSETS,
+                         redoc_url=None, swagger_ui_parameters={"validatorUrl": None},
+                         description="Find the stored faces most like each face of a photo. The same "
+                                     "Python API as `lookalike query` (query.search.Searcher).")
+    app.state.lookalike = svc
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 413:
-            return _error(413, "too_large", f"upload larger than {max_upload_bytes // (1024 * 1024)} MB")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        parts = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
-            parts.append(f"{loc}: {e.get('msg')}")
-        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
-
-    def _searcher():
-        if state.searcher is None:
-            raise ApiError(503, "not_ready", "the server is starting")
-        return state.searcher
-
-    # -- page ------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    def index():
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
+    _install_error_handlers(app, max_upload_bytes)
+    app.include_router(page)
+    app.include_router(api)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-
-    # -- API -------------------------------------------------------------------------------------
-    @app.get("/api/stats", summary="Collections in the database", tags=["api"])
-    def stats() -> Dict[str, Any]:
-        s = _searcher()
-        try:
-            with state.lock:
-                cols = s.store.stats()
-                models = s.store.models()
-                try:
-                    default = s.resolve_models(None)[0]
-                except QueryError:
-                    default = None
-                # attribute filters mean something only where some faces carry CelebA attributes
-                annotated = s.store.count(collection_name(default), compile_filter("has_attributes == true")) \
-                    if default else 0
-        except StoreError as e:
-            raise ApiError(503, "store_error", str(e)) from None
-        where = settings.uri or Path(settings.db).name
-        return {"database": where, "detector": settings.detector,
-                "collections": [c.__dict__ for c in cols], "models": models, "default_model": default,
-                "top_k": {"default": DEFAULT_TOP_K, "max": WEB_TOP_K_MAX}, "annotated_faces": annotated,
-                "min_quality": {"default": DEFAULT_MIN_QUALITY},
-                "max_upload_bytes": max_upload_bytes}
-
-    @app.get("/api/fields", summary="Fields filters may use, attributes grouped", tags=["api"])
-    def fields() -> Dict[str, Any]:
-        return {"attribute_groups": ATTRIBUTE_GROUPS, "attributes": list(ATTRIBUTES),
-                "fields": [{"name": f.name, "kind": f.kind, "doc": f.doc} for f in FACE_FIELDS
-                           if f.name in FILTERABLE]}
-
-    @app.post("/api/query", summary="Find lookalikes for every face of a photo", tags=["api"],
-              responses={400: {"description": "bad option (k, unknown model)"},
-                         413: {"description": "upload too large"},
-                         415: {"description": "not an image type we decode"},
-                         422: {"description": "invalid filter (names the field) or unreadable image"}})
-    def query(image: UploadFile = File(..., description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF)"),
-              model: Optional[str] = Form(None, description="model collection, e.g. dlib (default: the database's default)"),
-              k: int = Form(DEFAULT_TOP_K, ge=1, le=WEB_TOP_K_MAX, description=f"matches per face, 1..{WEB_TOP_K_MAX}"),
-              filter: Optional[str] = Form(None, description="filter expression, e.g. Smiling == true and Male == false"),
-              where: List[str] = Form([], description="boolean fields that must be true"),
-              where_not: List[str] = Form([], description="boolean fields that must be false"),
-              exclude_same_image: bool = Form(False, description="never return faces of this very photo"),
-              min_quality: Optional[float] = Form(None, description="leave out stored faces below this quality, "
-                                                  "0..1 (default 0.4; 0 keeps every face)"),
-              ) -> Dict[str, Any]:
-        s = _searcher()
-        t0 = time.perf_counter()
-        # size first (the middleware bounds the body; this bounds the file itself), then signature
-        f = image.file
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(0)
-        if size > max_upload_bytes:
-            raise ApiError(413, "too_large", f"upload larger than {max_upload_bytes // (1024 * 1024)} MB")
-        if size == 0:
-            raise ApiError(422, "unreadable", "empty file (0 bytes)")
-        head = f.read(32)
-        kind = sniff_image(head)
-        if kind is None:
-            raise ApiError(415, "unsupported_type", "not an image this app reads (JPEG, PNG, WebP, GIF, "
-                                                    "BMP, TIFF, HEIC or AVIF)")
-        if model is not None and model.strip() and model.strip() not in ("all",):
-            with state.lock:
-                present = s.store.models()
-            names = [m.strip() for m in model.split(",") if m.strip()]
-            bad = [m for m in names if m not in present]
-            if bad:
-                raise ApiError(400, "unknown_model", f"no collection for model '{bad[0]}' in this database "
-                                                     f"(models: {', '.join(present) or 'none'})")
-        name = _display_name(image.filename)
-        f.seek(0)
-        data = f.read()  # bounded above; the client's file name is only displayed
-        try:
-            with state.lock:
-                r = s.search_photo(data, name=name, model=model or None, top_k=k, filter=filter or None,
-                                   where=where, where_not=where_not, exclude_same_image=exclude_same_image,
-                                   keep_image=True, min_quality=min_quality)
-        except Exception as e:  # noqa: BLE001 - the shared table (query/errors.py) decides
-            kind = classify(e)
-            if kind is None:
-                raise
-            msg = str(e)
-            if isinstance(e, ImageError):
-                msg = "cannot read this image: " + (msg[len(name):].lstrip(": ") if msg.startswith(name) else msg)
-            extra = {"field": _field_of(msg)} if isinstance(e, FilterError) else {}
-            raise ApiError(kind.http_status, kind.api_code, msg, **extra) from None
-        del data
-        preview = _preview(r.image) if r.image is not None else None
-        doc = results_document([r])
-        return {"version": doc["version"], "photo": doc["photos"][0], "preview": preview,
-                "seconds": round(time.perf_counter() - t0, 4)}
-
-    @app.get("/api/thumb/{model}/{face_id}", summary="Crop of a stored face (JPEG)", tags=["api"],
-             response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such face"}})
-    def thumb(model: str, face_id: str):
-        from query.render import source_crop
-
-        s = _searcher()
-        if not FACE_ID.match(face_id):
-            raise ApiError(404, "not_found", "no such face")
-        with state.lock:
-            try:
-                present = s.store.models()
-                if model not in present:
-                    raise ApiError(404, "not_found", f"no collection for model '{model}'")
-                rows = s.store.get(model, [face_id], output_fields=[
-                    "id", "source_path", "box_x", "box_y", "box_w", "box_h"])
-            except StoreError as e:
-                raise ApiError(503, "store_error", str(e)) from None
-        if not rows:
-            raise ApiError(404, "not_found", "no such face")
-        row = rows[0]
-        box = (int(row["box_x"]), int(row["box_y"]), int(row["box_w"]), int(row["box_h"]))
-        # a little context around the face box looks better in a thumbnail
-        x, y, w, h = box
-        pad = round(0.15 * max(w, h))
-        padded = (max(0, x - pad), max(0, y - pad), w + 2 * pad, h + 2 * pad)
-
-        def make() -> Optional[bytes]:
-            from PIL import Image
-
-            crop = source_crop(str(row["source_path"]), padded)
-            if crop is None:
-                return None
-            crop.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
-            buf = io.BytesIO()
-            crop.save(buf, "JPEG", quality=85)
-            return buf.getvalue()
-
-        data = state.thumb((model, face_id), make)
-        if data is None:
-            raise ApiError(404, "not_found", "the source image of this face is missing or unreadable")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
     return app

@@ -15,6 +15,9 @@ The page is at http://HOST:PORT/ ; the JSON API is documented at /docs (OpenAPI 
   POST /api/query                 multipart: image, model, k, filter, where, where_not
   GET  /api/stats                 collections, models
   GET  /api/thumb/MODEL/FACE_ID   JPEG crop of a stored face
+  GET  /api/photo/MODEL/FACE_ID   the stored face's whole photo (JPEG, the face outlined)
+  POST /api/sheet                 the same form as /api/query: the contact sheet (PNG)
+Server paths never leave the server: a match's source_path is its file name.
 
 
 The server binds 127.0.0.1 by default. Binding another address exposes the database's photos to

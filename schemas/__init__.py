@@ -377,7 +377,7 @@ def check_index(index_type: str, metric: str, build: Mapping[str, object],
         cap = LIMIT_MAX.get(t, LIMIT_MAX["default"])
         if top_k > cap:
             problems.append(f"index {t}: top-k {top_k} above its limit {cap}")
-        if t == "GPU_CAGRA" and int(search.get("itopk_size", top_k)) < top_k:
+        if t == "GPU_CAGRA" and int(search.get("itopk_size", top_k)) < top_k:  # type: ignore[call-overload]
             problems.append(f"index {t}: itopk_size {search.get('itopk_size')} below top-k {top_k}")
     return problems
 
@@ -386,8 +386,9 @@ def breadth_max(index_type: str) -> Optional[int]:
     """Upper bound of the search-breadth parameter (ef / itopk_size) of an index type."""
     rules = INDEX_RULES.get(index_type.upper(), ({}, {}))[1]
     for key in ("ef", "itopk_size"):
-        if key in rules and isinstance(rules[key].hi, int):
-            return int(rules[key].hi)
+        hi = rules[key].hi if key in rules else None
+        if isinstance(hi, int):
+            return hi
     return None
 
 

@@ -58,12 +58,13 @@ _KEYWORDS = {"and": "and", "or": "or", "not": "not", "in": "in", "like": "like",
 def _tokenize(text: str) -> List[Tuple[str, str, int]]:
     if len(text) > MAX_FILTER_CHARS:
         raise FilterError(f"filter too long ({len(text)} characters, at most {MAX_FILTER_CHARS})")
-    tokens, pos, text = [], 0, text.rstrip()
+    tokens: List[Tuple[str, str, int]] = []
+    pos, text = 0, text.rstrip()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise FilterError(f"filter syntax error at column {pos + 1}: unexpected '{_show(text[pos:pos + 12])}'")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         value, col = m.group(kind), m.start(kind) + 1
         if kind == "name" and value.lower() in _KEYWORDS:
             kind, value = "kw", value.lower()
@@ -126,7 +127,8 @@ def _suggest(name: str) -> str:
             close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     shown = _show(str(name))  # one line whatever the name holds (a --where value)
-    return f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., the 40 CelebA attributes; `lookalike fields` lists them)"
+    return (f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., "
+            f"the 40 CelebA attributes; `lookalike fields` lists them)")
 
 
 class _Parser:
@@ -145,14 +147,22 @@ class _Parser:
     def peek(self) -> Optional[Tuple[str, str, int]]:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
+    def peek_is(self, kind: str, value: str) -> bool:
+        tok = self.peek()
+        return tok is not None and tok[:2] == (kind, value)
+
+    def peek_value(self) -> Optional[str]:
+        tok = self.peek()
+        return None if tok is None else tok[1]
+
     def take(self, kind: Optional[str] = None, value: Optional[str] = None) -> Tuple[str, str, int]:
         tok = self.peek()
         if tok is None:
             want = value or kind or "more input"
             raise FilterError(f"filter syntax error: expression ends early, expected {want}")
         if (kind and tok[0] != kind) or (value and tok[1] != value):
-            want = repr(value) if value else kind
-            raise FilterError(f"filter syntax error at column {tok[2]}: expected {want}, found '{_show(tok[1])}'")
+            wanted = repr(value) if value else kind
+            raise FilterError(f"filter syntax error at column {tok[2]}: expected {wanted}, found '{_show(tok[1])}'")
         self.i += 1
         return tok
 
@@ -167,14 +177,14 @@ class _Parser:
 
     def or_expr(self) -> Node:
         args = [self.and_expr()]
-        while self.peek() and self.peek()[:2] == ("kw", "or"):
+        while self.peek_is("kw", "or"):
             self.i += 1
             args.append(self.and_expr())
         return args[0] if len(args) == 1 else BoolOp("or", tuple(args))
 
     def and_expr(self) -> Node:
         args = [self.unary()]
-        while self.peek() and self.peek()[:2] == ("kw", "and"):
+        while self.peek_is("kw", "and"):
             self.i += 1
             args.append(self.unary())
         return args[0] if len(args) == 1 else BoolOp("and", tuple(args))
@@ -236,7 +246,8 @@ class _Parser:
         tok = self.peek()
         if tok is None or tok[0] not in ("op", "kw") or tok[1] in (")", "and", "or", ","):
             if ftype != "BOOL":
-                raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; compare it, e.g. {name} == ...")
+                raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; "
+                                  f"compare it, e.g. {name} == ...")
             return BoolField(name)
         op = tok[1]
         if op in ("==", "!=", "<", "<=", ">", ">="):
@@ -260,9 +271,9 @@ class _Parser:
         self.take("kw", "in")
         self.take("op", "[")
         values = []
-        if self.peek() and self.peek()[1] != "]":
+        if self.peek_value() not in (None, "]"):
             values.append(self.literal(name))
-            while self.peek() and self.peek()[1] == ",":
+            while self.peek_value() == ",":
                 self.i += 1
                 values.append(self.literal(name))
         self.take("op", "]")

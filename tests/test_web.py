@@ -7,7 +7,9 @@ thread (the browser test), as `lookalike serve` does.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import socket
 import struct
 import threading
@@ -24,7 +26,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from ingest.settings import Settings  # noqa: E402
 from query.results import validate_document  # noqa: E402
 from query.search import Searcher  # noqa: E402
-from query.web import ATTRIBUTE_GROUPS, MAX_UPLOAD_BYTES, create_app, sniff_image  # noqa: E402
+from query.web import (ATTRIBUTE_GROUPS, MAX_UPLOAD_BYTES, PHOTO_SIDE, WEB_TOP_K_MAX, api_message,  # noqa: E402
+                       create_app, sniff_image)
 from schemas import ATTRIBUTES  # noqa: E402
 
 from conftest import DATA  # noqa: E402
@@ -129,10 +132,48 @@ def test_page_and_openapi(web):
     assert r.status_code == 200 and "/static/app.js" in r.text
     assert c.get("/static/app.js").status_code == 200 and c.get("/static/app.css").status_code == 200
     spec = c.get("/openapi.json").json()
-    for route in ("/api/query", "/api/stats", "/api/thumb/{model}/{face_id}", "/api/fields"):
+    for route in ("/api/query", "/api/stats", "/api/thumb/{model}/{face_id}", "/api/fields",
+                  "/api/photo/{model}/{face_id}", "/api/sheet"):
         assert route in spec["paths"], route
     body = spec["paths"]["/api/query"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body
+
+
+def test_openapi_documents_the_result_models(web):
+    """POST /api/query's 200 is query.results' models, without the fields they never serialise."""
+    spec = web["client"].get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    ok = spec["paths"]["/api/query"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/QueryResponse"}
+    assert set(schemas["QueryResponse"]["properties"]) == {"version", "photo", "preview", "seconds"}
+    assert schemas["QueryResponse"]["properties"]["photo"]["$ref"] == "#/components/schemas/PhotoResult"
+    for name in ("PhotoResult", "QueryFace", "Match", "SearchInfo"):
+        assert name in schemas, name
+    photo, face, match = schemas["PhotoResult"]["properties"], schemas["QueryFace"]["properties"], \
+        schemas["Match"]["properties"]
+    assert {"faces", "search", "models", "top_k"} <= set(photo) and not {"image", "detected", "notes"} & set(photo)
+    assert "matches" in face and "dbox" not in face
+    assert {"score", "same_person", "source_path", "id"} <= set(match)
+    assert "file name" in schemas["QueryResponse"]["description"]  # what source_path holds here
+
+
+def test_docs_work_offline(web):
+    """/docs loads its script and style from this server, never from a CDN."""
+    c = web["client"]
+    assert '"validatorUrl": null' in c.get("/docs").text  # else the spec's URL goes to swagger.io
+    assert c.get("/redoc").status_code == 404  # ReDoc fetches its logo from a CDN
+    for page in ("/docs",):
+        r = c.get(page)
+        assert r.status_code == 200 and "/openapi.json" in r.text
+        urls = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+        assert urls and "http://" not in r.text and "https://" not in r.text, (page, urls)
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), url
+            a = c.get(url)
+            assert a.status_code == 200 and len(a.content) > 1000, url
+            kind = {".js": "javascript", ".css": "text/css", ".png": "image/png"}[Path(url).suffix]
+            assert kind in a.headers["content-type"], (url, a.headers["content-type"])
+    assert c.get("/docs").text.count(".js") >= 1 and "swagger-ui.css" in c.get("/docs").text
 
 
 def test_stats_and_fields(web):
@@ -158,6 +199,10 @@ def test_query_group_photo(web):
     assert photo["path"] == "obama_and_biden.jpg"  # the upload's name, not the temporary file
     assert lo <= len(photo["faces"]) <= hi
     assert all(len(f["matches"]) == 3 for f in photo["faces"])
+    # no server path: a match's source is its file name (the photo itself is /api/photo)
+    paths = [m["source_path"] for f in photo["faces"] for m in f["matches"]]
+    assert paths and all(p and "/" not in p and "\\" not in p for p in paths), paths
+    assert str(web["src"]) not in r.text and str(Path(web["db"]).parent) not in r.text
     top = {f["matches"][0]["identity"] for f in photo["faces"]}
     assert {"obama", "biden"} <= top
     assert doc["preview"].startswith("data:image/jpeg;base64,")
@@ -287,7 +332,94 @@ def test_thumb(web):
     assert c.get(f"/api/thumb/facenet/{m['id']}").status_code == 404  # no such collection
 
 
+def test_photo(web):
+    """A match's whole source photo, by face id: upright, bounded, JPEG; 404 for anything else."""
+    c = web["client"]
+    r = _post(c, GROUPS / "couple.jpg", k="2")
+    m = r.json()["photo"]["faces"][0]["matches"][0]
+    p = c.get(f"/api/photo/dlib/{m['id']}")
+    assert p.status_code == 200 and p.headers["content-type"] == "image/jpeg"
+    im = Image.open(io.BytesIO(p.content))
+    source = next(web["src"].rglob(m["source_path"]))
+    with Image.open(source) as orig:
+        w, h = orig.size
+    assert im.format == "JPEG" and max(im.size) == min(PHOTO_SIDE, max(w, h))
+    assert abs(im.width / im.height - w / h) < 0.02
+    for url in (f"/api/photo/dlib/{'0' * 64}_0", f"/api/photo/facenet/{m['id']}", "/api/photo/dlib/nope",
+                f"/api/photo/dlib/{m['id'][:-2]}_99"):
+        r = c.get(url)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", url
+
+
+def test_sheet(web):
+    """/api/sheet re-runs the query (nothing is kept between requests) and draws its contact sheet."""
+    from query.render import sheet_size
+
+    c = web["client"]
+    photo = GROUPS / "obama_and_biden.jpg"
+    doc = _post(c, photo, k="3").json()["photo"]
+    r = c.post("/api/sheet", files={"image": (photo.name, photo.read_bytes())}, data={"k": "3"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.size == sheet_size(doc["width"], doc["height"], len(doc["faces"]), 3)
+    r = c.post("/api/sheet", files={"image": (photo.name, photo.read_bytes())}, data={"k": "500"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("k:")
+
+
+def test_api_errors_name_the_apis_fields(web):
+    """Messages from validators shared with the CLI are reworded for the API: no CLI flag, the
+    field the request used named."""
+    c = web["client"]
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    cases = [
+        ({"k": "0"}, 422, "k"), ({"k": "500"}, 422, "k"), ({"k": "x"}, 422, "k"),
+        ({"min_quality": "2"}, 422, "min_quality"), ({"min_quality": "-0.1"}, 422, "min_quality"),
+        ({"min_quality": "nan"}, 422, "min_quality"), ({"min_quality": "x"}, 422, "min_quality"),
+        ({"exclude_same_image": "maybe"}, 422, "exclude_same_image"),
+        ({"model": "nope"}, 400, None), ({"model": "dlib,clip"}, 400, None),
+        ({"where": ["confidence"]}, 422, "confidence"), ({"where_not": ["identity"]}, 422, "identity"),
+        ({"where": ["Smilng"]}, 422, "Smilng"), ({"filter": "Smilng == true"}, 422, "Smilng"),
+        ({"filter": "confidence > 'x'"}, 422, None), ({"filter": "Smiling =="}, 422, None),
+    ]
+    for form, status, fld in cases:
+        r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data=form)
+        err = r.json()["error"]
+        assert r.status_code == status, (form, r.text)
+        assert "--" not in err["message"] and "lookalike " not in err["message"], (form, err)
+        if fld is not None:
+            assert err.get("field") == fld, (form, err)
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"where": ["confidence"]})
+    assert r.json()["error"]["message"].startswith("where/where_not take boolean fields")
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": "Smilng == true"})
+    assert "GET /api/fields" in r.json()["error"]["message"]
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"min_quality": "2"})
+    assert r.json()["error"]["message"].startswith("min_quality:")
+
+
+def test_api_message():
+    assert api_message("top_k must be between 1 and 1000, got 0") == "k must be between 1 and 1000, got 0"
+    assert api_message("use -k/--top-k or --min-quality") == "use k or min_quality"
+    assert api_message("cannot write /srv/x/look.db: disk full", "/srv/x/look.db") == "cannot write look.db: disk full"
+
+
+def test_empty_database(tmp_path, deepface_home):
+    """A database without faces: the page is told so, in words for the API (no flag, no path)."""
+    settings = Settings().with_(detector="yunet", db=str(tmp_path / "empty.db"))
+    with TestClient(create_app(settings, warm=False)) as c:
+        s = c.get("/api/stats").json()
+        assert s["models"] == [] and s["default_model"] is None
+        r = _post(c, GROUPS / "couple.jpg")
+        err = r.json()["error"]
+        assert r.status_code == 400 and "no faces" in err["message"], r.text
+        assert "--" not in err["message"] and str(tmp_path) not in r.text
+
+
 @pytest.mark.parametrize("url", [
+    "/api/photo/dlib/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/photo/..%2F..%2Fetc/passwd",
+    "/api/photo/dlib/" + "a" * 64 + "_0%2F..%2F..%2Fetc%2Fpasswd",
+    "/docs-assets/..%2Fcore.py",
+    "/docs-assets/%2e%2e/core.py",
     "/api/thumb/dlib/..%2F..%2F..%2Fetc%2Fpasswd",
     "/api/thumb/dlib/%2Fetc%2Fpasswd",
     "/api/thumb/dlib/..",
@@ -345,70 +477,190 @@ def server(web):
     th.join(10)
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
-def test_browser_end_to_end(server):
+needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                    reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download); nothing outside 127.0.0.1
+    is reachable from its pages (a CDN would fail as it does offline)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    photo = GROUPS / "multiface.jpg"
-    lo, hi = _faces_range(photo.name)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("#model option", state="attached")
-            assert page.locator("#model").input_value() == "dlib"
-            assert page.locator("details.group").count() == len(ATTRIBUTE_GROUPS)
-            page.fill("#k", "4")
-            page.set_input_files("#file", str(photo))  # choosing a file starts the search
-            page.wait_for_selector(".face", timeout=60_000)
-            boxes = page.locator("#stage .box").count()
-            rows = page.locator(".face").count()
-            assert lo <= boxes <= hi and rows == boxes
-            assert page.locator(".face").first.locator(".match").count() == 4
-            # thumbnails load from /api/thumb
-            page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
-            # clicking a face box highlights its row
-            page.locator("#stage .box").nth(1).click()
-            assert "sel" in (page.locator(".face").nth(1).get_attribute("class") or "")
-            assert "sel" not in (page.locator(".face").nth(0).get_attribute("class") or "")
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(ARTIFACTS / "web_result.png"), full_page=True)
-
-            # an invalid filter is reported and the expression box is marked
-            page.fill("#filter", "Smilng == true")
-            page.click("#go")
-            page.wait_for_selector("#banner.error:not([hidden])")
-            assert "Smilng" in page.locator("#banner").inner_text()
-            assert "invalid" in (page.locator("#filter").get_attribute("class") or "")
-            page.click("#clear")
-
-            # the gallery has no CelebA attributes: no attribute filters offered, and an attribute
-            # filter typed as an expression matches no face (unknown is not "false")
-            assert page.locator("#groups").is_hidden() and page.locator("#annotated-row").is_hidden()
-            page.fill("#filter", "not Smiling")
-            page.click("#go")
-            page.wait_for_selector(".nomatch")
-            assert "Smiling == true" in page.locator("#summary").inner_text()
-            page.fill("#filter", "")
-
-            # a photo without a face: friendly empty state
-            page.click("#clear")
-            page.set_input_files("#file", str(GROUPS / "no-faces.jpg"))
-            page.wait_for_selector("#banner.info:not([hidden])")
-            assert "No face found" in page.locator("#banner").inner_text()
-            assert page.locator(".face").count() == 0
-            # a narrow (phone) layout still shows everything
-            page.set_viewport_size({"width": 420, "height": 900})
-            page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))
-            page.wait_for_selector(".face")
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(path=str(ARTIFACTS / "web_result_narrow.png"), full_page=True)
-            assert errors == []
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def _page(browser, server, width, height):
+    """A page with its script errors and its requests outside the server collected."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.errors, page.outside = [], []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+
+    def route(r):
+        if r.request.url.startswith(server) or r.request.url.startswith(("data:", "blob:")):
+            return r.continue_()
+        page.outside.append(r.request.url)
+        return r.abort()
+
+    page.route("**/*", route)
+    return page
+
+
+@needs_chromium
+def test_browser_end_to_end(server, browser, tmp_path):
+    photo = GROUPS / "multiface.jpg"
+    lo, hi = _faces_range(photo.name)
+    page = _page(browser, server, 1360, 900)
+    errors = page.errors
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#model").input_value() == "dlib"
+    # the field offers the API's bound, and the API's refusal of anything else is shown
+    assert page.locator("#k").get_attribute("max") == str(WEB_TOP_K_MAX)
+    assert page.locator("#filters").get_attribute("open") is not None  # wide screen: open
+    assert page.locator("details.group").count() == len(ATTRIBUTE_GROUPS)
+    page.fill("#k", "4")
+    page.set_input_files("#file", str(photo))  # choosing a file starts the search
+    page.wait_for_selector(".face", timeout=60_000)
+    boxes = page.locator("#stage .box").count()
+    rows = page.locator(".face").count()
+    assert lo <= boxes <= hi and rows == boxes
+    assert page.locator(".face").first.locator(".match").count() == 4
+    # thumbnails load from /api/thumb
+    page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+    # clicking a face box highlights its row
+    page.locator("#stage .box").nth(1).click()
+    assert "sel" in (page.locator(".face").nth(1).get_attribute("class") or "")
+    assert "sel" not in (page.locator(".face").nth(0).get_attribute("class") or "")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "web_result.png"), full_page=True)
+
+    # clicking a match shows its whole source photo (by face id, never a path)
+    first = page.locator(".face").first.locator(".match").first
+    first.click()
+    page.wait_for_selector("#photodlg[open]")
+    page.wait_for_function("document.getElementById('bigphoto').complete && "
+                           "document.getElementById('bigphoto').naturalWidth > 0", timeout=30_000)
+    assert page.locator("#bigopen").get_attribute("href").startswith("/api/photo/dlib/")
+    page.screenshot(path=str(ARTIFACTS / "web_photo.png"))
+    page.click("#bigclose")
+    assert page.locator("#photodlg[open]").count() == 0
+
+    # downloads: the results document (as `lookalike query --json` writes it) and the sheet
+    with page.expect_download() as dl:
+        page.click("#dl-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert dl.value.suggested_filename == "multiface-lookalike.json"
+    assert validate_document(doc) == [] and len(doc["photos"]) == 1
+    assert len(doc["photos"][0]["faces"]) == rows
+    assert all("/" not in m["source_path"] for f in doc["photos"][0]["faces"] for m in f["matches"])
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-sheet")
+    sheet = Image.open(dl.value.path())
+    assert sheet.format == "PNG" and dl.value.suggested_filename == "multiface-lookalike.png"
+    from query.render import sheet_size
+    p0 = doc["photos"][0]
+    assert sheet.size == sheet_size(p0["width"], p0["height"], len(p0["faces"]), 4)
+
+    # k beyond the bound: the API's message is shown and the field marked
+    page.fill("#k", "500")
+    page.click("#go")
+    page.wait_for_selector("#banner.error:not([hidden])")
+    assert "k:" in page.locator("#banner").inner_text() and str(WEB_TOP_K_MAX) in page.locator("#banner").inner_text()
+    assert "invalid" in (page.locator("#k").get_attribute("class") or "")
+    page.fill("#k", "4")
+
+    # an invalid filter is reported and the expression box is marked
+    page.fill("#filter", "Smilng == true")
+    page.click("#go")
+    page.wait_for_selector("#banner.error:not([hidden])")
+    assert "Smilng" in page.locator("#banner").inner_text()
+    assert "invalid" in (page.locator("#filter").get_attribute("class") or "")
+    page.click("#clear")
+
+    # the gallery has no CelebA attributes: no attribute filters offered, and an attribute
+    # filter typed as an expression matches no face (unknown is not "false")
+    assert page.locator("#groups").is_hidden() and page.locator("#annotated-row").is_hidden()
+    page.fill("#filter", "not Smiling")
+    page.click("#go")
+    page.wait_for_selector(".nomatch")
+    assert "Smiling == true" in page.locator("#summary").inner_text()
+    page.fill("#filter", "")
+
+    # a photo without a face: friendly empty state
+    page.click("#clear")
+    page.set_input_files("#file", str(GROUPS / "no-faces.jpg"))
+    page.wait_for_selector("#banner.info:not([hidden])")
+    assert "No face found" in page.locator("#banner").inner_text()
+    assert page.locator(".face").count() == 0
+    # a narrow (phone) layout still shows everything
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))
+    page.wait_for_selector(".face")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "web_result_narrow.png"), full_page=True)
+    assert errors == [] and page.outside == []
+
+
+@needs_chromium
+def test_browser_phone(server, browser):
+    """At 390 x 844 the results are on the first screen after a search (the filters are closed,
+    the results come first), and a row of matches wider than the screen says it scrolls."""
+    page = _page(browser, server, 390, 844)
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#filters").get_attribute("open") is None  # closed on a phone
+    page.screenshot(path=str(ARTIFACTS / "web_phone_start.png"))
+    page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))  # k = 5 by default
+    page.wait_for_selector(".face")
+    page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+    page.wait_for_timeout(300)
+    top = page.evaluate("document.querySelector('.face').getBoundingClientRect().top")
+    assert 0 <= top < 844 - 120, top  # the first face row starts on the first screen
+    row = page.locator(".face").first.locator(".mwrap")
+    assert "overflows" in (row.get_attribute("class") or "")
+    hint = row.locator(".scroll-hint")
+    assert hint.is_visible() and hint.inner_text() == "scroll →"
+    box = hint.bounding_box()
+    assert box and box["x"] + box["width"] <= 390 and box["y"] < 844  # on screen
+    page.screenshot(path=str(ARTIFACTS / "web_phone_result.png"))
+    # scrolled to its end, the row no longer says so
+    row.locator(".matches").evaluate("e => e.scrollLeft = e.scrollWidth")
+    page.wait_for_timeout(200)
+    assert "overflows" not in (row.get_attribute("class") or "") and not hint.is_visible()
+    # the form is still there, after the results
+    page.click("#to-form")
+    page.wait_for_timeout(600)
+    assert page.evaluate("document.getElementById('drop').getBoundingClientRect().top") < 844
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "web_phone_full.png"), full_page=True)
+    assert page.errors == [] and page.outside == []
+
+
+@needs_chromium
+def test_browser_docs_offline(server, browser):
+    """Swagger UI renders with every request outside the server refused."""
+    page = _page(browser, server, 1280, 900)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    assert page.locator(".opblock").count() == 6  # the six /api routes
+    assert "Lookalike" in page.locator(".info .title").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "web_docs.png"))
+    assert page.errors == [] and page.outside == []
+
+
+def test_server_paths_cannot_be_probed_through_filters(web):
+    c = web["client"]
+    photo = (GROUPS / "couple.jpg").read_bytes()
+    r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": 'source_path like "/home/%"'})
+    assert r.status_code == 422 and "source_path" in r.json()["error"]["message"]
+    assert "source_path" not in {f["name"] for f in c.get("/api/fields").json()["fields"]}

@@ -1,10 +1,12 @@
-// Lookalike web page: plain JS, no build step. Talks to /api/stats, /api/fields, /api/query, /api/thumb.
+// Lookalike web page: plain JS, no build step. Talks to /api/stats, /api/fields, /api/query,
+// /api/sheet, /api/thumb and /api/photo.
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
   const COLOURS = ["#e6194b", "#3cb44b", "#0082c8", "#f58230", "#911eb4", "#46c8c8", "#f032e6",
                    "#808000", "#000080", "#aa6e28"];
-  const state = { file: null, tri: new Map(), maxBytes: 15 * 1024 * 1024, lastResult: null };
+  const state = { file: null, tri: new Map(), maxBytes: 15 * 1024 * 1024, lastResult: null, lastForm: null };
+  const NARROW = window.matchMedia("(max-width: 900px)");
 
   const el = (tag, attrs = {}, ...kids) => {
     const e = document.createElement(tag);
@@ -34,7 +36,8 @@
         if (c.model === stats.default_model) o.selected = true;
         sel.append(o);
       }
-      $("k").max = Math.min(stats.top_k.max, 50);
+      $("k").max = stats.top_k.max;  // the API's bound: the page offers what the API takes
+      $("k").title = `1 to ${stats.top_k.max}`;
       const faces = stats.collections.filter((c) => c.model).reduce((a, c) => Math.max(a, c.rows), 0);
       $("dbinfo").textContent = `${stats.database} · ${stats.models.length} model${stats.models.length === 1 ? "" : "s"}` +
         ` · ${faces.toLocaleString()} faces · detector ${stats.detector}`;
@@ -125,6 +128,9 @@
     $("filter").classList.remove("invalid");
   });
   $("filter").addEventListener("input", () => $("filter").classList.remove("invalid"));
+  $("k").addEventListener("input", () => $("k").classList.remove("invalid"));
+  // a phone shows the filters closed: open, they stand ~1,000 px before the results
+  if (NARROW.matches) $("filters").open = false;
 
   // ---- choosing a photo ----------------------------------------------------------------------
   const drop = $("drop");
@@ -210,7 +216,7 @@
     inflight = ctrl;
     clearBanner();
     $("filter").classList.remove("invalid");
-    document.querySelectorAll(".tri.invalid").forEach((t) => t.classList.remove("invalid"));
+    document.querySelectorAll(".tri.invalid, input.invalid").forEach((t) => t.classList.remove("invalid"));
     const fd = new FormData();
     fd.append("image", state.file, state.file.name || "photo.jpg");
     if ($("model").value) fd.append("model", $("model").value);
@@ -227,6 +233,7 @@
     try {
       const r = await fetch("/api/query", { method: "POST", body: fd, signal: ctrl.signal });
       const doc = await jsonOrThrow(r);
+      state.lastForm = fd;  // the sheet is drawn by re-running this very query
       show(doc);
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -241,10 +248,14 @@
     const titles = {
       invalid_filter: "Invalid filter", unreadable: "This file cannot be read", too_large: "This file is too large",
       unsupported_type: "Not a supported image", bad_option: "Invalid option", unknown_model: "Unknown model",
-      weights_missing: "Model weights are missing", store_error: "Database error",
+      invalid_request: "Invalid option", bad_request: "Cannot run this search",
+      weights_missing: "Model weights are missing", store_error: "Database error", not_ready: "The server is starting",
     };
     banner("error", titles[info.code] || "Something went wrong", escapeHtml(e.message));
+    const input = info.code === "invalid_request" && info.field && document.querySelector(`#form input[name="${CSS.escape(info.field)}"]`);
+    if (input) { input.classList.add("invalid"); input.focus(); }
     if (info.code === "invalid_filter") {
+      $("filters").open = true;
       const t = info.field && state.tri.get(info.field);
       if (t) {
         t.node.classList.add("invalid");
@@ -272,6 +283,7 @@
   function show(doc) {
     const p = doc.photo;
     state.lastResult = doc;
+    document.body.classList.add("has-result");  // a phone shows the results above the form
     $("empty").hidden = true;
     $("result").hidden = false;
     const model = p.models[0];
@@ -294,9 +306,7 @@
     faces.innerHTML = "";
     img.onload = () => drawCrops(p);
     img.src = doc.preview || "";
-    if (window.matchMedia("(max-width: 900px)").matches) {
-      $("summary").scrollIntoView({ behavior: "smooth", block: "start" });  // phone: results are below the form
-    }
+    if (NARROW.matches) window.scrollTo(0, 0);  // the results now come first
 
     if (!n) {
       banner("info", "No face found",
@@ -324,12 +334,23 @@
         ms.append(el("div", { class: "nomatch", text: p.filter ? "No stored face passes this filter." : "No match." }));
       }
       for (const m of f.matches) ms.append(matchCard(model, m));
-      const row = el("div", { class: "face", style: `--c:${c}` }, q, ms);
+      // a row wider than the screen scrolls sideways: say so (fade + "scroll →") until its end
+      const mw = el("div", { class: "mwrap" }, ms, el("span", { class: "scroll-hint", "aria-hidden": "true", text: "scroll →" }));
+      ms.addEventListener("scroll", () => scrollHint(mw), { passive: true });
+      const row = el("div", { class: "face", style: `--c:${c}` }, q, mw);
       row.dataset.face = f.index;
       row.addEventListener("click", () => select(f.index, false));
       faces.append(row);
     }
+    document.querySelectorAll(".mwrap").forEach(scrollHint);
   }
+
+  function scrollHint(mw) {
+    const ms = mw.firstElementChild;
+    const more = ms.scrollWidth - ms.clientWidth - ms.scrollLeft > 2;
+    mw.classList.toggle("overflows", more);
+  }
+  window.addEventListener("resize", () => document.querySelectorAll(".mwrap").forEach(scrollHint));
 
   function verdictLine(ms) {
     if (!ms.length || ms[0].same_person == null) return "Similarity only: no same-person verdict for this model";
@@ -345,13 +366,70 @@
     const verdict = m.same_person == null ? null : el("div", { class: m.same_person ? "same" : "other",
       text: (m.same_person ? "same person" : "other person") +
             (m.same_person_probability == null ? "" : ` · ${Math.round(100 * m.same_person_probability)}%`) });
-    return el("div", { class: "match" + (m.same_person ? " is-same" : ""), title: `${m.identity || "unknown"} · score ${m.score.toFixed(3)}\n${m.source_path}` },
+    const card = el("div", { class: "match" + (m.same_person ? " is-same" : ""), role: "button", tabindex: "0",
+                             title: `${m.identity || "unknown"} · score ${m.score.toFixed(3)}\n${m.source_path}\nclick: the whole photo` },
       thumb, verdict,
       el("div", { class: "score" }, el("span", { text: m.score.toFixed(2) }),
          el("span", { class: "bar" }, el("i", { style: `width:${pct}%` }))),
       el("div", { class: "ident", text: m.identity ? m.identity.replace(/_/g, " ") : "unknown" }),
       el("div", { class: "src", text: basename(m.source_path) }));
+    card.addEventListener("click", () => openPhoto(model, m));
+    card.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openPhoto(model, m); } });
+    return card;
   }
+
+  // ---- a match's source photo (lightbox) -----------------------------------------------------
+  function openPhoto(model, m) {
+    const url = `/api/photo/${encodeURIComponent(model)}/${encodeURIComponent(m.id)}`;
+    const img = $("bigphoto");
+    const cap = `${m.identity ? m.identity.replace(/_/g, " ") : "unknown"} · score ${m.score.toFixed(2)} · ${basename(m.source_path)}`;
+    $("bigcap").textContent = cap;
+    img.alt = cap;
+    img.onerror = () => { $("bigcap").textContent = `${cap} · the photo is missing or unreadable`; };
+    img.src = url;
+    $("bigopen").href = url;
+    $("photodlg").showModal();
+  }
+  $("bigclose").addEventListener("click", () => $("photodlg").close());
+  // a click on the backdrop (outside the dialog's box) closes it
+  $("photodlg").addEventListener("click", (e) => { if (e.target === $("photodlg")) $("photodlg").close(); });
+  $("photodlg").addEventListener("close", () => $("bigphoto").removeAttribute("src"));
+
+  // ---- downloads -----------------------------------------------------------------------------
+  function download(blob, name) {
+    const a = el("a", { href: URL.createObjectURL(blob), download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }
+  const stem = () => basename(state.lastResult.photo.path).replace(/\.[^.]*$/, "") || "photo";
+
+  $("dl-json").addEventListener("click", () => {
+    const d = state.lastResult;
+    if (!d) return;
+    // the shape `lookalike query --json` writes (query.results.Document)
+    const doc = { version: d.version, photos: [d.photo] };
+    download(new Blob([JSON.stringify(doc, null, 2)], { type: "application/json" }), `${stem()}-lookalike.json`);
+  });
+  $("dl-sheet").addEventListener("click", async () => {
+    if (!state.lastForm) return;
+    const b = $("dl-sheet");
+    const label = b.textContent;
+    b.disabled = true;
+    b.textContent = "Drawing…";
+    try {
+      const r = await fetch("/api/sheet", { method: "POST", body: state.lastForm });
+      if (!r.ok) await jsonOrThrow(r);
+      download(await r.blob(), `${stem()}-lookalike.png`);
+    } catch (e) {
+      showError(e);
+    } finally {
+      b.disabled = false;
+      b.textContent = label;
+    }
+  });
+  $("to-form").addEventListener("click", () => $("form").scrollIntoView({ behavior: "smooth", block: "start" }));
 
   function drawCrops(p) {
     const img = $("photo");
