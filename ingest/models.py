@@ -29,6 +29,8 @@ DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 
 # Weights needed per DeepFace detector backend (those we can provide offline).
 _DETECTOR_WEIGHTS = {"yunet": YUNET_FILE, "dlib": DLIB_LANDMARKS_FILE}
+# Backends whose packages run on TensorFlow (the others: OpenCV, dlib, ONNX, torch, mediapipe).
+_TF_DETECTORS = frozenset({"mtcnn", "retinaface"})
 
 # Backends run on the image as it is, not on DeepFace's black-bordered copy: detect_faces
 # (align=True) pads the image by half its size on every side before detecting. For dlib's HOG that
@@ -127,6 +129,54 @@ def _quiet():
         yield
 
 
+_TF_LOCK = threading.Lock()
+
+
+def import_tensorflow() -> Any:
+    """`import tensorflow`, without the lines its native libraries write on loading.
+
+    TensorFlow's two shared libraries each log, before absl logging is initialised, a "could not
+    find cuda drivers" and a oneDNN notice straight to file descriptor 2, whatever
+    TF_CPP_MIN_LOG_LEVEL says (TF 2.21, measured), i.e. into the progress bar of every worker and
+    above a query's results. Only during this import is descriptor 2 sent to a temporary file;
+    a failing import raises with what it wrote. (Another thread's stderr in those seconds is lost
+    too: the import happens while models load, before any progress is drawn.) Later C++ logs obey
+    TF_CPP_MIN_LOG_LEVEL, set here unless the caller chose a level."""
+    import sys
+
+    with _TF_LOCK:
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf  # noqa: F811
+
+            return tf
+        import logging
+        import tempfile
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    import tensorflow as tf
+                except BaseException as e:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    said = sink.read().decode("utf-8", "replace").strip()
+                    if said and isinstance(e, ImportError):
+                        raise ImportError(f"{e} (TensorFlow said: {said.splitlines()[-1]})") from e
+                    raise
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        # Python-side warnings (absl's "compiled metrics have yet to be built", deprecations)
+        tf.get_logger().setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        return tf
+
+
 # ---------------------------------------------------------------------------------------------
 # Detection
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +230,8 @@ class Detector:
         needed = _DETECTOR_WEIGHTS.get(self.backend)
         if needed:
             provision_weights(self.settings, needed)
+        if self.backend in _TF_DETECTORS:
+            import_tensorflow()
         from deepface.modules import modeling
 
         try:
@@ -325,6 +377,10 @@ class Embedder:
     `embed` and `embed_inputs` share that one path.
     """
 
+    # The explanation methods (query/explain.py) this model supports; occlusion only needs
+    # `embed_inputs`, so every model has it.
+    explain_methods: Tuple[str, ...] = ("occlusion",)
+
     def __init__(self, spec: ModelSpec, settings: Settings):
         self.spec = spec
         self.settings = settings
@@ -397,9 +453,19 @@ class DeepFaceEmbedder(Embedder):
     """A DeepFace recognition model fed DeepFace's own aligned crop and preprocessing (what
     DeepFace.represent does), batched over the faces of an image."""
 
+    uses_tensorflow = True  # DeepFace's default engine for its Keras models
+    # gradcam and layers read InceptionResNetV1's blocks (FaceNet, FaceNet-512); a convolutional
+    # network has no attention
+    explain_methods: Tuple[str, ...] = ("occlusion", "gradcam", "layers")
+
     def _load(self) -> Any:
         _deepface_env(self.settings)
         provision_weights(self.settings, self.spec.weights_file)
+        if self.uses_tensorflow:
+            from deepface.commons.backend_utils import TENSORFLOW, get_backend_engine
+
+            if get_backend_engine() == TENSORFLOW:
+                import_tensorflow()
         from deepface.modules import modeling
 
         try:
@@ -448,6 +514,10 @@ class DlibEmbedder(DeepFaceEmbedder):
     tested against.
     """
 
+    uses_tensorflow = False
+    # on either engine only the output is used: no gradients into dlib's C++, and the torch port
+    # mirrors it for speed, not for introspection
+    explain_methods = ("occlusion",)
     CHIP_SIZE = 150
     CHIP_PADDING = 0.25
     # dlib's 5-point landmark model was trained on its HOG detector's square boxes; fed another
@@ -563,18 +633,26 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 class TransformerEmbedder(Embedder):
-    """CLIP or DINOv2 through transformers: `from_pretrained` on a hub id or a local directory,
-    the model's own image processor, batched forward under `torch.inference_mode`.
+    """A vision transformer through transformers (ClipEmbedder, Dinov2Embedder): `from_pretrained`
+    on a hub id or a local directory, the model's own image processor, batched forward under
+    `torch.inference_mode`.
 
-    Output: CLIP's projected image embedding; DINOv2's CLS token after the final layer norm.
-    With a layer (`<model>_l<N>`): the CLS token of block N's output through the model's final
-    layer norm (no projection), so early blocks (texture) and late ones (identity) are comparable.
+    Without a layer a subclass says what the embedding is (`_output`). With a layer
+    (`<model>_l<N>`): the CLS token of block N's output through the model's final layer norm (no
+    projection), so early blocks (texture) and late ones (identity) are comparable.
     """
+
+    # attention and layers read the blocks' attentions and hidden states, gradcam the patch tokens
+    explain_methods = ("occlusion", "gradcam", "attention", "layers")
+    # config.model_type values this class loads
+    model_types: Tuple[str, ...] = ()
 
     def __init__(self, spec: ModelSpec, settings: Settings):
         super().__init__(spec, settings)
         self.source = settings.model_source(spec.base)
         self._config: Any = None
+        self._processor: Any = None
+        self._final_norm: Any = None
 
     def _from_pretrained(self, loader, **kw):
         """Local files first; the hub only where it answers, so an offline machine gets one line
@@ -600,46 +678,44 @@ class TransformerEmbedder(Embedder):
 
             transformers.logging.set_verbosity_error()
             cfg = self._from_pretrained(AutoConfig.from_pretrained)
-            want = {"hf-clip": ("clip", "clip_vision_model"), "hf-dinov2": ("dinov2",)}[self.spec.kind]
-            if getattr(cfg, "model_type", None) not in want:
+            if getattr(cfg, "model_type", None) not in self.model_types:
                 raise ModelError(f"model {self.name}: {self.source} is a {getattr(cfg, 'model_type', '?')} "
                                  f"model, not {self.spec.base}")
             self._config = cfg
         return self._config
 
+    def vision_config(self) -> Any:
+        cfg = self.config()
+        return getattr(cfg, "vision_config", cfg)
+
     @property
     def dim(self) -> int:
-        cfg = self.config()
         if self.spec.layer is not None:
-            vision = getattr(cfg, "vision_config", cfg)
-            return int(vision.hidden_size)
-        if self.spec.kind == "hf-clip":
-            return int(cfg.projection_dim)
-        return int(cfg.hidden_size)
+            return int(self.vision_config().hidden_size)
+        return self._output_dim(self.config())
 
-    def _load(self) -> Any:
+    def _output_dim(self, cfg: Any) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _output(self, out: Any) -> Any:  # pragma: no cover - interface
+        """The embedding (a torch tensor, one row per crop) in the network's output."""
+        raise NotImplementedError
+
+    def _begin_load(self) -> Any:
         import transformers
-        from transformers import AutoImageProcessor
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()  # one per worker would cut into ours
         torch_threads()
-        cfg = self.config()
-        if self.spec.kind == "hf-clip":
-            from transformers import CLIPVisionModelWithProjection
+        return self.config()
 
-            vision = cfg.vision_config if hasattr(cfg, "vision_config") else cfg
-            vision.projection_dim = getattr(cfg, "projection_dim", vision.projection_dim)
-            model = self._from_pretrained(CLIPVisionModelWithProjection.from_pretrained, config=vision)
-            self._final_norm = model.vision_model.post_layernorm
-        else:
-            from transformers import AutoModel
+    def _end_load(self, model: Any, final_norm: Any) -> Any:
+        from transformers import AutoImageProcessor
 
-            model = self._from_pretrained(AutoModel.from_pretrained)
-            self._final_norm = model.layernorm
-        n_blocks = getattr(getattr(cfg, "vision_config", cfg), "num_hidden_layers")
+        n_blocks = self.vision_config().num_hidden_layers
         if self.spec.layer is not None and not 1 <= self.spec.layer <= n_blocks:
             raise ModelError(f"model {self.name}: --layer must be 1..{n_blocks} for {self.source}")
+        self._final_norm = final_norm
         self._processor = self._from_pretrained(AutoImageProcessor.from_pretrained)
         model.eval()
         return model
@@ -653,24 +729,66 @@ class TransformerEmbedder(Embedder):
     def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         return self.forward(inputs)
 
+    def pooled(self, out: Any) -> Any:
+        """The embedding this model's collection holds, from a forward pass's output (torch)."""
+        if self.spec.layer is not None:
+            return self._final_norm(out.hidden_states[self.spec.layer][:, 0])
+        return self._output(out)
+
     def forward(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings (not yet normalised) of RGB face crops, one forward pass for the batch."""
         import torch
 
         pixels = self._processor(images=list(crops), return_tensors="pt")["pixel_values"]
-        layer = self.spec.layer
         with torch.inference_mode():
-            out = self._model(pixel_values=pixels, output_hidden_states=layer is not None)
-            if layer is not None:
-                vec = self._final_norm(out.hidden_states[layer][:, 0])
-            elif self.spec.kind == "hf-clip":
-                vec = out.image_embeds
-            else:
-                vec = out.pooler_output
+            out = self._model(pixel_values=pixels, output_hidden_states=self.spec.layer is not None)
+            vec = self.pooled(out)
         return vec.float().cpu().numpy()
 
 
+class ClipEmbedder(TransformerEmbedder):
+    """CLIP's vision tower: the projected image embedding (`image_embeds`, 512-d for ViT-B/32)."""
+
+    model_types = ("clip", "clip_vision_model")
+
+    def _output_dim(self, cfg: Any) -> int:
+        return int(cfg.projection_dim)
+
+    def _load(self) -> Any:
+        from transformers import CLIPVisionModelWithProjection
+
+        cfg = self._begin_load()
+        vision = self.vision_config()
+        # a full CLIP config keeps the projection size outside its vision part
+        vision.projection_dim = getattr(cfg, "projection_dim", vision.projection_dim)
+        model = self._from_pretrained(CLIPVisionModelWithProjection.from_pretrained, config=vision)
+        return self._end_load(model, model.vision_model.post_layernorm)
+
+    def _output(self, out: Any) -> Any:
+        return out.image_embeds
+
+
+class Dinov2Embedder(TransformerEmbedder):
+    """DINOv2: the CLS token after the final layer norm (`pooler_output`, 384-d for ViT-S/14)."""
+
+    model_types = ("dinov2",)
+
+    def _output_dim(self, cfg: Any) -> int:
+        return int(cfg.hidden_size)
+
+    def _load(self) -> Any:
+        from transformers import AutoModel
+
+        self._begin_load()
+        model = self._from_pretrained(AutoModel.from_pretrained)
+        return self._end_load(model, model.layernorm)
+
+    def _output(self, out: Any) -> Any:
+        return out.pooler_output
+
+
 _EMBEDDER_CLASSES = {"Dlib": DlibEmbedder}
+_TRANSFORMER_CLASSES = {"hf-clip": ClipEmbedder, "hf-dinov2": Dinov2Embedder}
 
 
 def make_embedder(name: str, settings: Settings) -> Embedder:
@@ -681,8 +799,8 @@ def make_embedder(name: str, settings: Settings) -> Embedder:
         return HeadEmbedder(spec, settings)
     if spec.kind == "deepface":
         return _EMBEDDER_CLASSES.get(spec.deepface_name, DeepFaceEmbedder)(spec, settings)
-    if spec.is_transformer:
-        return TransformerEmbedder(spec, settings)
+    if spec.kind in _TRANSFORMER_CLASSES:
+        return _TRANSFORMER_CLASSES[spec.kind](spec, settings)
     raise ModelError(f"model kind {spec.kind} of {name} is not available")
 
 
@@ -695,8 +813,14 @@ def model_source(name: str, settings: Settings) -> str:
 
 
 def weights_present(name: str, settings: Settings) -> bool:
-    spec = MODELS[name]
-    return provision_weights(settings, spec.weights_file) is not None
+    """Whether a model's weights are on this machine, checked without loading anything: the
+    files DeepFace reads (linked in from packages or the sample data where known; dlib's chips
+    need the landmark model too). A transformer's weights are only known by loading them: True."""
+    spec = get_model(name)
+    if spec.kind != "deepface":
+        return True
+    files = [spec.weights_file] + ([DLIB_LANDMARKS_FILE] if spec.deepface_name == "Dlib" else [])
+    return all(provision_weights(settings, f) is not None for f in files)
 
 
 def default_face_model(settings: Settings) -> str:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -392,8 +392,10 @@ class Writer:
     def close(self) -> None:
         """After the last commit: the run's writes into segments (Lite indexes segments only, and
         a long write-ahead log would be replayed by every later open)."""
-        self.store.flush([collection_name(m) for m in self.models] + [LEDGER_COLLECTION]
-                         + [collection_name(h.key) for h in self.heads.values()])
+        names = ([collection_name(m) for m in self.models] + [LEDGER_COLLECTION]
+                 + [collection_name(h.key) for h in self.heads.values()])
+        # a run that stopped before its models loaded created no collection for them
+        self.store.flush([n for n in names if self.store.has_collection(n)])
 
 
 class ServerWriter(Writer):
@@ -547,9 +549,19 @@ def run(
 
     store = Store.from_settings(settings)
     try:
+        # The driver reads only configs (dimensions), never weights: workers load the models.
+        dims = {m: make_embedder(m, settings).dim for m in models_list}
+
+        def ensure_collections() -> None:
+            for m in models_list:
+                store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
+
+        # An existing collection is checked (dimension, weights) before the models load; a new
+        # one is created once they have loaded (`ready`), so weights that cannot load leave no
+        # empty collection behind for queries to pick.
         for m in models_list:
-            # The driver reads only configs (dimensions), never weights: workers load the models.
-            store.ensure_collection(m, dim=make_embedder(m, settings).dim, source=model_source(m, settings))
+            if store.has(m):
+                store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
         store.ensure_ledger()
         from ingest.head import attach_heads
 
@@ -570,15 +582,16 @@ def run(
         t0 = time.perf_counter()
         try:
             _run_batches(todo, writer, summary, settings, det, models_list, workers, scheduler,
-                         batch_size, max_in_flight, min_face, progress)
+                         batch_size, max_in_flight, min_face, progress, ready=ensure_collections)
         except KeyboardInterrupt:
             summary.interrupted = True
         summary.wall_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
-            if progress:
-                print(f"indexing {', '.join(collection_name(m) for m in models_list)} ...", file=sys.stderr)
-            store.build_indexes([collection_name(m) for m in models_list]
-                                + [collection_name(h.key) for h in heads.values()])
+            names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]
+            slow = [n for n in names if store.builds_index(n)]
+            if progress and slow:  # minutes on a large collection: say why the run has not ended
+                print(f"indexing {', '.join(slow)} ...", file=sys.stderr)
+            store.build_indexes(names)
     finally:
         store.close()
     summary.report_path = _write_report(summary, report)
@@ -611,7 +624,10 @@ def _make_bar(total: int, enabled: bool):
 
 def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary, settings: Settings,
                  det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
-                 max_in_flight: Optional[int], min_face: int, progress: bool) -> None:
+                 max_in_flight: Optional[int], min_face: int, progress: bool,
+                 ready: Callable[[], None] = lambda: None) -> None:
+    """Run the batches of `todo`; `ready()` is called once the models have loaded (on every
+    worker), before the first batch starts."""
     bar = _make_bar(len(todo), progress)
     batches = _batches(todo, batch_size)
 
@@ -634,13 +650,13 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
         if workers <= 0 and not scheduler:
             # In-process: no Dask, for debugging and for measuring the pipeline's own overhead.
             warm_worker(settings, det, models)
+            ready()
             for batch in batches:
                 done(_mapper(settings)(batch, settings, det, models, min_face))
         else:
-            _run_dask(batches, done, settings, det, models, workers, scheduler, max_in_flight, min_face)
+            _run_dask(batches, done, settings, det, models, workers, scheduler, max_in_flight, min_face, ready)
         failed = False
     finally:
-        bar.close()
         # Record what is already written, also when interrupted or stopped by an error (but never
         # let a failing commit hide the error that stopped the run).
         try:
@@ -652,6 +668,9 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
         finally:
             if not settings.uri:
                 summary.faces_stored = writer.faces_stored
+            # the last commit's faces too: the bar ends on the summary's count
+            bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
+            bar.close()
 
 
 def _mapper(settings: Settings):
@@ -661,7 +680,7 @@ def _mapper(settings: Settings):
 
 def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
               models: List[str], workers: int, scheduler: Optional[str],
-              max_in_flight: Optional[int], min_face: int) -> None:
+              max_in_flight: Optional[int], min_face: int, ready: Callable[[], None]) -> None:
     from distributed import Client
 
     _quiet_dask()
@@ -673,7 +692,7 @@ def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, de
             else:
                 cluster = _local_cluster(workers)
                 client = Client(cluster)
-        _run_on(client, batches, done, settings, det, models, max_in_flight, min_face)
+        _run_on(client, batches, done, settings, det, models, max_in_flight, min_face, ready)
     finally:
         with _sigint_ignored():
             if client is not None:
@@ -689,14 +708,11 @@ def _deaths_allowed() -> int:
 
 
 def _quiet_dask() -> None:
-    """Dask's own logs off: what goes wrong reaches the run as an exception or a failed batch,
-    and a shutdown logs tracebacks that are not errors (a worker's heartbeat to a scheduler that
-    has just closed, a worker told to stop while it computes)."""
-    import logging
+    """Dask's own logs off in the driver, as in the workers (ingest.dask_worker); asyncio's stay:
+    the driver may be a user's own program calling ingest.run."""
+    from ingest.dask_worker import quiet_logs
 
-    names = ["distributed"] + [n for n in list(logging.root.manager.loggerDict) if n.startswith("distributed.")]
-    for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    quiet_logs(("distributed", "tornado"))
 
 
 @contextlib.contextmanager
@@ -738,13 +754,17 @@ def _local_cluster(workers: int):
                           "distributed.admin.tick.interval": "1s",
                           "distributed.admin.system-monitor.interval": "2s",
                           "distributed.worker.memory.monitor-interval": "1s"}):
+        # No dashboard, and the scheduler's HTTP server (health and metrics routes, which it
+        # starts even without one) on a free port: on Dask's 8787, a second run on the machine
+        # warned "Port 8787 is already in use" into the progress bar.
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            dashboard_address=None, env=thread_env(1), silence_logs=logging.CRITICAL,
-                            preload=["ingest.dask_worker"])
+                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                            env=thread_env(1), silence_logs=logging.CRITICAL, preload=["ingest.dask_worker"])
 
 
 def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
-            models: List[str], max_in_flight: Optional[int], min_face: int) -> None:
+            models: List[str], max_in_flight: Optional[int], min_face: int,
+            ready: Callable[[], None] = lambda: None) -> None:
     from distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info()["workers"]))
@@ -753,6 +773,7 @@ def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settin
         if err:
             kind, message = err
             raise (WeightsMissing if kind == "WeightsMissing" else ModelError)(message)
+    ready()
     limit = max_in_flight or 2 * n_workers
     # Dask runs a batch again when its worker dies, on up to 4 workers in all
     # (distributed.scheduler.allowed-failures 3; retries=2 covers exceptions), then gives up.

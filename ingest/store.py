@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from schemas import (
-    FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
+    FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_STATUSES, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
     EXACT_INDEXES, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
     get_profile, model_for_collection, profile_building,
 )
@@ -169,6 +169,14 @@ def _lite_problem(path: Path) -> Optional[str]:
     return None
 
 
+# pymilvus pings its server every 10 s, even between calls; Milvus Lite's in-process gRPC server
+# keeps gRPC's default policy (no pings more often than every 5 minutes without a call), so a
+# connection idle for a minute -- a long batch, a web server between requests -- gets a
+# "too_many_pings" GOAWAY logged by gRPC's C core to stderr, and the next call reconnects. A
+# server on the same machine needs no keepalive: off for Lite.
+_LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": False}
+
+
 @dataclass
 class CollectionStats:
     name: str
@@ -250,7 +258,7 @@ class Store:
         try:
             with _milvus_errors(f"cannot open Milvus at {self.target}"):
                 self.client = MilvusClient(self.target, token=token or "") if self.server \
-                    else MilvusClient(self.target)
+                    else MilvusClient(self.target, grpc_options=_LITE_GRPC_OPTIONS)
         except StoreError:
             why = None if self.server else _lite_problem(Path(self.target))
             if why:  # Milvus Lite only says "Open local milvus failed"
@@ -482,6 +490,10 @@ class Store:
         for n in names:
             self._call(f"flushing {n}", self.client.flush, n)
 
+    def builds_index(self, name: str) -> bool:
+        """Whether `build_indexes` builds an index for `name` here (FLAT has none to build)."""
+        return not self.server and self.index_type(name) not in EXACT_INDEXES
+
     def build_indexes(self, names: Iterable[str]) -> None:
         """Milvus Lite indexes new segments only when a collection is loaded, and searches them
         brute force until then (measured: 30k new rows, search 0.17 s before, 0.06 s after; 200k
@@ -493,7 +505,7 @@ class Store:
             self.flush(names)
             return
         for n in names:
-            if self.index_type(n) in EXACT_INDEXES:
+            if not self.builds_index(n):
                 continue  # brute force is the index: nothing to build
             self._call(f"indexing {n}", lambda: (self.client.release_collection(n), self.client.load_collection(n)))
             self._loaded.add(n)
@@ -667,9 +679,11 @@ class Store:
         )
 
     def stats(self) -> List[CollectionStats]:
+        """One entry per face collection (`faces_*`); the images ledger, a bookkeeping collection
+        whose 2-d vectors are placeholders, is not one of them (`ledger_counts` sums it up)."""
         out = []
-        for name in sorted(self.client.list_collections()):
-            desc = self.client.describe_collection(name)
+        for name in self.face_collections():
+            desc = self._call(f"describing {name}", self.client.describe_collection, name)
             vec = next((f for f in desc["fields"] if f["name"] == VECTOR_FIELD), {})
             idx = {}
             with contextlib.suppress(Exception):
@@ -680,6 +694,16 @@ class Store:
                 index_type=str(idx.get("index_type", "?")), metric=str(idx.get("metric_type", "?")),
             ))
         return out
+
+
+    def ledger_counts(self) -> Dict[str, Dict[str, int]]:
+        """Photos the images ledger holds per model of a face collection, by status (`done`,
+        `noface`, `failed`); empty when there is no ledger. Counted, not read: a filtered count
+        never brings the rows to Python."""
+        if not self.has_collection(LEDGER_COLLECTION):
+            return {}
+        return {m: {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
+                    for st in LEDGER_STATUSES} for m in self.models()}
 
 
 # Fields erasure selects on (face and ledger collections).

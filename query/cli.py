@@ -80,6 +80,7 @@ def stats(as_json, db, uri, token, profile) -> int:
     s = settings_for(db=db, uri=uri, token=token, profile=profile)
     with Store.from_settings(s) as store:
         rows = store.stats()
+        photos = store.ledger_counts() if rows and not as_json else {}
     if as_json:
         click.echo(json.dumps([st.__dict__ for st in rows], indent=2))
         return EXIT_OK
@@ -89,6 +90,8 @@ def stats(as_json, db, uri, token, profile) -> int:
     click.echo(f"{'collection':<22} {'model':<12} {'rows':>9} {'dim':>5}  index")
     for st in rows:
         click.echo(f"{st.name:<22} {st.model or '-':<12} {st.rows:>9} {st.dim:>5}  {st.index_type} ({st.metric})")
+    for model, n in photos.items():  # the images ledger
+        click.echo(f"photos {model}: {n['done']} with faces, {n['noface']} without a face, {n['failed']} failed")
     return EXIT_OK
 
 

@@ -105,14 +105,16 @@ def kind_of(embedder) -> str:
 
 
 def available(method: str, embedder) -> Optional[str]:
-    """None when `method` can explain this embedder, else a one-line reason."""
-    k = kind_of(embedder)
-    if k == "dlib" and method in ("gradcam", "attention", "layers"):
+    """None when `method` can explain this embedder (it lists the method in its
+    `explain_methods`), else a one-line reason."""
+    if method in embedder.explain_methods:
+        return None
+    if kind_of(embedder) == "dlib":
         return (f"{method} is not available for {embedder.name}: dlib's network runs in C++ without "
                 f"gradients or intermediate outputs (use --method occlusion); skipped")
-    if k == "facenet" and method == "attention":
+    if method == "attention":
         return f"attention is not available for {embedder.name}: a convolutional network has no attention; skipped"
-    return None
+    return f"{method} is not available for {embedder.name} (it has {', '.join(embedder.explain_methods)}); skipped"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,12 +191,7 @@ def _vit_pixels(embedder, crops: Sequence[np.ndarray]):
 
 
 def _vit_embed(embedder, out):
-    layer = embedder.spec.layer
-    if layer is not None:
-        return embedder._final_norm(out.hidden_states[layer][:, 0])
-    if embedder.spec.kind == "hf-clip":
-        return out.image_embeds
-    return out.pooler_output
+    return embedder.pooled(out)
 
 
 def _vit_grid(embedder, pixels) -> Tuple[int, int]:

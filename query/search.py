@@ -179,7 +179,7 @@ class Searcher:
         if wanted == ["all"]:
             return present
         if not wanted:
-            wanted = [next((m for m in DEFAULT_MODEL_ORDER if m in present), present[0])]
+            wanted = [self._default_model(present)]
         out = []
         for m in wanted:
             try:
@@ -199,6 +199,22 @@ class Searcher:
                 raise QueryError(f"no collection {collection_name(key)} in DB; ingest with {hint}")
             out.append(key)
         return list(dict.fromkeys(out))
+
+    def _default_model(self, present: List[str]) -> str:
+        """The first of facenet, dlib, then the other collections, that holds faces and whose
+        weights are here (files checked, nothing loaded); if none is both, the first that holds
+        faces (its search says what is missing), else the first."""
+        from ingest.models import weights_present
+
+        order = [m for m in DEFAULT_MODEL_ORDER if m in present] + \
+                [m for m in present if m not in DEFAULT_MODEL_ORDER]
+        first_filled = None
+        for m in order:
+            if self.rows(m) > 0:
+                if weights_present(m, self.settings):
+                    return m
+                first_filled = first_filled or m
+        return first_filled or order[0]
 
     def engine(self, models: Sequence[str], detector: Optional[str] = None):
         """The process-wide engine (models load once per process). A transformer model embeds
