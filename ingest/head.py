@@ -160,7 +160,8 @@ class Head:
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-            raise HeadError(f"head file {path}: not a Lookalike head ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise HeadError(f"head file {path}: not a Lookalike head ({why})") from None
 
 
 def _module(arch: str, dim: int, hidden: int):

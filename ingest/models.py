@@ -23,7 +23,6 @@ from ingest.images import Decoded
 from ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
 from schemas import MODELS, ModelSpec, get_model
 
-
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 

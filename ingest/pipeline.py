@@ -31,14 +31,12 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import (Engine, ModelError, WeightsMissing, default_face_model, get_engine,
-                           make_embedder, model_source)
+from ingest.models import Engine, ModelError, WeightsMissing, default_face_model, get_engine, make_embedder, model_source
 from ingest.quality import assess
 from ingest.settings import Settings, pin_threads, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, StoreError, now_ms
 from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, get_model, layer_key
-
 
 DEFAULT_REPORT = "ingest-report.jsonl"
 

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     def _lite_path(self) -> "Settings":
         # Milvus Lite takes only a path ending in .db (pymilvus calls anything else an illegal uri)
         if not self.uri and not str(self.db).endswith(".db"):
-            raise ValueError(f"a Milvus Lite database path must end in .db (e.g. {self.db}.db); "
+            raise ValueError(f"{self.db}: a Milvus Lite database path must end in .db (e.g. {self.db}.db); "
                              f"a server is --uri http://host:19530")
         return self
 

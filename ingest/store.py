@@ -7,8 +7,6 @@ on resume.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import contextlib
 import logging
 import os
@@ -17,19 +15,33 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from schemas import (
-    FACE_FIELDS, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_STATUSES, LEDGER_VECTOR_DIM, MODELS, OUTPUT_FIELDS,
-    EXACT_INDEXES, VECTOR_FIELD, FieldSpec, IndexProfile, collection_name, default_profile, get_model,
-    get_profile, model_for_collection, profile_building,
+    EXACT_INDEXES,
+    FACE_FIELDS,
+    LEDGER_COLLECTION,
+    LEDGER_FIELDS,
+    LEDGER_STATUSES,
+    LEDGER_VECTOR_DIM,
+    MODELS,
+    OUTPUT_FIELDS,
+    VECTOR_FIELD,
+    FieldSpec,
+    IndexProfile,
+    collection_name,
+    default_profile,
+    get_model,
+    get_profile,
+    model_for_collection,
+    profile_building,
 )
+from schemas.filters import CompiledFilter
 
 # Collection property recording the weights (model id or path) a collection was built with.
 SOURCE_PROPERTY = "lookalike.model_source"
-from schemas.filters import CompiledFilter
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +279,8 @@ class Store:
         except PermissionError as e:
             raise StoreError(f"database {self.target}: permission denied ({e.filename or self.target})") from None
         except Exception as e:  # connection refused, locked database, ...
-            raise StoreError(f"cannot open Milvus at {self.target}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(f"cannot open Milvus at {self.target}: {why}") from None
         self._lite_path = None if self.server else os.path.abspath(self.target)
         if self._lite_path:
             _lite_acquire(self._lite_path)
@@ -507,7 +520,7 @@ class Store:
         for n in names:
             if not self.builds_index(n):
                 continue  # brute force is the index: nothing to build
-            self._call(f"indexing {n}", lambda: (self.client.release_collection(n), self.client.load_collection(n)))
+            self._call(f"indexing {n}", lambda n=n: (self.client.release_collection(n), self.client.load_collection(n)))
             self._loaded.add(n)
 
     # -- erasure (lookalike delete) -------------------------------------------------------------

@@ -728,7 +728,7 @@ def test_db_without_the_db_suffix_is_a_usage_error(tmp_path):
                            text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         line = _one_line(r.stderr)
-        assert f"--db {tmp_path / 'mydb'}" in line and "must end in .db" in line, line
+        assert line.startswith("lookalike: --db") and f"{tmp_path / 'mydb'}: " in line and "must end in .db" in line, line
     assert not (tmp_path / "mydb").exists()
 
 

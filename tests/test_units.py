@@ -23,7 +23,7 @@ def test_settings_read_the_environment_and_validate_once(monkeypatch):
 
 @pytest.mark.parametrize("change, needle", [
     ({"detector": "nope"}, "--detector / $LOOKALIKE_DETECTOR: unknown detector 'nope'"),
-    ({"db": "mydb"}, "--db / $LOOKALIKE_DB: a Milvus Lite database path must end in .db"),
+    ({"db": "mydb"}, "--db / $LOOKALIKE_DB: mydb: a Milvus Lite database path must end in .db"),
     ({"profile": "fast"}, "--profile / $LOOKALIKE_PROFILE: unknown index profile 'fast'"),
     ({"milvus_retries": -1}, "$LOOKALIKE_MILVUS_RETRIES"),
     ({"dlib_engine": "gpu"}, "unknown dlib engine 'gpu'"),
@@ -88,7 +88,7 @@ def test_cli_help_and_usage_errors(capsys):
     assert "'--top-k': 0 is not in the range" in capsys.readouterr().err
     assert main(["stats", "--db", "nodotdb"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "lookalike: --db / $LOOKALIKE_DB: a Milvus Lite database path must end in .db (e.g. nodotdb.db); "
+        "lookalike: --db / $LOOKALIKE_DB: nodotdb: a Milvus Lite database path must end in .db (e.g. nodotdb.db); "
         "a server is --uri http://host:19530")
 
 
