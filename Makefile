@@ -5,7 +5,7 @@ DATA   ?= $(abspath ../shared/data)
 PY      = $(VENV)/bin/python
 export LOOKALIKE_DATA := $(DATA)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ $(SERVER_VENV)/.installed:
 
 test: setup $(SERVER_VENV)/.installed
 	$(PY) -m pytest -q
+
+# Lint and type-check the three packages, and run the unit tests as they run without the sample data.
+check: setup
+	$(VENV)/bin/ruff check schemas ingest query
+	$(VENV)/bin/mypy schemas ingest query
+	LOOKALIKE_DATA=/nonexistent LOOKALIKE_REQUIRE_DATA= $(PY) -m pytest -q -p no:cacheprovider tests/test_units.py tests/test_schemas.py tests/test_filters.py
 
 bench: setup
 	$(PY) bench/bench_ingest.py

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class _Reader:
     def __init__(self, data: bytes, pos: int):
         self.data, self.pos = data, pos
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         head = self.data[self.pos]
         n = head & 0x0F
         value = int.from_bytes(self.data[self.pos + 1:self.pos + 1 + n], "little")
@@ -48,16 +48,16 @@ class _Reader:
         return -value if head & 0x80 else value
 
     def string(self) -> str:
-        n = self.int()
+        n = self.read_int()
         text = self.data[self.pos:self.pos + n].decode("latin-1")
         self.pos += n
         return text
 
     def tensor(self) -> np.ndarray:
-        version = self.int()
+        version = self.read_int()
         if version != 2:
             raise FormatError(f"tensor version {version}, expected 2")
-        count = int(np.prod([self.int() for _ in range(4)]))
+        count = int(np.prod([self.read_int() for _ in range(4)]))
         if self.pos + 4 * count > len(self.data):
             raise FormatError("truncated tensor")
         out = np.frombuffer(self.data, dtype="<f4", count=count, offset=self.pos).astype(np.float32)
@@ -65,8 +65,8 @@ class _Reader:
         return out
 
     def alias_shape(self) -> Tuple[int, int, int, int]:
-        self.int()  # version
-        return tuple(self.int() for _ in range(4))  # type: ignore[return-value]
+        self.read_int()  # version
+        return tuple(self.read_int() for _ in range(4))  # type: ignore[return-value]
 
 
 Conv = Tuple[np.ndarray, np.ndarray, int, int]  # weight OIHW (affine folded in), bias, stride, padding
@@ -78,14 +78,14 @@ def read_weights(path: Path) -> Tuple[List[Conv], np.ndarray]:
     data = Path(path).read_bytes()
     reader = _Reader(data, 0)
     convs: List[Conv] = []
-    pending = None
+    pending: Optional[Conv] = None
     fc = None
     for match in _RECORD.finditer(data):
         reader.pos = match.start()
         kind = reader.string()
         if kind == "con_4":
             params = reader.tensor()
-            filters, _nr, _nc, stride, _sx, padding, _px = (reader.int() for _ in range(7))
+            filters, _nr, _nc, stride, _sx, padding, _px = (reader.read_int() for _ in range(7))
             shape = reader.alias_shape()
             size = int(np.prod(shape))
             if shape[0] != filters or params.size != size + filters:
@@ -100,7 +100,7 @@ def read_weights(path: Path) -> Tuple[List[Conv], np.ndarray]:
             convs.append((weight * gamma[:, None, None, None], bias * gamma + beta, stride, padding))
             pending = None
         else:
-            outputs, inputs = reader.int(), reader.int()
+            outputs, inputs = reader.read_int(), reader.read_int()
             fc = reader.tensor().reshape(inputs, outputs)
     if fc is None or len(convs) != 29 or convs[0][0].shape != (32, 3, 7, 7):
         raise FormatError(f"not dlib's face recognition ResNet ({len(convs)} convolutions)")

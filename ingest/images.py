@@ -27,7 +27,7 @@ try:  # HEIC/HEIF/AVIF phone photos, when pillow-heif is installed
 
     pillow_heif.register_heif_opener()
     try:
-        pillow_heif.register_avif_opener()
+        pillow_heif.register_avif_opener()  # type: ignore[attr-defined]  # newer pillow-heif only
     except AttributeError:
         pass
 except ImportError:  # pragma: no cover - optional
@@ -234,15 +234,16 @@ def decode(data: bytes) -> Decoded:
             scale = _jpeg_scale(w, h) if im.format == "JPEG" else 1
             if scale > 1:  # the same reduction as the OpenCV path (draft keeps sizes >= the request)
                 im.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-            im = ImageOps.exif_transpose(im)
+            im = ImageOps.exif_transpose(im)  # type: ignore[assignment]  # an Image, no longer the file
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
+                im = im.convert("RGBA")  # type: ignore[assignment]
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
+                im = Image.alpha_composite(bg, im)  # type: ignore[assignment]
             if im.mode == "I;16" or im.mode.startswith("I"):
                 arr16 = np.asarray(im, dtype=np.float32)
-                im = Image.fromarray(np.clip(arr16 / max(arr16.max(), 1) * 255, 0, 255).astype(np.uint8))
-            im = im.convert("RGB")
+                im = Image.fromarray(  # type: ignore[assignment]
+                    np.clip(arr16 / max(arr16.max(), 1) * 255, 0, 255).astype(np.uint8))
+            im = im.convert("RGB")  # type: ignore[assignment]
             bgr = cv2.cvtColor(np.asarray(_fit(im), dtype=np.uint8), cv2.COLOR_RGB2BGR)
     except ImageError:
         raise
@@ -264,7 +265,7 @@ def _fit(im: Image.Image) -> Image.Image:
     if max(im.size) <= MAX_SIDE:
         return im
     r = MAX_SIDE / max(im.size)
-    return im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.BILINEAR)
+    return im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.Resampling.BILINEAR)
 
 
 def _decoded(bgr: np.ndarray, w: int, h: int) -> Decoded:

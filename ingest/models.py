@@ -494,7 +494,7 @@ class DeepFaceEmbedder(Embedder):
             # DeepFace's forward() runs a batch of one eagerly (~0.5 s for FaceNet on a CPU,
             # measured) and larger batches through the compiled predict_on_batch (~25 ms/face):
             # most photos hold one face, so always take the compiled path.
-            out = keras_model.predict_on_batch(batch)
+            out = keras_model.predict_on_batch(batch)  # type: ignore[union-attr]  # loaded above
         else:
             out = self._model.forward(batch)
         return np.asarray(out, dtype=np.float32).reshape(len(inputs), -1)
@@ -850,8 +850,9 @@ _ENGINES_LOCK = threading.Lock()
 
 def get_engine(settings: Settings, detector: str, models: Sequence[str]) -> Engine:
     """The process-wide engine for this configuration (models load once per process)."""
-    key = (settings.deepface_home, settings.yunet_weights, settings.yunet_threshold, str(settings.data_dir),
-           settings.clip_model, settings.dinov2_model, settings.dlib_engine, detector, tuple(models))
+    key: Tuple[Any, ...] = (settings.deepface_home, settings.yunet_weights, settings.yunet_threshold,
+                            str(settings.data_dir), settings.clip_model, settings.dinov2_model, settings.dlib_engine,
+                            detector, tuple(models))
     heads = [m for m in models if get_model(m).head_of]
     if heads:  # a head is its database's file: the engine follows the database and a retrained file
         from ingest.head import file_key

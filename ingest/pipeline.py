@@ -205,6 +205,11 @@ def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[Im
     return ImageResult(path, sha, "done", faces=meta), inputs
 
 
+def _inputs(item: Tuple[ImageResult, Optional[Inputs]]) -> Inputs:
+    assert item[1] is not None  # only images with inputs are embedded
+    return item[1]
+
+
 def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs]]]) -> List[ImageResult]:
     """One forward pass per model for all faces of all images of a batch (batched, dlib's ResNet
     on torch costs 6 ms per face instead of 16 one image at a time, measured). If the batch
@@ -212,7 +217,7 @@ def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs
     results = [res for res, _ in prepared]
     pending = [i for i, (_, inputs) in enumerate(prepared) if inputs is not None]
     for name, emb in engine.embedders.items():
-        crops = [crop for i in pending for crop in prepared[i][1][name]]
+        crops = [crop for i in pending for crop in _inputs(prepared[i])[name]]
         try:
             vectors = emb.embed_inputs(crops)
         except (WeightsMissing, ModelError):
@@ -221,13 +226,13 @@ def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs
             vectors = None
         offset = 0
         for i in pending:
-            n = len(prepared[i][1][name])
+            n = len(_inputs(prepared[i])[name])
             res = results[i]
             if vectors is not None:
                 res.vectors[name] = vectors[offset:offset + n]
             elif res.status == "done":
                 try:
-                    res.vectors[name] = emb.embed_inputs(prepared[i][1][name])
+                    res.vectors[name] = emb.embed_inputs(_inputs(prepared[i])[name])
                 except (WeightsMissing, ModelError):
                     raise
                 except Exception as e:  # noqa: BLE001

@@ -72,8 +72,9 @@ class CelebASource(Source):
                 raise SourceError(f"--celeba-images must be wild or aligned, got '{variant}'")
             self.images = self.root / candidates[variant]
         else:
-            self.images = next((self.root / d for d in candidates.values() if (self.root / d).is_dir()), None)
-        if self.images is None or not self.images.is_dir():
+            found = next((self.root / d for d in candidates.values() if (self.root / d).is_dir()), None)
+            self.images = found if found is not None else self.root / "img_celeba"
+        if not self.images.is_dir():
             raise SourceError(f"{self.root}: no img_celeba/ or img_align_celeba/ folder")
         self._identities: Optional[Dict[str, str]] = None
         self._attrs: Optional[Dict[str, int]] = None
@@ -123,9 +124,10 @@ class CelebASource(Source):
             return {p[0] for p in (line.split() for line in fh) if len(p) == 2 and p[1] == want}
 
     def __iter__(self) -> Iterator[ImageRecord]:
-        if self._identities is None:
+        if self._identities is None or self._attrs is None:
             self._identities = self._load_identities()
             self._attrs = self._load_attributes()
+        identities, attrs = self._identities, self._attrs
         keep = self._partition_files()
         n = 0
         for name in sorted(os.listdir(self.images)):
@@ -134,7 +136,7 @@ class CelebASource(Source):
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES or (keep is not None and name not in keep):
                 continue
             n += 1
-            yield ImageRecord(str(self.images / name), self._identities.get(name, ""), self._attrs.get(name))
+            yield ImageRecord(str(self.images / name), identities.get(name, ""), attrs.get(name))
 
 
 class FolderSource(Source):

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -51,8 +51,8 @@ class StoreError(RuntimeError):
 
 
 def _first_line(e: BaseException) -> str:
-    msg = getattr(e, "message", None) or (e.details() if callable(getattr(e, "details", None)) else None) \
-        or str(e) or type(e).__name__
+    details = getattr(e, "details", None)
+    msg = getattr(e, "message", None) or (details() if callable(details) else None) or str(e) or type(e).__name__
     return str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__
 
 
@@ -398,7 +398,7 @@ class Store:
         return props.get(SOURCE_PROPERTY) or None
 
     def _ensure(self, name: str, fields: Sequence[FieldSpec], dim: int, index_type: str,
-                params: Dict[str, Any]) -> None:
+                params: Mapping[str, Any]) -> None:
         self._columns.pop(name, None)  # described again at the next use (it may be new)
         if index_type not in self.profile.buildable:
             raise StoreError(f"index {index_type} is not buildable on profile {self.profile.name} "
@@ -697,8 +697,8 @@ class Store:
         out = []
         for name in self.face_collections():
             desc = self._call(f"describing {name}", self.client.describe_collection, name)
-            vec = next((f for f in desc["fields"] if f["name"] == VECTOR_FIELD), {})
-            idx = {}
+            vec: Dict[str, Any] = next((f for f in desc["fields"] if f["name"] == VECTOR_FIELD), {})
+            idx: Dict[str, Any] = {}
             with contextlib.suppress(Exception):
                 idx = self.client.describe_index(name, VECTOR_FIELD) or {}
             out.append(CollectionStats(
@@ -723,7 +723,7 @@ class Store:
 _ERASE_FIELDS = {"id", "image_sha256", "identity", "source_path"}
 
 
-def _lit(value: str) -> str:
+def _lit(value: Any) -> str:
     from schemas.filters import encode_literal
 
     return encode_literal(value)

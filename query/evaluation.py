@@ -906,11 +906,12 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
                     "ingest_images_already_done": summary.images_skipped,
                     "eval_seconds": round(time.perf_counter() - t1, 2),
                 })
-    kind = "celeba" if src.kind == "celeba" else "folder"
+    layout = "celeba" if src.kind == "celeba" else "folder"
     ref: Dict[str, Any] = {}
-    for m in models:
-        if f"{kind}/{m}" in REFERENCE_RETRIEVAL:
-            ref[m] = [{"recall_at_1": a, "source": where} for a, where in REFERENCE_RETRIEVAL[f"{kind}/{m}"]]
+    for model_name in models:
+        if f"{layout}/{model_name}" in REFERENCE_RETRIEVAL:
+            ref[model_name] = [{"recall_at_1": a, "source": where}
+                               for a, where in REFERENCE_RETRIEVAL[f"{layout}/{model_name}"]]
     return {
         "kind": "retrieval", "version": 1, "source": str(Path(source).resolve()), "source_kind": src.kind,
         "filter": flt.render() if flt else None, "faces": faces,

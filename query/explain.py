@@ -170,10 +170,10 @@ def occlusion_map(embedder, x: np.ndarray, target: np.ndarray, patch: Optional[f
             m[y:y + p, xx:xx + p] = fill
             masked.append(m)
         drops.append(base - embedder.embed_inputs(masked) @ target)
-    drops = np.concatenate(drops)
+    drop = np.concatenate(drops)
     heat = np.zeros((H, W), np.float64)
     count = np.zeros((H, W), np.float64)
-    for (y, xx), d in zip(boxes, drops):
+    for (y, xx), d in zip(boxes, drop):
         heat[y:y + p, xx:xx + p] += d
         count[y:y + p, xx:xx + p] += 1
     return (heat / np.maximum(count, 1)).astype(np.float32)
@@ -403,9 +403,14 @@ def _overlay(x: np.ndarray, heat: np.ndarray, side: int = PANEL_SIDE):
     from PIL import Image
 
     img = _rgb_uint8(x)
-    col = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
+    col = cv2.applyColorMap((255 * np.clip(heat, 0, 1)).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     mixed = (0.55 * img + 0.45 * col).astype(np.uint8)
-    return Image.fromarray(mixed).resize((side, side), Image.BILINEAR)
+    return Image.fromarray(mixed).resize((side, side), Image.Resampling.BILINEAR)
+
+
+def _map_of(m: Optional[np.ndarray]) -> np.ndarray:
+    """A method without a map (layers) draws an empty one."""
+    return m if m is not None else np.zeros((8, 8), np.float32)
 
 
 def render_panel(ex: Explanation, title: str = ""):
@@ -418,13 +423,13 @@ def render_panel(ex: Explanation, title: str = ""):
     from query.render import _font
 
     S, G, top = PANEL_SIDE, 8, 28
-    tiles = [Image.fromarray(_rgb_uint8(ex.query_input)).resize((S, S), Image.BILINEAR),
-             Image.fromarray(_rgb_uint8(ex.match_input)).resize((S, S), Image.BILINEAR),
-             _overlay(ex.query_input, ex.query_map), _overlay(ex.match_input, ex.match_map)]
+    tiles = [Image.fromarray(_rgb_uint8(ex.query_input)).resize((S, S), Image.Resampling.BILINEAR),
+             Image.fromarray(_rgb_uint8(ex.match_input)).resize((S, S), Image.Resampling.BILINEAR),
+             _overlay(ex.query_input, _map_of(ex.query_map)), _overlay(ex.match_input, _map_of(ex.match_map))]
     head_rows = []
     if ex.heads is not None:
         for hm in ex.heads:
-            row = [Image.fromarray(np.uint8(255 * _normalise_map(h))).resize((S // 2, S // 2), Image.NEAREST)
+            row = [Image.fromarray(np.uint8(255 * _normalise_map(h))).resize((S // 2, S // 2), Image.Resampling.NEAREST)
                    .convert("RGB") for h in hm]
             head_rows.append(row)
     hs = S // 2

@@ -234,7 +234,7 @@ class Searcher:
             self._engine_settings[key] = settings
         engine = get_engine(settings, detector or settings.detector, list(models)).load()
         for m in models:
-            emb = engine.embedders[m]
+            emb: Any = engine.embedders[m]  # a HeadEmbedder where the model is a head
             if get_model(m).head_of and (m, emb.head.digest) not in self._heads_checked:
                 from ingest.head import check_head
 
@@ -402,7 +402,7 @@ class Searcher:
             for h in per:
                 ent = dict(h.get("entity") or {})
                 ent.setdefault("id", h.get("id"))
-                row_hits.append((float(h.get("distance")), ent))
+                row_hits.append((float(h["distance"]), ent))
             out.append(row_hits)
         return out
 
