@@ -105,7 +105,7 @@ def pipeline_rate(models: str, paths: list, settings, tmp: Path) -> dict:
     src.write_text("\n".join(paths))
     db = tmp / f"{models.replace(',', '-')}.db"
     t0 = time.perf_counter()
-    s = ingest.run(str(src), db=str(db), models=models, workers=2, progress=False, settings=settings,
+    s = ingest.run(str(src), models=models, workers=2, progress=False, settings=settings.with_(db=str(db)),
                    report=str(tmp / "report.txt"))
     wall = time.perf_counter() - t0
     return {"models": models, "images": s.images_seen, "faces": s.faces_stored,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
-from ingest.settings import Settings
+from ingest.settings import Settings, resolve
 from schemas import LEDGER_COLLECTION
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -168,7 +168,7 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
             raise DeleteError(f"--image {os.fsdecode(os.fspath(p))} is a folder; give image files "
                               f"(or --identity for a person)")
         image_keys.append((p, _image_keys(p)))
-    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile)
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
     target = settings.uri or settings.db
     if store is None and not settings.uri and not Path(settings.db).exists():
         # Opening a missing Lite database would create it, empty: say so instead.

@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ingest.models import Embedder, ModelError, WeightsMissing, make_embedder
-from ingest.settings import Settings
+from ingest.settings import Settings, resolve
 from schemas import OUTPUT_FIELDS, VECTOR_FIELD, collection_name, get_model, head_key
 
 FORMAT = "lookalike-head/1"
@@ -622,7 +622,7 @@ def train_head(model: str = "dlib", *, settings: Optional[Settings] = None, db: 
     from ingest.store import Store
 
     t0 = time.perf_counter()
-    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile)
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
     cfg = config or TrainConfig()
     cfg = TrainConfig(**{**cfg.__dict__, "seed": seed,
                          **{k: v for k, v in (("epochs", epochs), ("loss", loss), ("arch", arch)) if v is not None}})

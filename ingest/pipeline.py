@@ -33,7 +33,7 @@ import numpy as np
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from ingest.models import Engine, ModelError, WeightsMissing, default_face_model, get_engine, make_embedder, model_source
 from ingest.quality import assess
-from ingest.settings import Settings, pin_threads, thread_env
+from ingest.settings import Settings, pin_threads, resolve, thread_env
 from ingest.sources import ImageRecord, open_source
 from ingest.store import Store, StoreError, now_ms
 from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, get_model, layer_key
@@ -537,8 +537,8 @@ def run(
 ) -> IngestSummary:
     """Ingest every image of `source` into one Milvus collection per model (Python twin of
     `lookalike ingest`). Re-running resumes: images already recorded are skipped."""
-    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector,
-                                              clip_model=clip_model, dinov2_model=dinov2_model)
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile, detector=detector,
+                       clip_model=clip_model, dinov2_model=dinov2_model)
     from ingest.sources import SourceError
 
     try:

@@ -123,6 +123,16 @@ class Settings(BaseSettings):
         return type(self)(**{**self.model_dump(), **changes})
 
 
+def resolve(settings: Optional[Settings], **keywords: Any) -> Settings:
+    """The settings of a Python API call: the object given, or the environment's with these
+    keywords (db=, uri=, ...), never a mix, so that what runs is what the caller wrote."""
+    given = {k: v for k, v in keywords.items() if v is not None}
+    if settings is not None and given:
+        names = ", ".join(f"{k}=" for k in given)
+        raise TypeError(f"give settings or {names} not both: settings.with_({names.replace('=', '=...')})")
+    return settings if settings is not None else Settings().with_(**given)
+
+
 # Flag (or variable) each setting is given with, for error messages.
 _FLAGS = {"db": "--db / $LOOKALIKE_DB", "uri": "--uri / $LOOKALIKE_URI", "profile": "--profile / $LOOKALIKE_PROFILE",
           "detector": "--detector / $LOOKALIKE_DETECTOR", "deepface_home": "$DEEPFACE_HOME",

@@ -40,7 +40,7 @@ import numpy as np
 
 from ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from ingest.quality import DEFAULT_MIN_QUALITY, assess
-from ingest.settings import Settings
+from ingest.settings import Settings, resolve
 from ingest.store import Store
 from query.results import (  # noqa: F401
     DEFAULT_TOP_K,
@@ -501,7 +501,7 @@ def search_photo(photo: Union[str, Path, bytes], *, db: Optional[str] = None, ur
     >>> r = search_photo("group.jpg", db="lookalike.db", top_k=5, filter="Smiling == true")
     >>> [(f.index, f.matches[0].identity, round(f.matches[0].score, 2)) for f in r.faces]
     """
-    settings = (settings or Settings()).with_(db=db, uri=uri, token=token, profile=profile, detector=detector)
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile, detector=detector)
     with Searcher(settings, store=store) as s:
         r = s.search_photo(photo, model=model, top_k=top_k, filter=filter, where=where, where_not=where_not,
                            exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
@@ -517,7 +517,7 @@ def search_photos(photos: Sequence[Union[str, Path]], **kwargs) -> List[PhotoRes
     """search_photo for several photos over one store; raises on the first unreadable photo."""
     keys = ("db", "uri", "token", "profile", "detector")
     conn = {k: kwargs.pop(k, None) for k in keys}
-    settings = (kwargs.pop("settings", None) or Settings()).with_(**conn)
+    settings = resolve(kwargs.pop("settings", None), **conn)
     store = kwargs.pop("store", None)
     with Searcher(settings, store=store) as s:
         models = s.resolve_models(kwargs.pop("model", None))

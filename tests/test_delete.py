@@ -50,8 +50,8 @@ def template(tmp_path_factory, tiny_settings):
     src.write_text("".join(f"{p}\t{p.parent.name}\n" for p in [*TOM, *OBAMA, copy]))
     db = root / "template.db"
     for source, limit in ((src, None), (CELEBA, 3)):
-        s = ingest.run(str(source), db=str(db), models="dlib,dinov2", layer=2, limit=limit, workers=0,
-                       progress=False, settings=tiny_settings, report=str(root / "r.txt"))
+        s = ingest.run(str(source), models="dlib,dinov2", layer=2, limit=limit, workers=0,
+                       progress=False, settings=tiny_settings.with_(db=str(db)), report=str(root / "r.txt"))
         assert s.models == MODELS and s.images_failed == 0
     return {"db": db, "list": src, "copy": copy}
 
@@ -80,7 +80,7 @@ def test_delete_image_erases_every_copy_search_and_ledger_then_reingest_restores
     assert n >= 1 and stored_shas(db, "dinov2_l2").count(h) == n
     before = counts(db)
     # before: searching with the photo itself finds it first, in both collections
-    r = search_photo(photo, db=str(db), model="all", top_k=5, settings=tiny_settings)
+    r = search_photo(photo, model="all", top_k=5, settings=tiny_settings.with_(db=str(db)))
     assert all(f.matches_by_model[m][0].image_sha256 == h for f in r.faces[:1] for m in MODELS)
 
     s = ingest.delete(image=str(photo), db=str(db))
@@ -95,15 +95,15 @@ def test_delete_image_erases_every_copy_search_and_ledger_then_reingest_restores
 
     # search (HNSW, k above the row count: every remaining row comes back) never returns it ...
     k = after["faces_dlib"] + 5
-    r = search_photo(photo, db=str(db), model="all", top_k=k, settings=tiny_settings, min_quality=0)
+    r = search_photo(photo, model="all", top_k=k, settings=tiny_settings.with_(db=str(db)), min_quality=0)
     assert r.faces
     for f in r.faces:
         for m in MODELS:
             got = f.matches_by_model[m]
             assert len(got) == after[f"faces_{m}"] and all(x.image_sha256 != h for x in got)
     # ... nor does the exact search of a filtered query
-    r = search_photo(photo, db=str(db), model="dlib", top_k=50, filter="has_attributes == false",
-                     settings=tiny_settings)
+    r = search_photo(photo, model="dlib", top_k=50, filter="has_attributes == false",
+                     settings=tiny_settings.with_(db=str(db)))
     assert r.search[0].mode == "exact"
     assert all(x.image_sha256 != h for f in r.faces for x in f.matches)
 
@@ -115,11 +115,11 @@ def test_delete_image_erases_every_copy_search_and_ledger_then_reingest_restores
     assert counts(db) == after
 
     # ingesting the same source again stores it again (nothing remembers the erasure)
-    s2 = ingest.run(str(template["list"]), db=str(db), models="dlib,dinov2", layer=2, workers=0,
-                    progress=False, settings=tiny_settings, report=str(db.parent / "r.txt"))
+    s2 = ingest.run(str(template["list"]), models="dlib,dinov2", layer=2, workers=0,
+                    progress=False, settings=tiny_settings.with_(db=str(db)), report=str(db.parent / "r.txt"))
     assert s2.images_skipped == len(TOM) + len(OBAMA) + 1 - 2 and s2.images_done == 2
     assert counts(db) == before
-    r = search_photo(photo, db=str(db), model="dlib", top_k=1, settings=tiny_settings)
+    r = search_photo(photo, model="dlib", top_k=1, settings=tiny_settings.with_(db=str(db)))
     assert r.faces[0].matches[0].image_sha256 == h
 
 
@@ -176,7 +176,7 @@ def test_image_found_by_its_ledger_rows_once_the_file_is_gone(tmp_path, settings
     photo.parent.mkdir()
     shutil.copy(OBAMA[0], photo)
     db = tmp_path / "g.db"
-    ingest.run(str(photo.parent), db=str(db), workers=0, progress=False, settings=settings,
+    ingest.run(str(photo.parent), workers=0, progress=False, settings=settings.with_(db=str(db)),
                report=str(tmp_path / "r.txt"))
     assert read_rows(db, "dlib", with_vectors=False)
     photo.unlink()
@@ -230,7 +230,7 @@ def test_delete_on_a_server(server_uri, settings, tmp_path):
     returns the image, a compaction is requested, a second run removes 0."""
     src = tmp_path / "list.txt"
     src.write_text("".join(f"{p}\t{p.parent.name}\n" for p in [*TOM, *OBAMA]))
-    s = ingest.run(str(src), uri=server_uri, workers=0, progress=False, settings=settings,
+    s = ingest.run(str(src), workers=0, progress=False, settings=settings.with_(uri=server_uri),
                    report=str(tmp_path / "r.txt"))
     assert s.images_failed == 0 and s.models == ["dlib"]
     from ingest.store import Store
@@ -243,7 +243,7 @@ def test_delete_on_a_server(server_uri, settings, tmp_path):
     with Store(None, uri=server_uri) as store:
         assert store.count("faces_dlib") == before - d.faces["faces_dlib"]
         assert store.count(LEDGER_COLLECTION) == len(TOM) + len(OBAMA) - 3
-    r = search_photo(TOM[2], uri=server_uri, top_k=50, settings=settings)
+    r = search_photo(TOM[2], top_k=50, settings=settings.with_(uri=server_uri))
     assert r.faces and all(m.image_sha256 != h and m.identity != "obama" for f in r.faces for m in f.matches)
     again = ingest.delete(image=str(TOM[2]), identity="obama", uri=server_uri)
     assert again.faces_removed == 0 and again.ledger_rows == 0

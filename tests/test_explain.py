@@ -148,7 +148,7 @@ def small_db(tmp_path_factory, settings):
     src = base / "list.txt"
     src.write_text("\n".join(f"{p}\t{p.parent.name}" for p in files))
     db = base / "x.db"
-    s = ingest.run(str(src), db=str(db), models="dlib", workers=0, progress=False, settings=settings,
+    s = ingest.run(str(src), models="dlib", workers=0, progress=False, settings=settings.with_(db=str(db)),
                    report=str(base / "r.txt"))
     assert s.faces_stored >= 5
     return db

@@ -40,8 +40,8 @@ def celeba_annotations():
 @pytest.fixture(scope="module")
 def celeba_db(tmp_path_factory, settings):
     db = tmp_path_factory.mktemp("celeba") / "faces.db"
-    summary = ingest.run(str(CELEBA), db=str(db), limit=N_CELEBA, workers=0, progress=False,
-                         settings=settings, report=str(db.parent / "report.txt"))
+    summary = ingest.run(str(CELEBA), limit=N_CELEBA, workers=0, progress=False,
+                         settings=settings.with_(db=str(db)), report=str(db.parent / "report.txt"))
     return db, summary
 
 
@@ -88,8 +88,8 @@ def test_celeba_rows_match_annotations(celeba_db):
 def test_rerun_is_idempotent(celeba_db, settings):
     db, _ = celeba_db
     before = read_rows(db, "dlib")
-    summary = ingest.run(str(CELEBA), db=str(db), limit=N_CELEBA, workers=0, progress=False,
-                         settings=settings, report=str(db.parent / "report2.txt"))
+    summary = ingest.run(str(CELEBA), limit=N_CELEBA, workers=0, progress=False,
+                         settings=settings.with_(db=str(db)), report=str(db.parent / "report2.txt"))
     assert summary.images_skipped == N_CELEBA and summary.faces_stored == 0
     after = read_rows(db, "dlib")
     assert after.keys() == before.keys()
@@ -108,7 +108,7 @@ def test_same_pictures_again_under_other_names_are_not_duplicated(celeba_db, set
     # the ledger holds the copies; the face rows stay keyed by content
     work = tmp_path / "db.db"
     shutil.copytree(db, work)
-    summary = ingest.run(str(copies.parent), db=str(work), workers=0, progress=False, settings=settings,
+    summary = ingest.run(str(copies.parent), workers=0, progress=False, settings=settings.with_(db=str(work)),
                          report=str(tmp_path / "r.txt"))
     assert summary.images_done == 3
     after = read_rows(work, "dlib", with_vectors=False)
@@ -124,8 +124,8 @@ def test_two_workers_give_the_same_rows_as_one(tmp_path, settings):
     rows = {}
     for workers in (1, 2):
         db = tmp_path / f"w{workers}.db"
-        s = ingest.run(str(src), db=str(db), workers=workers, batch_size=3, progress=False,
-                       settings=settings, report=str(tmp_path / f"r{workers}.txt"))
+        s = ingest.run(str(src), workers=workers, batch_size=3, progress=False,
+                       settings=settings.with_(db=str(db)), report=str(tmp_path / f"r{workers}.txt"))
         assert s.images_failed == 0
         assert 1 <= len(s.worker_peak_rss) <= workers
         rows[workers] = read_rows(db, "dlib")
@@ -156,7 +156,7 @@ def test_bad_files_are_reported_and_the_rest_ingested(tmp_path, settings):
     expect = _bad_folder(tmp_path / "photos")
     db = tmp_path / "bad.db"
     report = tmp_path / "report.txt"
-    s = ingest.run(str(tmp_path / "photos"), db=str(db), workers=0, progress=False, settings=settings,
+    s = ingest.run(str(tmp_path / "photos"), workers=0, progress=False, settings=settings.with_(db=str(db)),
                    report=str(report))
     assert s.images_seen == 7
     failed = {Path(p).name: reason for p, reason in s.failures}
@@ -172,7 +172,7 @@ def test_bad_files_are_reported_and_the_rest_ingested(tmp_path, settings):
     assert sum(1 for r in rows.values() if r["identity"] == "person_a") >= expect["good"]
     assert all(r["has_attributes"] is False and r["Smiling"] is None for r in rows.values())
     # a second run skips the failed files too (they are in the ledger), and loses nothing
-    s2 = ingest.run(str(tmp_path / "photos"), db=str(db), workers=0, progress=False, settings=settings,
+    s2 = ingest.run(str(tmp_path / "photos"), workers=0, progress=False, settings=settings.with_(db=str(db)),
                     report=str(report))
     assert s2.images_skipped == 7
     assert read_rows(db, "dlib", with_vectors=False) == rows
@@ -192,7 +192,7 @@ def test_a_finished_ingest_leaves_the_database_to_other_processes(tmp_path, sett
     src = tmp_path / "list.txt"
     src.write_text("\n".join(str(p) for p in sorted((CELEBA / "img_celeba").iterdir())[:3]))
     db = tmp_path / "shared.db"
-    ingest.run(str(src), db=str(db), workers=0, progress=False, settings=settings, report=str(tmp_path / "r.txt"))
+    ingest.run(str(src), workers=0, progress=False, settings=settings.with_(db=str(db)), report=str(tmp_path / "r.txt"))
     held = Store(str(db))
     r = _lookalike("stats", "--db", str(db))
     assert r.returncode != 0 and "in use by another process" in r.stderr, r.stderr
@@ -207,7 +207,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
     src = tmp_path / "list.txt"
     src.write_text("\n".join(str(p) for p in photos))
     clean = tmp_path / "clean.db"
-    ingest.run(str(src), db=str(clean), workers=0, batch_size=2, progress=False, settings=settings,
+    ingest.run(str(src), workers=0, batch_size=2, progress=False, settings=settings.with_(db=str(clean)),
                report=str(tmp_path / "r0.txt"))
     expected = read_rows(clean, "dlib")
     for seed in (1, 2):
@@ -264,8 +264,8 @@ def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_p
 
     assert default_face_model(s) == "facenet"
     db = tmp_path / "fn.db"
-    summary = ingest.run(str(DATA / "people"), db=str(db), limit=3, workers=0,
-                         progress=False, settings=s, report=str(tmp_path / "r.txt"))
+    summary = ingest.run(str(DATA / "people"), limit=3, workers=0,
+                         progress=False, settings=s.with_(db=str(db)), report=str(tmp_path / "r.txt"))
     assert summary.models == ["facenet"] and summary.faces_stored >= 3
     rows = read_rows(db, "facenet")
     for r in rows.values():
@@ -333,7 +333,7 @@ def test_messy_folder_every_file_ends_stored_or_reported(tmp_path, settings):
     bad_name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 byte: not valid UTF-8
     shutil.copy(src[3], os.path.join(os.fsencode(person), os.fsencode(bad_name)))
     os.symlink(root, person / "loop")  # a symlink loop must not trap the walk
-    s = ingest.run(str(root), db=str(tmp_path / "m.db"), workers=0, progress=False, settings=settings,
+    s = ingest.run(str(root), workers=0, progress=False, settings=settings.with_(db=str(tmp_path / "m.db")),
                    report=str(tmp_path / "r.txt"))
     assert s.images_seen == 6
     failed = {Path(p).name: reason for p, reason in s.failures}
@@ -348,6 +348,6 @@ def test_messy_folder_every_file_ends_stored_or_reported(tmp_path, settings):
     assert ledger["été 2024.jpg"]["image_sha256"] == ledger["same picture again.jpg"]["image_sha256"]
     assert "caf\\xe9.jpg" in ledger and ledger["caf\\xe9.jpg"]["status"] == "failed"
     # a re-run skips everything, the undecodable name included
-    s2 = ingest.run(str(root), db=str(tmp_path / "m.db"), workers=0, progress=False, settings=settings,
+    s2 = ingest.run(str(root), workers=0, progress=False, settings=settings.with_(db=str(tmp_path / "m.db")),
                     report=str(tmp_path / "r.txt"))
     assert s2.images_skipped == 6

@@ -113,7 +113,7 @@ def gallery(tmp_path_factory, settings):
     for name in ("obama", "biden", "Tom_Hanks", "Hu_Jintao"):
         shutil.copytree(PEOPLE / name, src / name)
     db = str(root / "g.db")
-    ingest.run(str(src), db=db, models="dlib", workers=0, progress=False, settings=settings,
+    ingest.run(str(src), models="dlib", workers=0, progress=False, settings=settings.with_(db=db),
                report=str(root / "report.txt"))
     with Store(db) as store:
         rows = [r for r in store.iterate("faces_dlib", [f.name for f in FACE_FIELDS] + ["vector"])
@@ -216,7 +216,7 @@ def test_strangers_against_a_celebrity_gallery(tmp_path, settings):
     from query.search import Searcher
 
     db = str(tmp_path / "celeba.db")
-    ingest.run(str(DATA / "celeba"), db=db, models="dlib", workers=2, progress=False, settings=settings,
+    ingest.run(str(DATA / "celeba"), models="dlib", workers=2, progress=False, settings=settings.with_(db=db),
                report=str(tmp_path / "report.jsonl"))
     faces = []
     with Searcher(settings.with_(db=db)) as s:

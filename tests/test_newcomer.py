@@ -80,7 +80,7 @@ def gallery(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dlib_db(tmp_path_factory, gallery, settings):
     db = tmp_path_factory.mktemp("dlibdb") / "faces.db"
-    summary = ingest.run(str(gallery), db=str(db), workers=0, progress=False, settings=settings,
+    summary = ingest.run(str(gallery), workers=0, progress=False, settings=settings.with_(db=str(db)),
                          report=str(db.parent / "report.jsonl"))
     assert summary.models == ["dlib"] and summary.faces_stored >= 6
     return db, summary
@@ -90,7 +90,7 @@ def dlib_db(tmp_path_factory, gallery, settings):
 def test_missing_weights_leave_no_collection_in_process(tmp_path, gallery, settings):
     db = tmp_path / "f.db"
     with pytest.raises(WeightsMissing, match="facenet_weights.h5"):
-        ingest.run(str(gallery), db=str(db), models="facenet", workers=0, progress=False, settings=settings,
+        ingest.run(str(gallery), models="facenet", workers=0, progress=False, settings=settings.with_(db=str(db)),
                    report=str(tmp_path / "r.jsonl"))
     with Store(str(db)) as store:
         assert store.face_collections() == []

@@ -98,8 +98,8 @@ def sample(tmp_path_factory, deepface_home):
     db = str(base / "sample.db")
     settings = Settings().with_(detector="yunet")
     for src in (base / "celeba", base / "people"):
-        summary = ingest.run(str(src), db=db, models="dlib", workers=0, progress=False,
-                             report=str(base / "report.txt"), settings=settings)
+        summary = ingest.run(str(src), models="dlib", workers=0, progress=False,
+                             report=str(base / "report.txt"), settings=settings.with_(db=db))
         assert summary.images_failed == 0, summary.failures
     # the CLI tests get their own copy: Milvus Lite allows one process per database
     cli_db = str(base / "cli.db")
@@ -454,8 +454,8 @@ def test_model_all_gives_one_section_per_model(tmp_path):
         for f in sorted((PEOPLE / name).iterdir()):
             os.symlink(f, gallery / name / f.name)
     db = str(tmp_path / "two.db")
-    ingest.run(str(gallery), db=db, models="dlib,dinov2", workers=0, progress=False,
-               report=str(tmp_path / "r.txt"), settings=Settings().with_(dinov2_model=str(tiny["dinov2"])))
+    ingest.run(str(gallery), models="dlib,dinov2", workers=0, progress=False,
+               report=str(tmp_path / "r.txt"), settings=Settings().with_(dinov2_model=str(tiny["dinov2"])).with_(db=db))
     with Searcher(Settings().with_(db=db)) as s:
         assert s.resolve_models() == ["dlib"]
         r = s.search_photo(GROUPS / "obama_and_biden.jpg", model="all", top_k=3, keep_image=True)

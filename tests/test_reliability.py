@@ -77,8 +77,8 @@ def assert_ledger_only_for_stored_faces(db: Path) -> dict:
 def reference(tmp_path_factory, settings):
     """The first N CelebA images, ingested without interruption (in-process, batches of 4)."""
     db = tmp_path_factory.mktemp("reference") / "clean.db"
-    s = ingest.run(str(CELEBA), db=str(db), limit=N, workers=0, batch_size=4, progress=False,
-                   settings=settings, report=str(db.parent / "r.txt"))
+    s = ingest.run(str(CELEBA), limit=N, workers=0, batch_size=4, progress=False,
+                   settings=settings.with_(db=str(db)), report=str(db.parent / "r.txt"))
     assert s.images_failed == 0
     return read_rows(db, "dlib")
 

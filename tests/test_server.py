@@ -113,8 +113,8 @@ def server_ingest(milvus_server, settings, tmp_path_factory):
     uri = _new_db(milvus_server, "ingest")
     report = tmp_path_factory.mktemp("server_ingest") / "report.txt"
     t0 = time.perf_counter()
-    summary = ingest.run(str(CELEBA), uri=uri, limit=N, workers=2, batch_size=4, progress=False,
-                         settings=settings, report=str(report))
+    summary = ingest.run(str(CELEBA), limit=N, workers=2, batch_size=4, progress=False,
+                         settings=settings.with_(uri=uri), report=str(report))
     print(f"\n[server] {N} images, 2 workers writing: {time.perf_counter() - t0:.1f} s wall "
           f"({summary.images_per_second:.1f} img/s after warm-up)")
     return uri, summary
@@ -158,7 +158,7 @@ def test_workers_write_to_the_server_and_counts_match_the_ledger(server_ingest, 
     # the annotation went to each photo's subject, as on Lite
     assert sum(1 for r in got.values() if r["has_attributes"]) == s.images_done
     # an unchanged re-run (a resume with nothing left) skips everything and writes nothing
-    again = ingest.run(str(CELEBA), uri=uri, limit=N, workers=0, progress=False, settings=settings,
+    again = ingest.run(str(CELEBA), limit=N, workers=0, progress=False, settings=settings.with_(uri=uri),
                        report=os.devnull)
     assert again.images_skipped == N and again.faces_stored == 0
     assert count_and_distinct(uri)[0] == count
@@ -200,7 +200,7 @@ def test_filtered_queries_match_a_lite_ingest_of_the_same_images(server_ingest, 
 
     uri, _ = server_ingest
     lite = tmp_path / "lite.db"
-    s = ingest.run(str(CELEBA), db=str(lite), limit=N, workers=0, progress=False, settings=settings,
+    s = ingest.run(str(CELEBA), limit=N, workers=0, progress=False, settings=settings.with_(db=str(lite)),
                    report=str(tmp_path / "r.txt"))
     assert s.images_failed == 0
     same_rows(rows(uri), rows(str(lite)))
@@ -246,8 +246,8 @@ def test_ingest_through_an_existing_dask_scheduler(server_ingest, server_db, tmp
             c.wait_for_workers(2, timeout=120)
             worker_pids = set(c.run(os.getpid).values())
         n = 16
-        s = ingest.run(str(CELEBA), uri=server_db, limit=n, scheduler=address, batch_size=4, progress=False,
-                       settings=settings, report=str(tmp_path / "r.txt"))
+        s = ingest.run(str(CELEBA), limit=n, scheduler=address, batch_size=4, progress=False,
+                       settings=settings.with_(uri=server_db), report=str(tmp_path / "r.txt"))
         assert s.images_seen == n and s.images_failed == 0
         assert set(s.worker_peak_rss) <= worker_pids and len(s.worker_peak_rss) == 2
         got = rows(server_db)

@@ -107,8 +107,8 @@ def test_three_models_side_by_side_through_the_pipeline(tmp_path, tiny_settings)
     photos = DATA / "groups" / "photos"
     src = tmp_path / "list.txt"
     src.write_text("\n".join(str(photos / n) for n in ("multiface.jpg", "couple.jpg", "no-faces.jpg")))
-    s = ingest.run(str(src), db=str(db), models="dlib,clip,dinov2", workers=0, progress=False,
-                   settings=tiny_settings, report=str(tmp_path / "r.txt"))
+    s = ingest.run(str(src), models="dlib,clip,dinov2", workers=0, progress=False,
+                   settings=tiny_settings.with_(db=str(db)), report=str(tmp_path / "r.txt"))
     assert s.models == ["dlib", "clip", "dinov2"] and s.images_noface == 1
     rows = {m: read_rows(db, m) for m in ("dlib", "clip", "dinov2")}
     # one detection per image: the same faces, with the same boxes, in every collection
@@ -120,8 +120,8 @@ def test_three_models_side_by_side_through_the_pipeline(tmp_path, tiny_settings)
     assert {len(r["vector"]) for r in rows["clip"].values()} == {24}
     assert {len(r["vector"]) for r in rows["dinov2"].values()} == {48}
     # --layer: its own collection, recorded with the weights it was built from
-    s2 = ingest.run(str(src), db=str(db), models="dinov2", layer=2, workers=0, progress=False,
-                    settings=tiny_settings, report=str(tmp_path / "r2.txt"))
+    s2 = ingest.run(str(src), models="dinov2", layer=2, workers=0, progress=False,
+                    settings=tiny_settings.with_(db=str(db)), report=str(tmp_path / "r2.txt"))
     assert s2.models == ["dinov2_l2"] and s2.faces_stored == s.faces_stored
     from ingest.store import Store, StoreError
 

@@ -148,3 +148,15 @@ def test_option_checks_name_the_python_parameter():
         with pytest.raises(QueryError) as e:
             fn(bad)
         assert "--" not in str(e.value)
+
+
+def test_python_twins_take_settings_or_keywords_not_both():
+    import ingest
+    from ingest.settings import resolve
+
+    s = resolve(None, db="a.db")
+    assert s.db == "a.db" and resolve(s) is s
+    with pytest.raises(TypeError, match=r"give settings or db= not both"):
+        resolve(s, db="b.db")
+    with pytest.raises(TypeError, match="not both"):
+        ingest.run("nowhere", settings=s, db="b.db")

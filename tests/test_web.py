@@ -63,8 +63,8 @@ def web(tmp_path_factory, deepface_home):
     assert 25 <= n <= 32
     db = str(base / "web.db")
     settings = Settings().with_(detector="yunet", db=db)
-    summary = ingest.run(str(src), db=db, models="dlib", workers=0, progress=False,
-                         report=str(base / "report.txt"), settings=settings)
+    summary = ingest.run(str(src), models="dlib", workers=0, progress=False,
+                         report=str(base / "report.txt"), settings=settings.with_(db=db))
     assert summary.images_failed == 0, summary.failures
     with Searcher(settings) as searcher:
         app = create_app(settings, searcher=searcher)
