@@ -2,36 +2,13 @@
 
 Every face of a query photo is detected, aligned and embedded by the same code ingestion uses
 (`ingest.models`, one engine per process via `get_engine`), then all faces of the photo are
-searched in ONE `Store.search` call per model (a batch of query vectors).
-
-Filtered search stays accurate
-------------------------------
-On the default Milvus Lite profile the collections are FLAT (schemas: Lite scans its rows in
-Python on every call, so an index buys little there): Milvus applies the filter and compares the
-query with every row it keeps, exact at any selectivity, in the one search call (mode "exact").
-
-An ANN index (HNSW on a server or with the lite-hnsw profile) needs more care.
-Milvus Lite's HNSW loses true neighbours under a restrictive filter (measured on 20,000 uniform
-random 128-d rows: a filter keeping 0.1 % gives recall@10 0.13 at ef 64 and 0.95 at ef 2048).
-So a filtered search first probes the filter with one query capped at `exact_max_rows + 1` rows,
-fetching ids and vectors:
-
-* the filter keeps <= `exact_max_rows` rows -> those rows are searched exactly with numpy
-  (mode "exact"); the probe IS the fetch, so a restrictive filter costs one query;
-* the filter keeps more -> its selectivity is at least (exact_max_rows + 1) / rows, and the ANN
-  search runs with ef raised to `ef_for(k, selectivity)` (mode "ann").
-
-The probe replaces a `count(*)`: on Milvus Lite a filtered count costs as much as fetching the
-rows it counts (measured: 1.1 s for a filter keeping 10,000 of 20,000 rows), while a capped probe
-never costs more than `exact_max_rows` rows. A search whose only filter is the system filter of
-`exclude_same_image` (it removes one image's faces, selectivity ~1) skips the probe. A Searcher
-remembers a probe for PROBE_TTL seconds, so the photos of one run sharing a filter probe once.
+searched in ONE `Store.search` call per model (a batch of query vectors). When a filtered search
+is exact and how wide an ANN search goes: query/policy.py.
 
 Results: query/results.py (typed models; the JSON shape of --json, results.json and the web API).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -42,6 +19,18 @@ from ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from ingest.quality import DEFAULT_MIN_QUALITY, assess
 from ingest.settings import Settings, resolve
 from ingest.store import Store
+from query.policy import (  # noqa: F401  (re-exported: the policy used to live here)
+    _BREADTH_PARAM,
+    DEFAULT_MODEL_ORDER,
+    EF_FACTOR,
+    EF_MAX,
+    EXACT_MAX_ROWS,
+    PROBE_TTL,
+    ef_for,
+    exact_topk,
+    quality_filter,
+    same_image_filter,
+)
 from query.results import (  # noqa: F401
     DEFAULT_TOP_K,
     TOP_K_MAX,
@@ -57,69 +46,7 @@ from query.results import (  # noqa: F401
     verdict_for,
 )
 from schemas import EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name, get_model
-from schemas.filters import CompiledFilter, combine, compile_filter, encode_literal
-
-# ---------------------------------------------------------------------------------------------
-# Tunables (measured on Milvus Lite, bench/bench_query.py)
-# ---------------------------------------------------------------------------------------------
-# Models tried, in order, when --model is not given.
-DEFAULT_MODEL_ORDER = ("facenet", "dlib")
-# A filter keeping at most this many rows is searched exactly (numpy over the fetched vectors).
-# On Milvus Lite a probe costs a scan of the collection (~0.45 s at 200k rows) plus ~0.15 ms per
-# row returned, so this also bounds what a broad filter pays before its ANN search (measured at
-# 200k rows: overflowing a 2,000-row probe cost 0.77 s, a 1,000-row one ~0.55 s).
-EXACT_MAX_ROWS = 1000
-# ANN breadth under a filter keeping a fraction s of the rows: ef = EF_FACTOR * k / s, bounded to
-# [profile ef, EF_MAX]. Measured on 200,000 uniform random 128-d rows (the hardest case for
-# HNSW): ef 8192 gives recall@10 0.99-1.0 for every selectivity from 0.5 % to 100 %, ef 4096
-# 0.92-0.99; search time grows from ~0.3 s (ef 128) to ~0.5 s (ef 8192) for 10 queries.
-EF_FACTOR = 10.0
-EF_MAX = 8192
-# Seconds a filter probe is reused (the photos of one `lookalike query` run share a filter).
-PROBE_TTL = 60.0
-# Search parameter that sets the breadth of the ANN search, per index type.
-_BREADTH_PARAM = {"HNSW": "ef", "HNSW_SQ": "ef", "GPU_CAGRA": "itopk_size"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Search policy
-# ---------------------------------------------------------------------------------------------
-def ef_for(k: int, selectivity: float, base: int, ef_max: int = EF_MAX) -> int:
-    """ANN breadth for top-k under a filter keeping `selectivity` of the rows."""
-    s = min(1.0, max(selectivity, 1e-9))
-    want = math.ceil(EF_FACTOR * k / s)
-    return int(min(max(base, k, want), max(ef_max, k, base)))
-
-
-def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: Sequence[str], k: int
-               ) -> List[List[Tuple[str, float]]]:
-    """Brute-force top-k by inner product; ties broken by id (deterministic)."""
-    if len(ids) == 0:
-        return [[] for _ in range(len(queries))]
-    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
-    ids_arr = np.asarray(ids)
-    out = []
-    kk = min(k, len(ids))
-    for row in scores:
-        if kk < len(ids):
-            # take everything tied with the k-th score so the id tie-break is exact
-            kth = np.partition(row, len(ids) - kk)[len(ids) - kk]
-            cand = np.nonzero(row >= kth)[0]
-        else:
-            cand = np.arange(len(ids))
-        order = sorted(cand, key=lambda j: (-row[j], ids_arr[j]))[:kk]
-        out.append([(str(ids_arr[j]), float(row[j])) for j in order])
-    return out
-
-
-def quality_filter(min_quality: float) -> str:
-    """System filter keeping stored faces of at least this quality (value encoded, never concatenated)."""
-    return f"quality >= {encode_literal(float(min_quality))}"
-
-
-def same_image_filter(sha256: str) -> str:
-    """System filter excluding one image's faces (the value is encoded, never concatenated)."""
-    return f"image_sha256 != {encode_literal(sha256)}"
+from schemas.filters import CompiledFilter, combine, compile_filter
 
 
 # ---------------------------------------------------------------------------------------------
