@@ -1,10 +1,11 @@
 """dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat) run by torch.
 
 Same weights file, same network, same numbers as dlib's own `compute_face_descriptor` (max
-difference ~1e-6 on real chips, tests/test_query.py), but batched and on oneDNN: measured here
-on one core 16 ms for one face and 6 ms/face in a batch of 8, against dlib's 76 ms/face whatever
-the batch. The embedding is the bulk of an image's work, so this is what lets two ingest workers
-run at twice the speed of the seed's DeepFace.represent loop, and a group photo embed in ~50 ms.
+difference ~1e-6 on real chips, tests/test_query.py), but batched and on oneDNN, where dlib's own
+code takes each face alone at the same cost whatever the batch. The embedding is the bulk of an
+image's work, so this is what puts ingest well ahead of the seed's DeepFace.represent loop
+(bench/bench_ingest.py, runs c and d; bench/results/ingest.txt) and keeps a group photo's
+embedding a small part of a query (bench/bench_query.py; bench/results/query.txt).
 
 The file is dlib's own serialisation of its `anet_type` (dnn_face_recognition_ex.cpp): layers
 from the input up, each a record that starts with its type name as a length-prefixed string.

@@ -41,9 +41,9 @@ MAX_SIDE = 3000
 # A JPEG decodes at 1/2, 1/4 or 1/8 scale for the price of the smaller image, so one whose long
 # side is at least twice this decodes reduced, keeping a long side >= DETAIL_SIDE (like immich,
 # which runs its face models on a 1440-px preview): YuNet sees ~640 px of it, and a face big
-# enough to be found in such a photo keeps >= ~45 px for the 150-px chip. Measured on 600 CelebA
-# photos: 12 decode reduced (in 6-35 ms, against 46-320 ms for a full decode of their 6-20 MP
-# and a resize to MAX_SIDE), and decoding costs 1.2 instead of 4.2 ms per image on average.
+# enough to be found in such a photo keeps >= ~45 px for the 150-px chip. Reduced decoding is what
+# keeps a few large photos from dominating decode time (bench/bench_ingest.py, run ad; figures in
+# bench/README.md, "Measured here").
 DETAIL_SIDE = 1440
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -196,8 +196,8 @@ def _native_stderr():
 
 def _decode_jpeg(data: bytes, w: int, h: int) -> Optional[np.ndarray]:
     """A plain RGB or grey JPEG through OpenCV: the same libjpeg-turbo pixels as PIL, EXIF
-    orientation applied, straight into BGR -- half PIL's time and no channel swap (measured on 300
-    CelebA photos: 2.1 vs 4.4 ms, plus 2.3 ms saved on the swap; pixels identical). None when
+    orientation applied, straight into BGR -- faster than PIL, with no channel swap after it, and
+    the pixels identical (bench/README.md, "Measured here", has the comparison). None when
     OpenCV cannot do it as PIL would: a truncated file (PIL reports it; OpenCV would fill it
     grey), or any decoding error (PIL then gives the reason)."""
     if not data[-64:].rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):  # the tail only: no copy of the file

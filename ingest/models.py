@@ -33,19 +33,19 @@ _TF_DETECTORS = frozenset({"mtcnn", "retinaface"})
 
 # Backends run on the image as it is, not on DeepFace's black-bordered copy: detect_faces
 # (align=True) pads the image by half its size on every side before detecting. For dlib's HOG that
-# is 4x the pixels to scan (group photos: 1.47 -> 0.34 s each) and shifts its 8-px cell grid, which
-# loses faces dlib finds on the plain image (LFW fold 1: 3 images without a face instead of dlib's
-# own 1). extract_face pads with black where an aligned face would leave the image, so alignment
-# does not need the border. (opencv and yunet measured no better without it.)
+# is 4x the pixels to scan and shifts its 8-px cell grid, which loses faces dlib finds on the plain
+# image (bench/results/eval_lfw_investigation.txt, findings 2 and 3, with the time per photo).
+# extract_face pads with black where an aligned face would leave the image, so alignment does not
+# need the border. (opencv and yunet do no better without it: the same file.)
 _NO_BORDER = frozenset({"dlib"})
 
 # Backends that shrink their input to this long side (DeepFace's YuNet: 640 px) -- which, after
 # the border, is the photo at <= 320 px. Shrinking the photo first and bordering the small copy
-# gives the detector nearly the same picture without the full-size bordered copy: 4x the photo's
-# pixels, 60 MB for a 5-MP photo, the largest thing a worker allocated (its peak RSS followed the
-# largest photo seen so far), and 2 of the 19 ms detection took per CelebA photo. Measured on 314
-# photos: the same face counts on every group photo, 1 in-the-wild photo with 2 faces of
-# confidence 0.67-0.71 fewer, boxes and eyes within 1.1 % of the face size (median).
+# gives the detector nearly the same picture, and nearly the same faces, boxes and eyes (compared
+# on the sample: bench/README.md, "Measured here"), without the full-size bordered copy: 4x the
+# photo's pixels, 60 MB for a 5-MP photo, the largest thing a worker allocated (its peak RSS
+# followed the largest photo seen so far; bench/bench_ingest.py's rss run) and a share of the
+# detection time.
 _SHRINKS_TO = {"yunet": 640}
 # No detector finds a face in fewer pixels than this (YuNet's smallest anchor is 10 px). A strip
 # (10000x10) shrunk for YuNet is a pixel high, which it answers with infinite coordinates: such a
@@ -187,8 +187,8 @@ class Face:
     # decoded-image coordinates, used by embedders for their own crops
     dbox: Tuple[int, int, int, int]
     # DeepFace's eye-aligned crop (decoded pixels, BGR uint8): given, or computed by `align` when
-    # first asked for -- only DeepFace's own models (FaceNet) use it, and the rotation costs
-    # ~3.5 ms a face (measured), a tenth of an image's work with dlib on torch.
+    # first asked for -- only DeepFace's own models (FaceNet) use it, and the rotation is a
+    # noticeable share of an image's work with dlib on torch (bench/README.md, "Measured here").
     aligned_bgr: Optional[np.ndarray] = None
     left_eye: Optional[Tuple[int, int]] = None
     right_eye: Optional[Tuple[int, int]] = None
@@ -421,10 +421,9 @@ class Embedder:
 
     # Faces per forward pass at most: a crowd photo (or an explanation's occlusion grid) would
     # otherwise run one pass over all its faces, with activations in proportion, and a worker's
-    # RSS kept the high-water mark of the largest pass it met (measured over 1,500 mixed photos,
-    # one process: 484 -> 508 MB in one pass per batch of 16 photos, 451 -> 463 MB in passes of
-    # <= 16 faces). Passes of equal size: a small remainder costs ~2x per face (dlib on torch, one
-    # core: 17 ms a face alone, 9.6 in 4, 7.0 in 8, 6.5 in 16, 6.2 in 18).
+    # RSS kept the high-water mark of the largest pass it met (bench/bench_ingest.py's rss run;
+    # bench/README.md, worker memory). Passes of equal size: a small remainder pass costs far more
+    # per face than a full one (dlib on torch; bench/README.md, "Measured here").
     max_forward = 16
 
     def embed_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
@@ -491,9 +490,9 @@ class DeepFaceEmbedder(Embedder):
         batch = np.stack(inputs).astype(np.float32)
         keras_model = getattr(self._model, "model", None)
         if hasattr(keras_model, "predict_on_batch"):
-            # DeepFace's forward() runs a batch of one eagerly (~0.5 s for FaceNet on a CPU,
-            # measured) and larger batches through the compiled predict_on_batch (~25 ms/face):
-            # most photos hold one face, so always take the compiled path.
+            # DeepFace's forward() runs a batch of one eagerly, far slower than the compiled
+            # predict_on_batch it uses for larger batches (bench/README.md, Models): most photos
+            # hold one face, so always take the compiled path.
             out = keras_model.predict_on_batch(batch)  # type: ignore[union-attr]  # loaded above
         else:
             out = self._model.forward(batch)
@@ -503,14 +502,15 @@ class DeepFaceEmbedder(Embedder):
 class DlibEmbedder(DeepFaceEmbedder):
     """dlib's ResNet fed the 150-px 5-point face chip it was trained on.
 
-    Measured on LFW fold 1 (../shared/data/lfw): DeepFace's eye-line crop gives 90-98 %,
-    dlib's own chip on the same detections 98.3 % (yunet) / 99.2 % (dlib HOG). The chip is built
-    from the detector's box with dlib's 5-point landmark model.
+    DeepFace's generic eye-line crop loses accuracy against the chip the network was trained on
+    (LFW fold 1, same detections: bench/README.md, Match quality; the product's figures in
+    bench/results/eval_lfw.txt). The chip is built from the detector's box with dlib's 5-point
+    landmark model.
 
     The network runs on torch by default (ingest/dlib_resnet.py: the same weights file from
-    DeepFace's weights dir, the same vectors, 5-12x faster and batched); LOOKALIKE_DLIB_ENGINE=dlib
-    loads it through DeepFace and computes with dlib itself, the reference the torch engine is
-    tested against.
+    DeepFace's weights dir, the same vectors, faster and batched; bench/README.md, "Measured
+    here"); LOOKALIKE_DLIB_ENGINE=dlib loads it through DeepFace and computes with dlib itself, the
+    reference the torch engine is tested against.
     """
 
     uses_tensorflow = False

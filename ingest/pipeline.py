@@ -211,9 +211,10 @@ def _inputs(item: Tuple[ImageResult, Optional[Inputs]]) -> Inputs:
 
 
 def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs]]]) -> List[ImageResult]:
-    """One forward pass per model for all faces of all images of a batch (batched, dlib's ResNet
-    on torch costs 6 ms per face instead of 16 one image at a time, measured). If the batch
-    fails, each image is tried alone so that only the culprit fails."""
+    """One forward pass per model for all faces of all images of a batch: batched, a face costs
+    dlib's ResNet on torch far less than one image at a time (bench/bench_ingest.py, run a1
+    against a; bench/results/ingest.txt). If the batch fails, each image is tried alone so that
+    only the culprit fails."""
     results = [res for res, _ in prepared]
     pending = [i for i, (_, inputs) in enumerate(prepared) if inputs is not None]
     for name, emb in engine.embedders.items():
@@ -279,17 +280,17 @@ class Writer:
     second it spends is one the models lose. So results are only buffered as batches complete;
     at most every `commit_every` seconds (or `max_pending_faces` faces, and at the end) the buffer
     is written at once: one duplicate lookup, one upsert per model, then the ledger records the
-    images as done. Few large calls instead of many small ones (bench_ingest, 2 workers, 600
-    photos: the driver's CPU 2.8 -> 0.8-0.9 ms per photo with this, 5-s commits, tasks of 16, no
-    flush per commit and columnar upserts).
+    images as done. Few large calls instead of many small ones: bench/bench_ingest.py reports the
+    driver's CPU per photo, and bench/README.md ("Measured here") what this, together with tasks
+    of 16, no flush per commit and columnar upserts, saved.
 
     No flush per commit: Milvus Lite (>= 3) appends every write to its write-ahead log and hands
-    it to the OS before acknowledging it, so an acknowledged upsert survives a kill -9 (measured:
+    it to the OS before acknowledging it, so an acknowledged upsert survives a kill -9 (tried:
     1,500 rows upserted, never flushed, process killed -9: all 1,500 there on reopening), and the
     faces' upserts are acknowledged before the ledger's. A flush turns the log into segments
-    (Parquet files, index): 35 % of the writer's CPU when done per commit, so it is done once, in
-    `close()` at the end of the run. A kill -9 loses only the uncommitted seconds, which a resume
-    redoes: the ledger never gets ahead of durable faces."""
+    (Parquet files, index): a large share of the writer's CPU when done per commit (bench/README.md,
+    "Measured here"), so it is done once, in `close()` at the end of the run. A kill -9 loses only
+    the uncommitted seconds, which a resume redoes: the ledger never gets ahead of durable faces."""
 
     def __init__(self, store: Store, models: Sequence[str], detector: str,
                  records: Dict[str, ImageRecord], commit_every: float = 5.0, max_pending_faces: int = 4096,
@@ -406,12 +407,12 @@ class ServerWriter(Writer):
 
     A server takes writes from many processes, so each Dask worker writes its own batches
     (`process_and_write_batch`). A server flush seals the growing segments (small segments, more
-    index builds, and ~1 s a call), and durability does not need it: an acknowledged upsert is in
-    the server's log and is replayed after a crash (measured on 2.3.5: kill -9 of the server after
-    unflushed upserts, every row back after the restart). Upserting the faces before the ledger
-    keeps the resume guarantee: an image is recorded only once its faces are acknowledged, and a
-    batch cut short is redone by upserts keyed on content. The run flushes once at the end
-    (Store.build_indexes) so the server indexes what it wrote.
+    index builds, and a slow call: bench/README.md, server ingest), and durability does not need
+    it: an acknowledged upsert is in the server's log and is replayed after a crash (tried on
+    2.3.5: kill -9 of the server after unflushed upserts, every row back after the restart).
+    Upserting the faces before the ledger keeps the resume guarantee: an image is recorded only
+    once its faces are acknowledged, and a batch cut short is redone by upserts keyed on content.
+    The run flushes once at the end (Store.build_indexes) so the server indexes what it wrote.
 
     Duplicate pictures across batches stored by different workers at the same moment may keep
     either path (ids are content-derived, so the face is never stored twice).
@@ -749,9 +750,10 @@ def _local_cluster(workers: int):
     pin_threads(1)
     # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap
     # threshold: every decoded photo then comes from a fresh mmap and is page-faulted in
-    # (measured: 17.5k minor faults and +0.04 CPU s per image, ~30 % of the model's time).
+    # (a large share of the model's time in page faults: bench/README.md, worker memory).
     # The statistical profiler samples the computing thread every 10 ms. Neither helps here.
-    # Slower housekeeping timers: idle overhead 0.03-0.05 -> 0.008 cores (measured).
+    # Slower housekeeping timers: less idle CPU taken from the models (bench/README.md,
+    # "Measured here").
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {},
                           "distributed.worker.profile.enabled": False,
                           "distributed.admin.tick.interval": "1s",

@@ -409,7 +409,7 @@ class Store:
                 index.add_index(VECTOR_FIELD, index_type=index_type, metric_type=self.profile.metric,
                                 params=dict(params))
                 # Index declared at creation, before any data: building it over existing rows
-                # blocks for minutes at 200k rows.
+                # blocks for the whole build (build times: bench/results/index.md).
                 self.client.create_collection(name, schema=self._schema(fields, dim), index_params=index)
             else:
                 have = self.client.describe_collection(name)
@@ -469,11 +469,11 @@ class Store:
         self._upsert(f"writing {len(rows)} image records", LEDGER_COLLECTION, rows)
 
     def _upsert(self, what: str, name: str, rows: List[Dict[str, Any]]) -> None:
-        """Upsert `rows`, sent as columns. pymilvus packs row dicts value by value in Python (0.19 ms
-        per face row of ~50 fields, measured: on Lite the driver's largest cost after the models'
-        share of the cores); a column is one protobuf extend (300 face rows: 58 -> 3 ms). The
-        request, and so what is stored, is the same. Falls back to rows on a pymilvus without the
-        column call (its connection handler and call context are not public API)."""
+        """Upsert `rows`, sent as columns. pymilvus packs row dicts value by value in Python, which
+        for face rows of ~50 fields was the driver's largest cost on Lite after the models' share of
+        the cores; a column is one protobuf extend (rows against columns: bench/README.md, "Measured
+        here"). The request, and so what is stored, is the same. Falls back to rows on a pymilvus
+        without the column call (its connection handler and call context are not public API)."""
         schema, fields = self._described(name)
         try:
             # Only the collection's fields (one written before a field was declared lacks it); null
@@ -509,9 +509,9 @@ class Store:
 
     def build_indexes(self, names: Iterable[str]) -> None:
         """Milvus Lite indexes new segments only when a collection is loaded, and searches them
-        brute force until then (measured: 30k new rows, search 0.17 s before, 0.06 s after; 200k
-        rows took 137 s to index on a first query). Reloading at the end of an ingest puts that
-        cost where it belongs; the index is persisted for later processes. A server indexes on
+        brute force until then, so a first query after a large ingest would pay the whole build
+        (bench/README.md, index back ends). Reloading at the end of an ingest puts that cost where
+        it belongs; the index is persisted for later processes. A server indexes on
         its own, but only sealed segments: one flush at the end seals what the run wrote (rows in
         growing segments are searched brute force)."""
         if self.server:
@@ -625,7 +625,7 @@ class Store:
         return int(res[0]["count(*)"]) if res else 0
 
     def _strong(self) -> Dict[str, Any]:
-        # Costs ~0.2 s a call on a server (it waits for the next time tick): used where a read must
+        # Slow on a server (each call waits for the next time tick): used where a read must
         # see every acknowledged write, not on the query path.
         return {"consistency_level": "Strong"} if self.server else {}
 

@@ -260,7 +260,7 @@ def write_outputs(results: Sequence[PhotoResult], out_dir: str) -> List[str]:
         if not r.ok:
             continue
         path = out / name
-        render_sheet(r, source_cache=cache).save(path, compress_level=1)  # level 6 costs 0.5 s more
+        render_sheet(r, source_cache=cache).save(path, compress_level=1)  # level 6 is much slower (bench/README.md, query)
         written.append(str(path))
     return written
 

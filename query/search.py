@@ -272,8 +272,9 @@ class Searcher:
     def prefetch(self, models: Sequence[str], flt: Optional[CompiledFilter], extra: str = "") -> None:
         """Start the filter probes of `models` in a background thread, so they
         run while the photo's faces are detected and embedded. The probe is a scan in the Milvus
-        process (~0.2-0.5 s on Lite at 200k rows) and the embedder holds this process' core for
-        ~80 ms a face: done one after the other they add up, overlapped the probe is hidden."""
+        process and the embedder holds this process' core for every face: done one after the other
+        they add up, overlapped the probe is hidden (bench/bench_query.py times the steps;
+        bench/results/query.txt)."""
         if flt is None or self.exact_max_rows <= 0:
             return
         from concurrent.futures import ThreadPoolExecutor

@@ -253,11 +253,11 @@ class IndexProfile:
 METRIC = "IP"
 
 PROFILES: Dict[str, IndexProfile] = {
-    # Milvus Lite answers every search call with a scan of its rows in Python (measured at 200k
-    # rows: ~0.15 s per call whatever the index), so an index barely speeds it up and HNSW costs
-    # minutes to build and most true neighbours under a restrictive filter. FLAT is exact for any
-    # filter and as fast for a photo's batch of faces with a filter (0.16-0.18 s for 8 faces at
-    # 200k x 128-d, HNSW 0.17-0.19 s; 0.35 vs 0.20 s with no filter; bench/results/query.txt).
+    # Milvus Lite answers every search call with a scan of its rows in Python, whatever the index
+    # (bench/results/index.md), so an index barely speeds it up and HNSW costs minutes to build and
+    # most true neighbours under a restrictive filter. FLAT is exact for any filter and about as
+    # fast as HNSW for a photo's batch of faces (bench/bench_query.py; bench/results/query.txt
+    # against query_lite-hnsw.txt).
     # Past a few hundred thousand faces (or 512-d models) use a server; lite-hnsw is there for
     # collections built with it.
     "lite": IndexProfile(
