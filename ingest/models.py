@@ -466,6 +466,11 @@ class DeepFaceEmbedder(Embedder):
                 import_tensorflow()
         from deepface.modules import modeling
 
+        cached = getattr(modeling, "cached_models", {}).get("facial_recognition", {}).get(self.spec.deepface_name)
+        if cached is not None and not (self.settings.weights_dir / self.spec.weights_file).is_file():
+            # DeepFace keeps one built model per process whatever folder its weights came from:
+            # without the file in this settings' folder, the model asked for is not here.
+            raise _missing(f"model {self.name}", self.spec.weights_file, self.settings)
         try:
             with _quiet():
                 model = modeling.build_model(task="facial_recognition", model_name=self.spec.deepface_name)

@@ -639,7 +639,6 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     """The default torch engine computes dlib's own descriptors (ingest/dlib_resnet.py): the same
     vectors as dlib's compute_face_descriptor through DeepFace, batched or one face at a time;
     a damaged weights file is one line naming it."""
-    import dataclasses
 
     from ingest.models import DlibEmbedder, ModelError, get_engine
 
@@ -648,8 +647,8 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     faces = engine.detector.detect(image)
     assert len(faces) >= 4
     spec = engine.embedders["dlib"].spec
-    torch_net = DlibEmbedder(spec, dataclasses.replace(settings, dlib_engine="torch")).load()
-    dlib_net = DlibEmbedder(spec, dataclasses.replace(settings, dlib_engine="dlib")).load()
+    torch_net = DlibEmbedder(spec, settings.with_(dlib_engine="torch")).load()
+    dlib_net = DlibEmbedder(spec, settings.with_(dlib_engine="dlib")).load()
     want = dlib_net.embed(image, faces)
     got = torch_net.embed(image, faces)
     assert got.shape == want.shape == (len(faces), 128)
@@ -664,7 +663,7 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     weights.mkdir(parents=True)
     real = settings.weights_dir / spec.weights_file
     (weights / spec.weights_file).write_bytes(real.read_bytes()[: real.stat().st_size // 2])
-    broken = DlibEmbedder(spec, dataclasses.replace(settings, deepface_home=str(home), dlib_engine="torch"))
+    broken = DlibEmbedder(spec, settings.with_(deepface_home=str(home), dlib_engine="torch"))
     with pytest.raises(ModelError) as err:
         broken.load()
     assert spec.weights_file in str(err.value) and "\n" not in str(err.value)
