@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -72,18 +72,13 @@ class Settings(BaseSettings):
         except ValidationError as e:
             raise SettingsError(_one_line(e)) from None
 
-    @field_validator("detector")
+    @field_validator("detector", "dlib_engine")
     @classmethod
-    def _known_detector(cls, v: str) -> str:
-        if v not in DETECTORS:
-            raise ValueError(f"unknown detector '{v}' (known: {', '.join(DETECTORS)})")
-        return v
-
-    @field_validator("dlib_engine")
-    @classmethod
-    def _known_engine(cls, v: str) -> str:
-        if v not in DLIB_ENGINES:
-            raise ValueError(f"unknown dlib engine '{v}' (known: {', '.join(DLIB_ENGINES)})")
+    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+        what, known = {"detector": ("detector", DETECTORS), "dlib_engine": ("dlib engine", DLIB_ENGINES)}[
+            str(info.field_name)]
+        if v not in known:
+            raise ValueError(f"unknown {what} '{v}' (known: {', '.join(known)})")
         return v
 
     @field_validator("profile")

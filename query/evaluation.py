@@ -229,16 +229,7 @@ def verdict_calibration(scores: ArrayLike, labels: ArrayLike, far: float = VERDI
     m = int(math.floor(far * neg.size + 1e-9))
     # accept = score >= threshold: the threshold sits just above the (m+1)-th highest negative
     thr = float(np.nextafter(neg[m], np.inf)) if m < neg.size else float(neg[-1])
-    a, b = 10.0, -10.0 * thr
-    for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(a * s + b)))
-        g = np.array([np.sum((p - y) * s), np.sum(p - y)])
-        w = p * (1 - p) + 1e-9
-        h = np.array([[np.sum(w * s * s), np.sum(w * s)], [np.sum(w * s), np.sum(w)]]) + 1e-6 * np.eye(2)
-        step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-9:
-            break
+    a, b = _platt(s, y.astype(np.float64), thr)
     return {"threshold": round(thr, 4), "far": float(np.mean(s[~y] >= thr)), "tar": float(np.mean(s[y] >= thr)),
             "accuracy": float(np.mean((s >= thr) == y)), "far_target": far,
             "logistic": [round(float(a), 4), round(float(b), 4)],
