@@ -160,3 +160,16 @@ def test_python_twins_take_settings_or_keywords_not_both():
         resolve(s, db="b.db")
     with pytest.raises(TypeError, match="not both"):
         ingest.run("nowhere", settings=s, db="b.db")
+
+
+def test_pair_calibration_meets_its_false_accept_rate():
+    import numpy as np
+
+    from query.evaluation import verdict_calibration
+
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(0.95, 0.01, 500), rng.normal(0.85, 0.02, 2000)
+    cal = verdict_calibration(np.concatenate([pos, neg]), [True] * 500 + [False] * 2000, far=0.01)
+    assert cal["far"] <= 0.01 and cal["tar"] > 0.95
+    a, b = cal["logistic"]
+    assert a > 0 and 0.85 < -b / a < 0.95  # P(same) = 50 % between the two populations
