@@ -858,9 +858,9 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
         target_db = db_for_detector(db, det, several)
         t0 = time.perf_counter()
         rep = os.path.join(report_dir, f"eval_retrieval_ingest_{det}.txt") if report_dir else os.devnull
-        summary = ingest_run(source, db=target_db, uri=uri, token=token, profile=profile, models=list(models),
-                             detector=det, workers=workers, limit=limit, progress=progress, report=rep,
-                             settings=settings)
+        summary = ingest_run(source, models=list(models), workers=workers, limit=limit, progress=progress,
+                             report=rep, settings=settings.with_(db=target_db, uri=uri, token=token,
+                                                                 profile=profile, detector=det))
         ingest_seconds = time.perf_counter() - t0
         if summary.interrupted:
             raise KeyboardInterrupt
