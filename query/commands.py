@@ -1,6 +1,7 @@
 """`lookalike query`: find the stored faces most like each face of one or more photos."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -121,7 +122,7 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
     with Searcher(settings, explicit_sources=explicit) as searcher:
         models = searcher.resolve_models(model, layer)
         with click.progressbar(paths, label="photos", file=sys.stderr, show_pos=True) if show_bar \
-                else _plain(paths) as bar:
+                else contextlib.nullcontext(paths) as bar:
             for path in bar:
                 try:
                     r = searcher.search_photo(path, models=models, top_k=top_k, filter=flt,
@@ -161,16 +162,3 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
         written = write_outputs(results, out)
         click.echo(f"wrote {', '.join(written)} ({time.perf_counter() - t:.2f} s)", err=as_json)
     return worst
-
-
-class _plain:
-    """The progress bar's context-manager shape, without a bar (one photo, or not a terminal)."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __enter__(self):
-        return self.items
-
-    def __exit__(self, *exc):
-        return False

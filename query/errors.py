@@ -39,9 +39,9 @@ class ErrorKind:
     api_code: str  # the web API's machine-readable error code
 
 
-# (module, class name) -> kind. The first match wins: subclasses before their bases.
+# (module, class name) -> kind. The first match wins: subclasses before their bases. UsageError
+# carries its own exit code and is classified before the table is read.
 TABLE = (
-    ("query.errors", "UsageError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
     ("ingest.settings", "SettingsError", ErrorKind(EXIT_USAGE, 400, "bad_setting")),
     ("schemas.filters", "FilterError", ErrorKind(EXIT_USAGE, 422, "invalid_filter")),
     ("schemas", "UnknownName", ErrorKind(EXIT_USAGE, 400, "unknown_model")),
