@@ -3,7 +3,7 @@
 its resume, then stats, group-photo queries, erasure and a second process opening the database.
 
     python bench/bench_scale.py --photos 200000 [--step 10000] [--workers 2] [--scratch DIR]
-                                [--kill-at 0.75] [--out bench/results/scale]
+                                [--kill-at 0.75] [--reference K] [--out bench/results/scale]
 
 1. Photos: N distinct JPEGs made from the 617 in-the-wild CelebA sample photos (random crop,
    mirror, resize, brightness, JPEG quality; deterministic from --seed), in CelebA's layout
@@ -22,6 +22,12 @@ its resume, then stats, group-photo queries, erasure and a second process openin
    ledger read), until new photos flow again, and to the end. Both databases are then compared:
    rows per collection and ledger status, the set of ids, and --vector-sample rows (vector with
    np.allclose, every other field except ingested_at equal).
+   With --reference K (how the 200,000 run was made: a second whole load would be another hour),
+   the measured load itself is killed at --kill-at x N and resumed, and then compared with an
+   uninterrupted run over K of the photos (those around the kill mark and a random sample, linked
+   into a CelebA folder of their own): ledger status and face count per photo, face ids, every
+   field and vector; the whole database is checked for one ledger row per photo and for exactly
+   the faces the ledger says.
 4. After the load (the uninterrupted database), each a fresh CLI process, timed from outside:
    `lookalike stats`, `lookalike query groups/photos/multiface.jpg -k 10 --json` without and with
    `--filter 'Eyeglasses == true'` (the default verdict and quality filter included),
@@ -553,6 +559,87 @@ def compare(db_a: Path, db_b: Path, n_sample: int, seed: int) -> Dict[str, Any]:
     return out
 
 
+def reference_names(n: int, at: int, k: int, seed: int) -> List[str]:
+    """K photo names for the reference run: the half before the kill mark and a quarter after it
+    (where photos were in flight, committed or redone), and a random quarter of the rest."""
+    lo, hi = max(0, at - k // 2), min(n, at + k // 4)
+    rest = [i for i in range(n) if not lo <= i < hi]
+    pick = list(range(lo, hi)) + random.Random(seed).sample(rest, min(len(rest), k - (hi - lo)))
+    return sorted(_name(i) for i in pick)
+
+
+def make_reference(scratch: Path, ref: Path, names: List[str]) -> None:
+    """A CelebA folder of `names` only: links to the generated photos, the same annotation files."""
+    if ref.exists():
+        shutil.rmtree(ref)
+    (ref / "img_celeba").mkdir(parents=True)
+    for name in names:
+        os.symlink(scratch / "img_celeba" / name, ref / "img_celeba" / name)
+    for f in ("identity_CelebA.txt", "list_attr_celeba.txt"):
+        shutil.copy(scratch / f, ref / f)
+
+
+def compare_reference(db: Path, ref_db: Path, n: int) -> Dict[str, Any]:
+    """The killed-and-resumed database against an uninterrupted run over a sample of its photos
+    (rows are a function of the photo: ids from the content, vectors from the model), and the whole
+    database checked for consistency: one ledger row per photo, every face belonging to a photo
+    the ledger has done, as many faces as the ledger says."""
+    import numpy as np
+    from ingest.store import Store
+    from schemas import LEDGER_COLLECTION, OUTPUT_FIELDS
+
+    fields = [f for f in OUTPUT_FIELDS if f not in ("ingested_at", "source_path")]
+    lfields = ["source_path", "status", "faces", "image_sha256"]
+    with Store(str(ref_db)) as s:
+        ref_ledger = {Path(r["source_path"]).name: r for r in s.iterate(LEDGER_COLLECTION, lfields)}
+        ref_faces = {r["id"]: r for r in s.iterate("faces_dlib", fields + ["vector"])}
+    with Store(str(db)) as s:
+        ledger = [r for r in s.iterate(LEDGER_COLLECTION, lfields)]
+        faces = [r for r in s.iterate("faces_dlib", ["id", "image_sha256"])]
+        got = {r["id"]: r for r in s.get("dlib", sorted(ref_faces), output_fields=fields + ["vector"])}
+    by_name = {Path(r["source_path"]).name: r for r in ledger}
+    done_sha = {r["image_sha256"] for r in ledger if r["status"] == "done"}
+    face_ids = {r["id"] for r in faces}
+    ids_of: Dict[str, set] = {}
+    for r in faces:
+        ids_of.setdefault(r["image_sha256"], set()).add(r["id"])
+    ref_ids_of: Dict[str, set] = {}
+    for i, r in ref_faces.items():
+        ref_ids_of.setdefault(r["image_sha256"], set()).add(i)
+    ledger_diff = [nm for nm, r in ref_ledger.items()
+                   if nm not in by_name or (by_name[nm]["status"], by_name[nm]["faces"]) != (r["status"], r["faces"])]
+    missing = sorted(set(ref_faces) - set(got))
+    close, worst, differ = 0, 0.0, Counter[str]()
+    for i, r in ref_faces.items():
+        if i not in got:
+            continue
+        va, vb = np.asarray(r["vector"]), np.asarray(got[i]["vector"])
+        close += bool(np.allclose(va, vb))
+        worst = max(worst, float(np.abs(va - vb).max()))
+        differ.update(f for f in fields if f != "id" and r[f] != got[i].get(f))
+    ref_shas = {r["image_sha256"] for r in ref_ledger.values() if r["status"] == "done"}
+    out = {
+        "reference_photos": len(ref_ledger),
+        "whole": {"ledger_rows": len(ledger), "photos": n, "distinct_names": len(by_name),
+                  "status": dict(Counter(r["status"] for r in ledger)),
+                  "faces_rows": len(faces), "distinct_face_ids": len(face_ids),
+                  "ledger_faces_of_done": sum(r["faces"] for r in ledger if r["status"] == "done"),
+                  "faces_of_photos_not_done": sum(1 for r in faces if r["image_sha256"] not in done_sha)},
+        "sample": {"ledger_rows_differing": len(ledger_diff), "examples": ledger_diff[:5],
+                   "faces": len(ref_faces), "faces_missing": len(missing),
+                   "photos_with_other_face_ids": sum(ids_of.get(h, set()) != ref_ids_of.get(h, set()) for h in ref_shas),
+                   "vectors_allclose": close, "vector_max_abs_diff": worst,
+                   "other_fields_differing": dict(differ)},
+    }
+    w, sm = out["whole"], out["sample"]
+    out["identical"] = (w["ledger_rows"] == n == w["distinct_names"] and w["faces_rows"] == w["distinct_face_ids"]
+                        == w["ledger_faces_of_done"] and not w["faces_of_photos_not_done"]
+                        and not sm["ledger_rows_differing"] and not sm["faces_missing"]
+                        and not sm["photos_with_other_face_ids"] and sm["vectors_allclose"] == sm["faces"]
+                        and not sm["other_fields_differing"])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. after the load
 # ------------------------------------------------------------------------------------------------
@@ -711,15 +798,28 @@ def text_report(res: Dict[str, Any]) -> str:
     L.append(f"photos: {g['photos']:,} from {g['sources']} CelebA sample photos, {g['distinct_sha256']:,} distinct, "
              f"{g['bytes'] / 2**20:,.0f} MiB, " + ("reused" if g.get("reused") else f"made in {g['seconds']} s"))
     L.append("")
-    L.append(f"Load (uninterrupted): rc {a['rc']}, {a['seconds']} s in all; bar after {a['bar_seconds']} s, "
-             f"first photos after {a['first_photos_seconds']} s, last after {a['last_photos_seconds']} s: "
-             f"{a['steady_images_per_s']} img/s between them")
+    k = res.get("kill")
+    killed_main = res.get("mode") == "killed and resumed"
+    if killed_main:
+        r2 = k["resume"]
+        L.append(f"Load, killed with kill -9 at {a['killed_at_photos']:,} photos and resumed: {a['seconds']} s + "
+                 f"{r2['seconds']} s, rc {r2['rc']}; bar after {a['bar_seconds']} s, first photos after "
+                 f"{a['first_photos_seconds']} s; {a['steady_images_per_s']} img/s before the kill, "
+                 f"{r2['steady_images_per_s']} after the resume")
+    else:
+        L.append(f"Load (uninterrupted): rc {a['rc']}, {a['seconds']} s in all; bar after {a['bar_seconds']} s, "
+                 f"first photos after {a['first_photos_seconds']} s, last after {a['last_photos_seconds']} s: "
+                 f"{a['steady_images_per_s']} img/s between them")
     L.append("")
     L.append("Per step: photos/s and faces/s over the step (the first from the first photos done), RSS (MiB)")
     L.append("at the step and the step's peak, the database folder on disk, the writer's commits in the step.")
     L.append(f"{'photos':>9} {'img/s':>7} {'faces/s':>8} {'driver':>7} {'peak':>6} {'worker':>7} {'peak':>6} "
              f"{'db MiB':>8} {'commits':>7} {'mean s':>7} {'max s':>6}")
-    for s in a["steps"]:
+    steps = a["steps"] + ([{"resume": True}] + k["resume"]["steps"] if killed_main else [])
+    for s in steps:
+        if s.get("resume"):
+            L.append(f"{'':>9} kill -9, then the resume")
+            continue
         L.append(f"{s['photos']:>9,} {s['images_per_s'] or 0:>7.1f} {s['faces_per_s'] or 0:>8.1f} "
                  f"{_mib(s['driver_rss']):>7} {_mib(s['driver_rss_peak']):>6} {_mib(s['worker_rss_max']):>7} "
                  f"{_mib(s['worker_rss_peak']):>6} {_mib(s['db_bytes'], 1):>8} {s['commits']:>7} "
@@ -728,12 +828,33 @@ def text_report(res: Dict[str, Any]) -> str:
              f"worker {_mib(a['peak_rss']['worker'])} MiB (Milvus Lite runs inside the driver)")
     if res.get("rate_ratio") is not None:
         L.append(f"images/s at the last full step before the end / at the first: {res['rate_ratio']:.3f}")
-    for c in a["commits"]:
+    if res.get("rate_end_vs_10k"):
+        e = res["rate_end_vs_10k"]
+        L.append(f"images/s at the step ending {e['end_step']:,} / at the step ending {e['step']:,}: {e['ratio']:.3f}")
+    last = k["resume"] if killed_main else a
+    for c in last["commits"]:
         if c["kind"] != "commit":
             L.append(f"{c['kind']}: {c['seconds']} s at {c['at']} s")
-    L.append("summary: " + " | ".join(x.strip() for x in a["summary"]))
-    k = res.get("kill")
-    if k:
+    L.append("summary: " + " | ".join(x.strip() for x in last["summary"]))
+    if killed_main:
+        r2, c = k["resume"], k["compare"]
+        w, sm = c["whole"], c["sample"]
+        L.append("")
+        L.append(f"Resume: ledger held {r2['photos_skipped']:,} ({a['killed_at_photos'] - (r2['photos_skipped'] or 0):,} "
+                 f"to redo); bar after {r2['bar_seconds']} s, new photos flowing after {r2['first_photos_seconds']} s "
+                 f"(the first start: {a['first_photos_seconds']} s); survivors of the kill: {a['survivors_of_kill'] or 'none'}")
+        L.append(f"identical to an uninterrupted run: {c['identical']}")
+        L.append(f"  whole database: {w['ledger_rows']:,} ledger rows for {w['photos']:,} photos ({w['distinct_names']:,} "
+                 f"distinct names; {w['status']}), {w['faces_rows']:,} face rows, {w['distinct_face_ids']:,} distinct ids, "
+                 f"{w['ledger_faces_of_done']:,} faces by the ledger, {w['faces_of_photos_not_done']} faces of photos "
+                 f"not done")
+        L.append(f"  against an uninterrupted run over {c['reference_photos']:,} of the photos (the kill's "
+                 f"neighbourhood and a random sample; {k['reference_run']['seconds']} s): ledger rows differing "
+                 f"{sm['ledger_rows_differing']}, {sm['faces']:,} faces, missing {sm['faces_missing']}, photos with "
+                 f"other face ids {sm['photos_with_other_face_ids']}, vectors allclose {sm['vectors_allclose']:,}/"
+                 f"{sm['faces']:,} (max |diff| {sm['vector_max_abs_diff']:.2e}), other fields differing: "
+                 f"{sm['other_fields_differing'] or 'none'}")
+    elif k:
         r1, r2 = k["killed"], k["resume"]
         L.append("")
         L.append(f"Kill -9 at {r1['killed_at_photos']:,} photos ({r1['seconds']} s into the run; survivors: "
@@ -819,6 +940,9 @@ def main() -> int:
     ap.add_argument("--vector-sample", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each warm timing")
     ap.add_argument("--skip-post", action="store_true", help="no timings after the load")
+    ap.add_argument("--reference", type=int, default=0,
+                    help="K > 0: kill and resume the measured run itself, and compare it with an uninterrupted "
+                         "run over K of its photos (instead of a second whole run, killed and resumed)")
     args = ap.parse_args()
     n = args.photos
     step = args.step or max(1, min(10_000, n // 20))
@@ -846,18 +970,46 @@ def main() -> int:
         return p
 
     db = fresh("scale.db")
-    print(f"ingesting into {db} ...", flush=True)
-    load = Ingest(scratch, db, args.workers, work, "load", env, step, n, args.sample_seconds).run()
-    commits_per_step(load)
-    res["load"] = load
+    at = max(1, int(n * args.kill_at))
+    if args.reference:
+        # The measured run is the one killed and resumed (one load instead of two: at 200,000
+        # photos a second load is another hour); an uninterrupted run over a sample is the reference.
+        print(f"ingesting into {db}, kill -9 at {at} ...", flush=True)
+        load = Ingest(scratch, db, args.workers, work, "load", env, step, n, args.sample_seconds,
+                      kill_at=at).run()
+        commits_per_step(load)
+        print(f"  killed at {load['killed_at_photos']} after {load['seconds']} s; resuming ...", flush=True)
+        resume = Ingest(scratch, db, args.workers, work, "resume", env, step, n, args.sample_seconds).run()
+        commits_per_step(resume)
+        print(f"  rc {resume['rc']}, {resume['seconds']} s; reference run over {args.reference} photos ...", flush=True)
+        ref = work / "reference"
+        make_reference(scratch, ref, reference_names(n, load["killed_at_photos"] or at, args.reference, args.seed))
+        ref_db = fresh("reference.db")
+        reference = Ingest(ref, ref_db, args.workers, work, "reference", env, step, args.reference,
+                           args.sample_seconds).run()
+        res["mode"] = "killed and resumed"
+        res["load"] = load
+        res["kill"] = {"killed": load, "resume": resume, "reference_run": {
+            k: reference[k] for k in ("rc", "seconds", "summary")}, "compare": compare_reference(db, ref_db, n)}
+        steps = load["steps"] + resume["steps"]
+        print(f"  identical: {res['kill']['compare']['identical']}", flush=True)
+    else:
+        print(f"ingesting into {db} ...", flush=True)
+        load = Ingest(scratch, db, args.workers, work, "load", env, step, n, args.sample_seconds).run()
+        commits_per_step(load)
+        res["load"] = load
+        steps = load["steps"]
+        print(f"  rc {load['rc']}, {load['seconds']} s, {len(load['steps'])} steps", flush=True)
     # full steps, less the run's last (its tail of small batches and the last commit land in it)
-    full = [s for s in load["steps"] if s["images_per_s"] and s["photos"] % step == 0 and s["photos"] < n]
+    full = [s for s in steps if s["images_per_s"] and s["photos"] % step == 0 and s["photos"] < n]
     res["rate_ratio"] = round(full[-1]["images_per_s"] / full[0]["images_per_s"], 3) if len(full) >= 2 else None
-    print(f"  rc {load['rc']}, {load['seconds']} s, {len(load['steps'])} steps", flush=True)
+    if len(full) >= 2:
+        ref_step = next((s for s in full if s["photos"] == 10_000), full[0])
+        res["rate_end_vs_10k"] = {"step": ref_step["photos"], "end_step": full[-1]["photos"],
+                                  "ratio": round(full[-1]["images_per_s"] / ref_step["images_per_s"], 3)}
 
-    if args.kill_at > 0:
+    if args.kill_at > 0 and not args.reference:
         db2 = fresh("scale_killed.db")
-        at = max(1, int(n * args.kill_at))
         print(f"ingesting into {db2}, kill -9 at {at} ...", flush=True)
         killed = Ingest(scratch, db2, args.workers, work, "killed", env, step, n, args.sample_seconds,
                         kill_at=at).run()

@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -570,17 +571,31 @@ def run(
         from ingest.head import attach_heads
 
         heads = attach_heads(store, settings, models_list, progress=progress)  # new faces go through them too
-        # An image is skipped when every requested model has it recorded (failed ones too, unless
-        # --retry-failed).
-        # Looked up by id (from the name's bytes), not by the stored path: a name that is not
-        # UTF-8 is stored escaped, and its escaped text may be another file's real name.
-        ledgers = [store.ledger_status(m) for m in models_list]
-        skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
-        todo = [r for r in records_list if not all(
-            lg.get(_ledger_id(m, r.path)) in skip_status for m, lg in zip(models_list, ledgers))]
-        summary.images_skipped = len(records_list) - len(todo)
-        del ledgers
-        by_path = {r.path: r for r in todo}
+        by_path: Dict[str, ImageRecord] = {}  # the records to do, for the writer
+
+        def find_todo() -> List[ImageRecord]:
+            # An image is skipped when every requested model has it recorded (failed ones too,
+            # unless --retry-failed). Looked up by id (from the name's bytes), not by the stored
+            # path: a name that is not UTF-8 is stored escaped, and its escaped text may be
+            # another file's real name.
+            ledgers = [store.ledger_status(m) for m in models_list]
+            skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
+            todo = [r for r in records_list if not all(
+                lg.get(_ledger_id(m, r.path)) in skip_status for m, lg in zip(models_list, ledgers))]
+            summary.images_skipped = len(records_list) - len(todo)
+            by_path.update((r.path, r) for r in todo)
+            return todo
+
+        # Reading the ledger takes seconds at 100,000s of photos, about as long as the workers
+        # take to start and load their models: a resume reads it meanwhile. A ledger with a row
+        # for every photo and model may mean nothing is left: then it is read first, so that a
+        # finished run starts no workers.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        if store.count(LEDGER_COLLECTION) >= len(records_list) * len(models_list):
+            todo: Future = Future()
+            todo.set_result(find_todo())
+        else:
+            todo = pool.submit(find_todo)
         writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
                                                             commit_every=settings.commit_seconds, heads=heads)
         t0 = time.perf_counter()
@@ -589,6 +604,8 @@ def run(
                          batch_size, max_in_flight, min_face, progress, ready=ensure_collections)
         except KeyboardInterrupt:
             summary.interrupted = True
+        finally:
+            pool.shutdown(wait=False)
         summary.wall_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
             names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]
@@ -619,21 +636,29 @@ def _account(summary: IngestSummary, results: List[ImageResult], count_faces: bo
                 summary.faces_stored += len(r.faces)
 
 
-def _make_bar(total: int, enabled: bool):
+def _make_bar(total: Optional[int], enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr,
                 desc="ingest")
 
 
-def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary, settings: Settings,
+def _run_batches(todo: "Future[List[ImageRecord]]", writer: Writer, summary: IngestSummary, settings: Settings,
                  det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
                  max_in_flight: Optional[int], min_face: int, progress: bool,
                  ready: Callable[[], None] = lambda: None) -> None:
-    """Run the batches of `todo`; `ready()` is called once the models have loaded (on every
-    worker), before the first batch starts."""
-    bar = _make_bar(len(todo), progress)
-    batches = _batches(todo, batch_size)
+    """Run the batches of `todo`, which may still be being found while the workers start; `ready()`
+    is called once the models have loaded (on every worker), before the first batch starts."""
+    bar = _make_bar(len(todo.result()) if todo.done() else None, progress)
+
+    def todo_batches() -> Iterator[List[ImageRecord]]:
+        records = todo.result()
+        if bar.total != len(records):
+            bar.total = len(records)
+            bar.refresh()
+        yield from _batches(records, batch_size)
+
+    batches = todo_batches()
 
     def done(res: BatchResult) -> None:
         if res.store_error:
@@ -648,7 +673,7 @@ def _run_batches(todo: List[ImageRecord], writer: Writer, summary: IngestSummary
 
     failed = True
     try:
-        if not todo:
+        if todo.done() and not todo.result():
             failed = False
             return
         if workers <= 0 and not scheduler:

@@ -46,6 +46,10 @@ SOURCE_PROPERTY = "lookalike.model_source"
 log = logging.getLogger(__name__)
 
 
+# The most rows one query call returns (Milvus caps a query's limit there).
+QUERY_LIMIT = 16384
+
+
 class StoreError(RuntimeError):
     """A Milvus problem a user can act on; str() is one line."""
 
@@ -545,7 +549,21 @@ class Store:
         """Rows whose `field` is one of `values` (any number: asked `chunk` values at a time)."""
         values = list(dict.fromkeys(values))
         for i in range(0, len(values), chunk):
-            yield from self.iterate(name, output_fields, filter=self.in_filter(field, values[i:i + chunk]))
+            yield from self.select(name, output_fields, self.in_filter(field, values[i:i + chunk]))
+
+    def select(self, name: str, output_fields: List[str], filter: str) -> Iterator[Dict[str, Any]]:
+        """The rows matching a selective `filter`: one query call when they fit in one answer, the
+        iterator otherwise. Opening a query iterator costs a few hundred milliseconds on Lite
+        whatever it then returns, which was most of a `delete --dry-run`."""
+        if not self.has_collection(name):
+            return
+        self._load(name)
+        rows = self._call(f"reading {name}", self.client.query, name, filter=filter,
+                          output_fields=output_fields, limit=QUERY_LIMIT, **self._strong())
+        if len(rows) < QUERY_LIMIT:
+            yield from rows
+        else:
+            yield from self.iterate(name, output_fields, filter=filter)
 
     def delete(self, name: str, filter: str) -> int:
         """Delete the rows matching `filter` (built by in_filter); returns how many. The primary
@@ -554,7 +572,7 @@ class Store:
         retried delete (by key) is harmless."""
         if not self.has_collection(name):
             return 0
-        ids = [r["id"] for r in self.iterate(name, ["id"], filter=filter)]
+        ids = [r["id"] for r in self.select(name, ["id"], filter)]
         for i in range(0, len(ids), 1000):
             self._call(f"deleting {len(ids[i:i + 1000])} rows from {name}", self.client.delete, name,
                        ids=ids[i:i + 1000])
@@ -578,8 +596,11 @@ class Store:
 
     # -- reads -----------------------------------------------------------------------------------
     def iterate(self, name: str, output_fields: List[str], filter: str = "",
-                batch_size: int = 2000) -> Iterator[Dict[str, Any]]:
-        """All rows matching `filter`, in batches (never the whole collection in memory)."""
+                batch_size: int = QUERY_LIMIT) -> Iterator[Dict[str, Any]]:
+        """All rows matching `filter`, in batches (never the whole collection in memory). Large
+        batches: each step of the iterator costs about as much as a whole batch on Lite, so reading
+        a ledger of 100,000 rows took three times as long in batches of 2,000 (bench/README.md,
+        "At full scale")."""
         if not self._call(f"reading {name}", self.client.has_collection, name):
             return
         self._load(name)
@@ -711,12 +732,29 @@ class Store:
 
     def ledger_counts(self) -> Dict[str, Dict[str, int]]:
         """Photos the images ledger holds per model of a face collection, by status (`done`,
-        `noface`, `failed`); empty when there is no ledger. Counted, not read: a filtered count
-        never brings the rows to Python."""
+        `noface`, `failed`); empty when there is no ledger. Counted, not read.
+
+        A filtered count costs Lite time per row it matches (seconds for 200,000), an unfiltered
+        one almost nothing: so only the few photos without a face or failed are counted by filter,
+        and `done` is the rest of the model's rows. A ledger of one model (no row of another:
+        a count that matches nothing) takes its row count from the unfiltered count."""
         if not self.has_collection(LEDGER_COLLECTION):
             return {}
-        return {m: {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
-                    for st in LEDGER_STATUSES} for m in self.models()}
+        models = self.models()
+        self._load(LEDGER_COLLECTION)
+        # which models have rows at all: one row asked of each (a head's collection has none)
+        present = [m for m in models if self._call(
+            "reading the ledger", self.client.query, LEDGER_COLLECTION, filter=f"model == {_lit(m)}",
+            output_fields=["id"], limit=1, **self._strong())]
+        single = len(present) == 1 and not self.count(
+            LEDGER_COLLECTION, extra_filter=f"model != {_lit(present[0])}")
+        out: Dict[str, Dict[str, int]] = {m: dict.fromkeys(LEDGER_STATUSES, 0) for m in models}
+        for m in present:
+            rows = self.count(LEDGER_COLLECTION, extra_filter="" if single else f"model == {_lit(m)}")
+            out[m] = {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
+                      for st in LEDGER_STATUSES if st != "done"}
+            out[m] = {"done": rows - sum(out[m].values()), **out[m]}
+        return out
 
 
 # Fields erasure selects on (face and ledger collections).
