@@ -585,6 +585,7 @@ def compare_reference(db: Path, ref_db: Path, n: int) -> Dict[str, Any]:
     database checked for consistency: one ledger row per photo, every face belonging to a photo
     the ledger has done, as many faces as the ledger says."""
     import numpy as np
+
     from ingest.store import Store
     from schemas import LEDGER_COLLECTION, OUTPUT_FIELDS
 
