@@ -256,6 +256,45 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+class Target:
+    """Where a run writes: a Milvus Lite file (`db`) or a database on a Milvus server (`uri`, with
+    the server's data folder as `disk`, and its process for memory)."""
+
+    def __init__(self, db: Optional[Path] = None, uri: Optional[str] = None, disk: Optional[Path] = None,
+                 server_pid: Optional[int] = None):
+        self.db, self.uri, self.server_pid = db, uri, server_pid
+        self.disk = disk if disk is not None else db
+
+    def args(self) -> List[str]:
+        return ["--db", str(self.db)] if self.db is not None else ["--uri", str(self.uri)]
+
+    def kwargs(self) -> Dict[str, str]:
+        return {"db": str(self.db)} if self.db is not None else {"uri": str(self.uri)}
+
+    def store(self):
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from ingest.store import Store
+
+        return Store(**self.kwargs()) if self.db is not None else Store(db=None, uri=self.uri)
+
+    def __str__(self) -> str:
+        return str(self.db if self.db is not None else self.uri)
+
+
+def _tree_rss(pid: Optional[int]) -> int:
+    """RSS of a process and its descendants (a Milvus server), 0 when gone."""
+    import psutil
+
+    if not pid:
+        return 0
+    try:
+        p = psutil.Process(pid)
+        return p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+    except psutil.Error:
+        return 0
+
+
 def _kind(p) -> str:
     try:
         cmd = " ".join(p.cmdline())
@@ -293,7 +332,7 @@ class Ingest:
     """One `lookalike ingest` subprocess: its progress bar read as it moves (a table row each time
     it passes a multiple of `step`), the memory of its processes sampled meanwhile."""
 
-    def __init__(self, src: Path, db: Path, workers: int, log_dir: Path, label: str,
+    def __init__(self, src: Path, db: Target, workers: int, log_dir: Path, label: str,
                  env: Dict[str, str], step: int, photos: int, sample_seconds: float,
                  kill_at: Optional[int] = None):
         self.src, self.db, self.workers, self.label = src, db, workers, label
@@ -370,7 +409,7 @@ class Ingest:
             "faces": self.faces, "driver_rss": self.rss["driver"],
             "worker_rss_max": max(self.rss["workers"], default=0),
             "driver_rss_peak": self.step_peak["driver"], "worker_rss_peak": self.step_peak["worker"],
-            "db_bytes": disk_usage(self.db),
+            "db_bytes": disk_usage(self.db.disk), "server_rss": _tree_rss(self.db.server_pid),
         })
         self._prev = (now, done, self.faces)
         self.step_peak = {"driver": 0, "worker": 0}
@@ -381,7 +420,7 @@ class Ingest:
 
         self.commit_log.unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "_cli", str(self.commit_log), "ingest", str(self.src),
-               "--db", str(self.db), "--workers", str(self.workers), "--report", str(self.report)]
+               *self.db.args(), "--workers", str(self.workers), "--report", str(self.report)]
         r, w = os.pipe()
         self.t0 = time.perf_counter()
         wall0 = time.time()
@@ -432,7 +471,7 @@ class Ingest:
             "last_photos_seconds": _r(self.t_last),
             "bar_total": self.total, "photos_skipped": (self.photos - self.total) if self.total is not None else None,
             "photos_done_this_run": self.count, "faces": self.faces, "steady_images_per_s": _r(steady),
-            "steps": self.steps, "peak_rss": peak, "db_bytes": disk_usage(self.db),
+            "steps": self.steps, "peak_rss": peak, "db_bytes": disk_usage(self.db.disk),
             "commits": self._commits(wall0), "summary": stdout.strip().splitlines(),
             "samples": samples[::max(1, len(samples) // 500)],  # thinned: the peaks above saw them all
         }
@@ -504,30 +543,28 @@ def commits_per_step(run: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 # 3. compare two databases
 # ------------------------------------------------------------------------------------------------
-def read_db(db: Path) -> Dict[str, Any]:
+def read_db(db: Target) -> Dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from ingest.store import Store
     from schemas import LEDGER_COLLECTION
 
     out: Dict[str, Any] = {"collections": {}, "ledger": {}}
-    with Store(str(db)) as store:
+    with db.store() as store:
         for name in store.face_collections():
             out["collections"][name] = {r["id"] for r in store.iterate(name, ["id"])}
         out["ledger"] = {r["id"]: r["status"] for r in store.iterate(LEDGER_COLLECTION, ["id", "status"])}
     return out
 
 
-def sample_rows(db: Path, name: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
-    from ingest.store import Store
+def sample_rows(db: Target, name: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
     from schemas import OUTPUT_FIELDS, model_for_collection
 
     fields = [f for f in OUTPUT_FIELDS if f != "ingested_at"] + ["vector"]
-    with Store(str(db)) as store:
+    with db.store() as store:
         rows = store.get(model_for_collection(name) or name, ids, output_fields=fields)
     return {r["id"]: r for r in rows}
 
 
-def compare(db_a: Path, db_b: Path, n_sample: int, seed: int) -> Dict[str, Any]:
+def compare(db_a: Target, db_b: Target, n_sample: int, seed: int) -> Dict[str, Any]:
     import numpy as np
 
     a, b = read_db(db_a), read_db(db_b)
@@ -579,22 +616,21 @@ def make_reference(scratch: Path, ref: Path, names: List[str]) -> None:
         shutil.copy(scratch / f, ref / f)
 
 
-def compare_reference(db: Path, ref_db: Path, n: int) -> Dict[str, Any]:
+def compare_reference(db: Target, ref_db: Target, n: int) -> Dict[str, Any]:
     """The killed-and-resumed database against an uninterrupted run over a sample of its photos
     (rows are a function of the photo: ids from the content, vectors from the model), and the whole
     database checked for consistency: one ledger row per photo, every face belonging to a photo
     the ledger has done, as many faces as the ledger says."""
     import numpy as np
 
-    from ingest.store import Store
     from schemas import LEDGER_COLLECTION, OUTPUT_FIELDS
 
     fields = [f for f in OUTPUT_FIELDS if f not in ("ingested_at", "source_path")]
     lfields = ["source_path", "status", "faces", "image_sha256"]
-    with Store(str(ref_db)) as s:
+    with ref_db.store() as s:
         ref_ledger = {Path(r["source_path"]).name: r for r in s.iterate(LEDGER_COLLECTION, lfields)}
         ref_faces = {r["id"]: r for r in s.iterate("faces_dlib", fields + ["vector"])}
-    with Store(str(db)) as s:
+    with db.store() as s:
         ledger = [r for r in s.iterate(LEDGER_COLLECTION, lfields)]
         faces = [r for r in s.iterate("faces_dlib", ["id", "image_sha256"])]
         got = {r["id"]: r for r in s.get("dlib", sorted(ref_faces), output_fields=fields + ["vector"])}
@@ -675,7 +711,7 @@ t0 = time.perf_counter()
 from ingest.store import Store
 from schemas import collection_name
 t1 = time.perf_counter()
-s = Store(sys.argv[1])
+s = Store(**json.loads(sys.argv[1]))
 t2 = time.perf_counter()
 name = s.face_collections()[0]
 n = s.count(name)
@@ -686,40 +722,38 @@ print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "first_count_s": t3 - 
 """
 
 
-def post_load(db: Path, env: Dict[str, str], data: Path, work: Path, identity: str, reps: int) -> Dict[str, Any]:
+def post_load(db: Target, env: Dict[str, str], data: Path, work: Path, identity: str, reps: int) -> Dict[str, Any]:
     photo = str(data / "groups" / "photos" / "multiface.jpg")
     flt = "Eyeglasses == true"
     res: Dict[str, Any] = {"photo": photo, "filter": flt, "identity": identity, "cli": [], "warm": {}}
-    r, out = timed_cli(env, ["stats", "--db", str(db), "--json"], "stats")
+    r, out = timed_cli(env, ["stats", *db.args(), "--json"], "stats")
     with _ignore():
         r["stats"] = json.loads(out)
     res["cli"].append(r)
     for label, extra in (("query k=10", []), ("query k=10 filtered", ["--filter", flt])):
-        r, out = timed_cli(env, ["query", photo, "-k", "10", "--db", str(db), "--json", *extra], label)
+        r, out = timed_cli(env, ["query", photo, "-k", "10", *db.args(), "--json", *extra], label)
         with _ignore():
             r["result"] = summarize_query(json.loads(out))
         res["cli"].append(r)
-    r, out = timed_cli(env, ["delete", "--identity", identity, "--dry-run", "--json", "--db", str(db)],
+    r, out = timed_cli(env, ["delete", "--identity", identity, "--dry-run", "--json", *db.args()],
                        "delete --identity --dry-run")
     with _ignore():
         r["result"] = _trim(json.loads(out))
     res["cli"].append(r)
-    copy = work / "delete_copy.db"
-    if copy.exists():
-        shutil.rmtree(copy)
-    t0 = time.perf_counter()
-    shutil.copytree(db, copy)
-    res["copy_seconds"] = round(time.perf_counter() - t0, 2)
-    r, out = timed_cli(env, ["delete", "--identity", identity, "--json", "--db", str(copy)], "delete --identity (copy)")
-    with _ignore():
-        r["result"] = _trim(json.loads(out))
-    res["cli"].append(r)
-    shutil.rmtree(copy, ignore_errors=True)
+    if db.db is not None:  # on a copy; a server's database is deleted from at the very end
+        copy = work / "delete_copy.db"
+        if copy.exists():
+            shutil.rmtree(copy)
+        t0 = time.perf_counter()
+        shutil.copytree(db.db, copy)
+        res["copy_seconds"] = round(time.perf_counter() - t0, 2)
+        real_delete(env, Target(db=copy), identity, res, "delete --identity (copy)")
+        shutil.rmtree(copy, ignore_errors=True)
 
     opens = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", OPEN_SNIPPET, str(db)], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-c", OPEN_SNIPPET, json.dumps(db.kwargs())], capture_output=True, text=True,
                            env=env, cwd=str(ROOT))
         o = json.loads(p.stdout) if p.returncode == 0 else {"rc": p.returncode, "stderr": p.stderr[-500:]}
         o["process_seconds"] = round(time.perf_counter() - t0, 2)
@@ -727,7 +761,16 @@ def post_load(db: Path, env: Dict[str, str], data: Path, work: Path, identity: s
     res["second_process_open"] = opens
 
     res["warm"] = warm_in_process(db, photo, flt, identity, reps)
+    if db.db is None:
+        real_delete(env, db, identity, res, "delete --identity")
     return res
+
+
+def real_delete(env: Dict[str, str], db: Target, identity: str, res: Dict[str, Any], label: str) -> None:
+    r, out = timed_cli(env, ["delete", "--identity", identity, "--json", *db.args()], label)
+    with _ignore():
+        r["result"] = _trim(json.loads(out))
+    res["cli"].append(r)
 
 
 def _trim(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -744,7 +787,7 @@ class _ignore:
         return exc[0] is not None and issubclass(exc[0], (ValueError, KeyError, IndexError))
 
 
-def warm_in_process(db: Path, photo: str, flt: str, identity: str, reps: int) -> Dict[str, Any]:
+def warm_in_process(db: Target, photo: str, flt: str, identity: str, reps: int) -> Dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     import ingest
     from ingest.settings import resolve
@@ -752,7 +795,7 @@ def warm_in_process(db: Path, photo: str, flt: str, identity: str, reps: int) ->
 
     out: Dict[str, Any] = {}
     t0 = time.perf_counter()
-    with Searcher(resolve(None, db=str(db))) as s:
+    with Searcher(resolve(None, **db.kwargs())) as s:
         out["open_seconds"] = round(time.perf_counter() - t0, 3)
         t = time.perf_counter()
         s.search_photo(photo, top_k=10)
@@ -794,7 +837,9 @@ def _mib(b: Optional[int], digits: int = 0) -> str:
 def text_report(res: Dict[str, Any]) -> str:
     L: List[str] = []
     g, a = res["generation"], res["load"]
-    L.append(f"Scale benchmark: {res['photos']:,} photos, step {res['step']:,}, {res['workers']} workers, "
+    backend = (f"a Milvus {res['server'].get('version', '')} server (the workers write)".replace("  ", " ")
+               if res.get("server") else "Milvus Lite (the driver writes)")
+    L.append(f"Scale benchmark: {res['photos']:,} photos into {backend}, step {res['step']:,}, {res['workers']} workers, "
              f"{res['when']} on {res['machine']['cpus']} CPUs ({res['machine']['platform']})")
     L.append(f"photos: {g['photos']:,} from {g['sources']} CelebA sample photos, {g['distinct_sha256']:,} distinct, "
              f"{g['bytes'] / 2**20:,.0f} MiB, " + ("reused" if g.get("reused") else f"made in {g['seconds']} s"))
@@ -825,8 +870,17 @@ def text_report(res: Dict[str, Any]) -> str:
                  f"{_mib(s['driver_rss']):>7} {_mib(s['driver_rss_peak']):>6} {_mib(s['worker_rss_max']):>7} "
                  f"{_mib(s['worker_rss_peak']):>6} {_mib(s['db_bytes'], 1):>8} {s['commits']:>7} "
                  f"{s['commit_seconds_mean'] or 0:>7.3f} {s['commit_seconds_max'] or 0:>6.3f}")
-    L.append(f"final db {_mib(a['db_bytes'], 1)} MiB; peak RSS driver {_mib(a['peak_rss']['driver'])}, "
-             f"worker {_mib(a['peak_rss']['worker'])} MiB (Milvus Lite runs inside the driver)")
+    runs = [a, k["resume"]] if killed_main else [a]
+    pk = {x: max(r["peak_rss"][x] for r in runs) for x in ("driver", "worker")}
+    if res.get("server"):
+        L.append(f"server data folder {_mib((k['resume'] if killed_main else a)['db_bytes'], 1)} MiB; peak RSS "
+                 f"driver {_mib(pk['driver'])}, worker {_mib(pk['worker'])}, server "
+                 f"{_mib(max((s.get('server_rss', 0) for s in steps if not s.get('resume')), default=0))} MiB "
+                 f"(at the steps)")
+    else:
+        L.append(f"final db {_mib((k['resume'] if killed_main else a)['db_bytes'], 1)} MiB; peak RSS driver "
+                 f"{_mib(pk['driver'])}, worker {_mib(pk['worker'])} MiB (Milvus Lite runs "
+                 f"inside the driver)")
     if res.get("rate_ratio") is not None:
         L.append(f"images/s at the last full step before the end / at the first: {res['rate_ratio']:.3f}")
     if res.get("rate_end_vs_10k"):
@@ -887,7 +941,8 @@ def text_report(res: Dict[str, Any]) -> str:
                 d = r["result"]
                 extra = f"; {d.get('faces_removed')} faces, {d.get('ledger_rows')} ledger rows, {d.get('images')} images"
             L.append(f"  cli  {r['what']:<30} {r['seconds']:>7.2f} s  rc {r['rc']}{extra}")
-        L.append(f"  copy of the database for the real delete: {p['copy_seconds']} s")
+        if "copy_seconds" in p:
+            L.append(f"  copy of the database for the real delete: {p['copy_seconds']} s")
         for o in p["second_process_open"]:
             L.append(f"  second process: Store(db) {o.get('open_s')} s + first count {o.get('first_count_s')} s "
                      f"({o.get('rows')} rows); process {o['process_seconds']} s")
@@ -941,6 +996,8 @@ def main() -> int:
     ap.add_argument("--vector-sample", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each warm timing")
     ap.add_argument("--skip-post", action="store_true", help="no timings after the load")
+    ap.add_argument("--server", action="store_true",
+                    help="into the tests' Milvus 2.3.5 server (started here; the workers write) instead of Milvus Lite")
     ap.add_argument("--reference", type=int, default=0,
                     help="K > 0: kill and resume the measured run itself, and compare it with an uninterrupted "
                          "run over K of its photos (instead of a second whole run, killed and resumed)")
@@ -964,11 +1021,42 @@ def main() -> int:
     print(f"  {res['generation']['distinct_sha256']} distinct, "
           f"{'reused' if res['generation']['reused'] else str(res['generation']['seconds']) + ' s'}", flush=True)
 
-    def fresh(name: str) -> Path:
+    server = None
+    if args.server:
+        # the tests' Milvus 2.3.5 standalone (tests/milvus_server.py), on a fresh data folder
+        sys.path.insert(0, str(ROOT / "tests"))
+        from milvus_server import MilvusServerProcess, server_python
+
+        if (work / "server").exists():
+            shutil.rmtree(work / "server")
+        server = MilvusServerProcess(server_python(), work / "server").start()
+        ver = re.search(r"milvus-server-([\d.]+)", str(server_python()))
+        res["server"] = {"uri": server.uri, "start_seconds": round(server.start_seconds or 0, 1),
+                         "version": ver.group(1) if ver else "", **server.info}
+        print(f"Milvus server at {server.uri}", flush=True)
+    try:
+        return _main(args, res, n, step, data, scratch, work, env, server)
+    finally:
+        if server is not None:
+            server.stop(signal.SIGTERM)
+
+
+def _main(args, res: Dict[str, Any], n: int, step: int, data: Path, scratch: Path, work: Path,
+          env: Dict[str, str], server) -> int:
+    def fresh(name: str) -> Target:
+        if server is not None:  # a database of its own on the server
+            from pymilvus import MilvusClient
+
+            dbname = name.removesuffix(".db")
+            c = MilvusClient(uri=server.uri)
+            if dbname not in c.list_databases():
+                c.create_database(dbname)
+            c.close()
+            return Target(uri=f"{server.uri}/{dbname}", disk=server.base_dir, server_pid=server.proc.pid)
         p = work / name
         if p.exists():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-        return p
+        return Target(db=p)
 
     db = fresh("scale.db")
     at = max(1, int(n * args.kill_at))
