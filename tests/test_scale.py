@@ -1,0 +1,102 @@
+"""What changed for CelebA at full scale (issue 22): the reads that cost Milvus Lite time per row
+(the ledger counts of `stats`, the resume's skip pass, erasure's selective reads) give the same
+answers as the plain reads they replace. The figures themselves are bench/bench_scale.py's."""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import pytest
+
+import ingest
+import ingest.pipeline as pipeline
+import ingest.store as store_mod
+from conftest import DATA, read_ledger
+from ingest.store import Store
+from schemas import LEDGER_COLLECTION
+
+
+def _ledger_rows(model: str, statuses: Counter) -> list:
+    return [{"id": f"{model}:{st}{i}", "model": model, "source_path": f"/p/{st}{i}.jpg",
+             "image_sha256": f"{st}{i}", "status": st, "faces": int(st == "done"), "reason": "",
+             "detector": "yunet", "ingested_at": 0}
+            for st, n in statuses.items() for i in range(n)]
+
+
+def _counted(store: Store) -> dict:
+    """The ledger counted the slow way: every row read."""
+    out: dict = {m: dict.fromkeys(("done", "noface", "failed"), 0) for m in store.models()}
+    for r in store.iterate(LEDGER_COLLECTION, ["model", "status"]):
+        if r["model"] in out:
+            out[r["model"]][r["status"]] += 1
+    return out
+
+
+def test_ledger_counts_equal_the_rows_for_one_model_and_for_several(tmp_path):
+    with Store(str(tmp_path / "c.db")) as store:
+        store.ensure_collection("dlib", dim=128, source="test")
+        store.ensure_ledger()
+        store.record_images(_ledger_rows("dlib", Counter(done=7, noface=2, failed=1)))
+        assert store.ledger_counts() == _counted(store) == {"dlib": {"done": 7, "noface": 2, "failed": 1}}
+        # a second model's collection, no ledger rows yet: zeros, and dlib's counts unchanged
+        store.ensure_collection("facenet", dim=128, source="test")
+        assert store.ledger_counts() == _counted(store)
+        assert store.ledger_counts()["facenet"] == {"done": 0, "noface": 0, "failed": 0}
+        # both models in the ledger, and rows of a model whose collection is gone
+        store.record_images(_ledger_rows("facenet", Counter(done=3, failed=2)))
+        store.record_images(_ledger_rows("clip", Counter(done=4)))
+        got = store.ledger_counts()
+        assert got == _counted(store) and got == {"dlib": {"done": 7, "noface": 2, "failed": 1},
+                                                  "facenet": {"done": 3, "noface": 0, "failed": 2}}
+
+
+def test_selective_reads_past_one_answer_fall_back_to_the_iterator(tmp_path, monkeypatch):
+    """`select` answers in one query call, unless the answer is full: then it reads them all."""
+    with Store(str(tmp_path / "s.db")) as store:
+        store.ensure_ledger()
+        store.record_images(_ledger_rows("dlib", Counter(done=10, noface=3)))
+        monkeypatch.setattr(store_mod, "QUERY_LIMIT", 4)
+        done = [r["id"] for r in store.rows_where(LEDGER_COLLECTION, "image_sha256",
+                                                  [f"done{i}" for i in range(10)], ["id"])]
+        assert sorted(done) == sorted(f"dlib:done{i}" for i in range(10))
+        few = [r["id"] for r in store.select(LEDGER_COLLECTION, ["id"], 'status == "noface"')]
+        assert sorted(few) == ["dlib:noface0", "dlib:noface1", "dlib:noface2"]
+        assert store.delete(LEDGER_COLLECTION, store.in_filter("image_sha256", [f"done{i}" for i in range(6)])) == 6
+        assert store.count(LEDGER_COLLECTION) == 7
+
+
+@pytest.fixture
+def three_photos(tmp_path):
+    folder = tmp_path / "photos" / "Jackie_Chan"
+    folder.mkdir(parents=True)
+    for src in sorted((DATA / "people" / "Jackie_Chan").iterdir())[:3]:
+        shutil.copy(src, folder / src.name)
+    return tmp_path / "photos"
+
+
+def test_a_resume_reads_the_ledger_while_the_workers_start(tmp_path, settings, three_photos):
+    """A half-done source: the skip pass runs beside the model load and skips exactly what the
+    ledger holds; the result is the one of a single run."""
+    db = str(tmp_path / "r.db")
+    s = settings.with_(db=db)
+    first = ingest.run(str(three_photos), limit=2, workers=0, progress=False, settings=s)
+    assert first.images_seen == 2
+    second = ingest.run(str(three_photos), workers=0, progress=False, settings=s)
+    assert second.images_skipped == 2 and second.images_seen == 3
+    assert second.images_done + second.images_noface + second.images_failed == 1
+    ledger = read_ledger(db)
+    assert len(ledger) == 3
+
+
+def test_a_finished_source_starts_no_workers(tmp_path, settings, three_photos, monkeypatch):
+    """Every photo in the ledger: the ledger is read before any worker starts, and none does."""
+    db = str(tmp_path / "f.db")
+    s = settings.with_(db=db)
+    ingest.run(str(three_photos), workers=0, progress=False, settings=s)
+
+    def no_cluster(*a, **k):
+        raise AssertionError("a Dask cluster was started for a source that is all done")
+
+    monkeypatch.setattr(pipeline, "_run_dask", no_cluster)
+    again = ingest.run(str(three_photos), workers=2, progress=False, settings=s)
+    assert again.images_skipped == 3 and again.faces_stored == 0
