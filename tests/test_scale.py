@@ -7,11 +7,11 @@ import shutil
 from collections import Counter
 
 import pytest
+from conftest import DATA, read_ledger
 
 import ingest
 import ingest.pipeline as pipeline
 import ingest.store as store_mod
-from conftest import DATA, read_ledger
 from ingest.store import Store
 from schemas import LEDGER_COLLECTION
 
