@@ -289,6 +289,7 @@ class Store:
         if self._lite_path:
             _lite_acquire(self._lite_path)
         self._loaded: set = set()
+        self._load_lock = threading.Lock()  # a search may load a collection another thread is loading
         self._columns: Dict[str, Any] = {}  # collection -> (schema, fields a write sends), for _upsert and reads
         self._templates: Optional[bool] = None  # does the server take filter templates? (probed)
         self._nullable: Optional[bool] = None  # does the server store null? (probed)
@@ -445,9 +446,20 @@ class Store:
         return dict((fits or self.profile).search_params)
 
     def _load(self, name: str) -> None:
-        if name not in self._loaded:
-            self._call(f"loading {name}", self.client.load_collection, name)
-            self._loaded.add(name)
+        if name in self._loaded:
+            return
+        with self._load_lock:
+            if name not in self._loaded:
+                self._call(f"loading {name}", self.client.load_collection, name)
+                self._loaded.add(name)
+
+    def loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def load(self, name: str) -> None:
+        """Load `name` for reads now (Lite reads its segments: a second per 100,000s of rows), so
+        that it can be done beside other work; reads load what they need anyway."""
+        self._load(name)
 
     def has(self, model: str) -> bool:
         return self.client.has_collection(collection_name(model))

@@ -277,18 +277,30 @@ class Searcher:
         bench/results/query.txt)."""
         if flt is None or self.exact_max_rows <= 0:
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         for m in models:
             name = collection_name(m)
             key = (name, flt.render(), extra)
             if key in self._inflight or self._fresh_probe(key) or self._exact_index(name):
                 continue
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-probe")
             if len(self._inflight) >= 16:  # started but never used (e.g. photos without faces)
                 self._inflight.pop(next(iter(self._inflight)))
-            self._inflight[key] = self._pool.submit(self._fetch_probe, name, flt, extra)
+            self._inflight[key] = self._background().submit(self._fetch_probe, name, flt, extra)
+
+    def preload(self, models: Sequence[str]) -> None:
+        """Load the collections of `models` in the background thread, while the face models load
+        and the photo's faces are found: a first query in a new process otherwise pays both one
+        after the other. A failure there is left to the search, which loads again and reports it."""
+        for m in models:
+            name = collection_name(m)
+            if not self.store.loaded(name):
+                self._background().submit(self.store.load, name)
+
+    def _background(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-probe")
+        return self._pool
 
     def _exact_index(self, name: str) -> bool:
         try:
@@ -371,6 +383,7 @@ class Searcher:
             raise ImageError(f"{path}: {e}") from None
         timings["read"] = time.perf_counter() - t
         extras = {m: self.system_filter(m, sha if exclude_same_image else None, q_min) for m in models}
+        self.preload(models)
         for m in models:
             self.prefetch([m], flt, extras[m])
         t = time.perf_counter()
