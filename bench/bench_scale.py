@@ -1060,17 +1060,23 @@ def _main(args, res: Dict[str, Any], n: int, step: int, data: Path, scratch: Pat
 
     db = fresh("scale.db")
     at = max(1, int(n * args.kill_at))
+
+    def kill_and_resume(target: Target, label: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """A load into `target` killed with kill -9 at `at` photos, then the same command again."""
+        print(f"ingesting into {target}, kill -9 at {at} ...", flush=True)
+        killed = Ingest(scratch, target, args.workers, work, label, env, step, n, args.sample_seconds,
+                        kill_at=at).run()
+        commits_per_step(killed)
+        print(f"  killed at {killed['killed_at_photos']} after {killed['seconds']} s; resuming ...", flush=True)
+        resume = Ingest(scratch, target, args.workers, work, "resume", env, step, n, args.sample_seconds).run()
+        commits_per_step(resume)
+        print(f"  rc {resume['rc']}, {resume['seconds']} s", flush=True)
+        return killed, resume
     if args.reference:
         # The measured run is the one killed and resumed (one load instead of two: at 200,000
         # photos a second load is another hour); an uninterrupted run over a sample is the reference.
-        print(f"ingesting into {db}, kill -9 at {at} ...", flush=True)
-        load = Ingest(scratch, db, args.workers, work, "load", env, step, n, args.sample_seconds,
-                      kill_at=at).run()
-        commits_per_step(load)
-        print(f"  killed at {load['killed_at_photos']} after {load['seconds']} s; resuming ...", flush=True)
-        resume = Ingest(scratch, db, args.workers, work, "resume", env, step, n, args.sample_seconds).run()
-        commits_per_step(resume)
-        print(f"  rc {resume['rc']}, {resume['seconds']} s; reference run over {args.reference} photos ...", flush=True)
+        load, resume = kill_and_resume(db, "load")
+        print(f"  reference run over {args.reference} photos ...", flush=True)
         ref = work / "reference"
         make_reference(scratch, ref, reference_names(n, load["killed_at_photos"] or at, args.reference, args.seed))
         ref_db = fresh("reference.db")
@@ -1099,14 +1105,7 @@ def _main(args, res: Dict[str, Any], n: int, step: int, data: Path, scratch: Pat
 
     if args.kill_at > 0 and not args.reference:
         db2 = fresh("scale_killed.db")
-        print(f"ingesting into {db2}, kill -9 at {at} ...", flush=True)
-        killed = Ingest(scratch, db2, args.workers, work, "killed", env, step, n, args.sample_seconds,
-                        kill_at=at).run()
-        commits_per_step(killed)
-        print(f"  killed at {killed['killed_at_photos']} after {killed['seconds']} s; resuming ...", flush=True)
-        resume = Ingest(scratch, db2, args.workers, work, "resume", env, step, n, args.sample_seconds).run()
-        commits_per_step(resume)
-        print(f"  rc {resume['rc']}, {resume['seconds']} s; comparing ...", flush=True)
+        killed, resume = kill_and_resume(db2, "killed")
         res["kill"] = {"killed": killed, "resume": resume,
                        "compare": compare(db, db2, args.vector_sample, args.seed)}
 
