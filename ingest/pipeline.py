@@ -591,11 +591,9 @@ def run(
         # for every photo and model may mean nothing is left: then it is read first, so that a
         # finished run starts no workers.
         pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        todo = pool.submit(find_todo)
         if store.count(LEDGER_COLLECTION) >= len(records_list) * len(models_list):
-            todo: Future = Future()
-            todo.set_result(find_todo())
-        else:
-            todo = pool.submit(find_todo)
+            todo.result()
         writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
                                                             commit_every=settings.commit_seconds, heads=heads)
         t0 = time.perf_counter()

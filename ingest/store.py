@@ -763,9 +763,9 @@ class Store:
         out: Dict[str, Dict[str, int]] = {m: dict.fromkeys(LEDGER_STATUSES, 0) for m in models}
         for m in present:
             rows = self.count(LEDGER_COLLECTION, extra_filter="" if single else f"model == {_lit(m)}")
-            out[m] = {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
-                      for st in LEDGER_STATUSES if st != "done"}
-            out[m] = {"done": rows - sum(out[m].values()), **out[m]}
+            few = {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
+                   for st in LEDGER_STATUSES if st != "done"}
+            out[m] = {"done": rows - sum(few.values()), **few}
         return out
 
 
