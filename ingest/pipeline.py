@@ -586,8 +586,8 @@ def run(
             by_path.update((r.path, r) for r in todo)
             return todo
 
-        # Reading the ledger takes seconds at 100,000s of photos, about as long as the workers
-        # take to start and load their models: a resume reads it meanwhile. A ledger with a row
+        # Reading a large ledger takes about as long as the workers take to start and load their
+        # models (bench/README.md, "At full scale"): a resume reads it meanwhile. A ledger with a row
         # for every photo and model may mean nothing is left: then it is read first, so that a
         # finished run starts no workers.
         pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")

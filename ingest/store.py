@@ -457,8 +457,8 @@ class Store:
         return name in self._loaded
 
     def load(self, name: str) -> None:
-        """Load `name` for reads now (Lite reads its segments: a second per 100,000s of rows), so
-        that it can be done beside other work; reads load what they need anyway."""
+        """Load `name` for reads now (Lite reads its segments, which takes a while on a large
+        collection), so that it can be done beside other work; reads load what they need anyway."""
         self._load(name)
 
     def has(self, model: str) -> bool:
@@ -610,9 +610,8 @@ class Store:
     def iterate(self, name: str, output_fields: List[str], filter: str = "",
                 batch_size: int = QUERY_LIMIT) -> Iterator[Dict[str, Any]]:
         """All rows matching `filter`, in batches (never the whole collection in memory). Large
-        batches: each step of the iterator costs about as much as a whole batch on Lite, so reading
-        a ledger of 100,000 rows took three times as long in batches of 2,000 (bench/README.md,
-        "At full scale")."""
+        batches: each step of the iterator costs about as much as a whole batch on Lite, so small
+        batches multiply the cost of reading a large ledger (bench/README.md, "At full scale")."""
         if not self._call(f"reading {name}", self.client.has_collection, name):
             return
         self._load(name)
@@ -746,10 +745,11 @@ class Store:
         """Photos the images ledger holds per model of a face collection, by status (`done`,
         `noface`, `failed`); empty when there is no ledger. Counted, not read.
 
-        A filtered count costs Lite time per row it matches (seconds for 200,000), an unfiltered
-        one almost nothing: so only the few photos without a face or failed are counted by filter,
-        and `done` is the rest of the model's rows. A ledger of one model (no row of another:
-        a count that matches nothing) takes its row count from the unfiltered count."""
+        A filtered count costs Lite time per row it matches, an unfiltered one almost nothing
+        (bench/README.md, "At full scale"): so only the few photos without a face or failed are
+        counted by filter, and `done` is the rest of the model's rows. A ledger of one model (no
+        row of another: a count that matches nothing) takes its row count from the unfiltered
+        count."""
         if not self.has_collection(LEDGER_COLLECTION):
             return {}
         models = self.models()
