@@ -240,7 +240,7 @@ def hooked_cli(log_path: str, argv: List[str]) -> int:
 # ------------------------------------------------------------------------------------------------
 # 2. a monitored ingest
 # ------------------------------------------------------------------------------------------------
-_BAR = re.compile(r"(\d+)/(\d+) \[")
+_BAR = re.compile(r"(\d+)(?:/(\d+)|img) \[")  # "N/TOTAL [" or, before the skip pass ends, "Nimg ["
 _FACES = re.compile(r"faces=(\d+)")
 
 
@@ -376,19 +376,28 @@ class Ingest:
         if not m:
             return
         now = time.perf_counter() - self.t0
-        count, total = int(m.group(1)), int(m.group(2))
+        count = int(m.group(1))
         if self.t_bar is None:
-            self.t_bar, self.total = now, total
+            self.t_bar = now
         f = _FACES.search(line)
         if f:
             self.faces = int(f.group(1))
+        if count > 0 and self.t_first is None:
+            self.t_first, self.first_count = now, count
+        if m.group(2) is None:  # photos flow while the skip pass still runs: how many it skips is not known yet
+            if count > self.count:
+                self.t_last = now
+            self.count = count
+            return
+        total = int(m.group(2))
+        if self.total is None:
+            self.total = total
         skipped = self.photos - total
         done = skipped + count
         if count > self.count:
             self.t_last = now
         self.count = count
-        if count > 0 and self.t_first is None:
-            self.t_first, self.first_count = now, count
+        if count > 0 and self._prev is None:
             self._prev = (now, done, self.faces)
             self._next = (done // self.step + 1) * self.step
         if self.kill_at is not None and self.killed_at is None and done >= self.kill_at:

@@ -203,18 +203,21 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
 
         face_ids: Dict[str, Set[str]] = {}
         person_shas: Set[str] = set()  # images of the persons: their ledger rows go
+        labelled: Set[str] = set()  # identities found in the first face collection
         for name in collections:
             ids: Set[str] = set()
             for r in store.rows_where(name, "image_sha256", sorted(content), ["id", "image_sha256"]):
                 ids.add(r["id"])
             # --identity: the faces labelled with it (not the bystanders of the person's photos)
-            for r in store.rows_where(name, "identity", idents, ["id", "image_sha256"]):
+            for r in store.rows_where(name, "identity", idents, ["id", "image_sha256", "identity"]):
                 ids.add(r["id"])
                 person_shas.add(r["image_sha256"])
+                if name == collections[0]:
+                    labelled.add(r["identity"])
             face_ids[name] = ids
         person_shas.discard("")
         for ident in idents:
-            if not any(list(store.rows_where(name, "identity", [ident], ["id"])) for name in collections[:1]):
+            if ident not in labelled:
                 summary.notes.append(_no_such_identity(store, collections, ident))
         ledger: Dict[str, Dict[str, Any]] = {}
         if has_ledger:

@@ -20,14 +20,14 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import re
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -276,6 +276,9 @@ def _ledger_id(model: str, path: str) -> str:
     return f"{model}:{hashlib.sha1(path_bytes(path)).hexdigest()}"
 
 
+FLUSH_EVERY = 20_000  # photos between two flushes of the Lite writer (bench/README.md, "At full scale")
+
+
 class Writer:
     """Writes results in the driver, which on Milvus Lite shares the workers' cores: every CPU
     second it spends is one the models lose. So results are only buffered as batches complete;
@@ -290,12 +293,15 @@ class Writer:
     1,500 rows upserted, never flushed, process killed -9: all 1,500 there on reopening), and the
     faces' upserts are acknowledged before the ledger's. A flush turns the log into segments
     (Parquet files, index): a large share of the writer's CPU when done per commit (bench/README.md,
-    "Measured here"), so it is done once, in `close()` at the end of the run. A kill -9 loses only
-    the uncommitted seconds, which a resume redoes: the ledger never gets ahead of durable faces."""
+    "Measured here"), so it is done every `flush_every` photos and in `close()` at the end of the
+    run: Lite replays the unflushed log when it next loads a collection, so a resume after a kill
+    -9 would otherwise wait for the whole run's log (bench/README.md, "At full scale"). A kill -9
+    loses only the uncommitted seconds, which a resume redoes: the ledger never gets ahead of
+    durable faces."""
 
     def __init__(self, store: Store, models: Sequence[str], detector: str,
                  records: Dict[str, ImageRecord], commit_every: float = 5.0, max_pending_faces: int = 4096,
-                 heads: Optional[Dict[str, Any]] = None):
+                 heads: Optional[Dict[str, Any]] = None, flush_every: int = FLUSH_EVERY):
         self.store = store
         self.heads = heads or {}  # model -> ingest.head.Head: its projected vectors go to faces_<model>_head
         self.models = list(models)
@@ -303,6 +309,8 @@ class Writer:
         self.records = records
         self.commit_every = commit_every
         self.max_pending_faces = max_pending_faces
+        self.flush_every = flush_every
+        self._unflushed = 0  # photos committed since the last flush
         self.faces_stored = 0  # faces written by this writer (duplicates of stored pictures excluded)
         self._pending: List[ImageResult] = []
         self._pending_faces = 0
@@ -393,14 +401,22 @@ class Writer:
         results = self._take()
         if results:
             self.store.record_images(self._store_faces(results))
+            self._unflushed += len(results)
+            if self.flush_every and self._unflushed >= self.flush_every:
+                self.flush()
 
-    def close(self) -> None:
-        """After the last commit: the run's writes into segments (Lite indexes segments only, and
-        a long write-ahead log would be replayed by every later open)."""
+    def flush(self) -> None:
+        """The run's writes so far into segments (Lite indexes segments only, and replays an
+        unflushed write-ahead log on every later open)."""
         names = ([collection_name(m) for m in self.models] + [LEDGER_COLLECTION]
                  + [collection_name(h.key) for h in self.heads.values()])
         # a run that stopped before its models loaded created no collection for them
         self.store.flush([n for n in names if self.store.has_collection(n)])
+        self._unflushed = 0
+
+    def close(self) -> None:
+        """After the last commit."""
+        self.flush()
 
 
 class ServerWriter(Writer):
@@ -423,7 +439,7 @@ class ServerWriter(Writer):
         super().write(results)
         self.commit()
 
-    def close(self) -> None:
+    def flush(self) -> None:
         pass  # Store.build_indexes flushes a server once at the end
 
 
@@ -480,14 +496,117 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
         yield buf
 
 
-def _batches(todo: List[ImageRecord], size: int) -> Iterator[List[ImageRecord]]:
+def _batches(chunks: Iterable[Sequence[ImageRecord]], size: int) -> Iterator[List[ImageRecord]]:
     """Batches of `size` images, the last 4 x size images in batches of at most 8: a run ends when
     its last worker does, and with full batches the others would wait up to a batch's time for it
-    (smaller than 8, a batch's faces make forward passes too small to be efficient)."""
+    (smaller than 8, a batch's faces make forward passes too small to be efficient). The images
+    come in chunks, possibly over time (the skip pass): a batch leaves as soon as it cannot be
+    part of the last 4 x size."""
     size = max(1, size)
-    cut = max(0, len(todo) - 4 * size)
-    yield from _chunks(todo[:cut], size)
-    yield from _chunks(todo[cut:], min(size, 8))
+    buf: List[ImageRecord] = []
+    for chunk in chunks:
+        buf.extend(chunk)
+        ready = (len(buf) - 4 * size) // size * size
+        if ready > 0:
+            head, buf = buf[:ready], buf[ready:]
+            yield from _chunks(head, size)
+    cut = max(0, len(buf) - 4 * size)
+    yield from _chunks(buf[:cut], size)
+    yield from _chunks(buf[cut:], min(size, 8))
+
+
+SKIP_CHUNK = 4096  # ledger ids asked per lookup of the skip pass
+
+
+def _undone(store: Store, records: List[ImageRecord], models: List[str], skip_status: Set[str],
+            chunk: Optional[int] = None) -> Iterator[List[ImageRecord]]:
+    """The records not yet done, chunk by chunk. An image is done when every model has it in the
+    ledger with a status of `skip_status`, looked up by id (from the name's bytes), not by the
+    stored path: a name that is not UTF-8 is stored escaped, and its escaped text may be another
+    file's real name.
+
+    A run sends its batches in source order, so what a killed run did is mostly a prefix of the
+    source: a binary search over the chunks finds the first one with work, the pass starts there,
+    and the chunks before it (which may hold a few photos that were in flight) come last. Every
+    chunk is looked up once."""
+    chunks = list(_chunks(records, chunk or SKIP_CHUNK))
+    seen: Dict[int, List[ImageRecord]] = {}
+
+    def todo(c: int) -> List[ImageRecord]:
+        if c not in seen:
+            ids = [[_ledger_id(m, r.path) for r in chunks[c]] for m in models]  # per model
+            known = [store.ledger_statuses(model_ids) for model_ids in ids]
+            seen[c] = [r for j, r in enumerate(chunks[c])
+                       if not all(st.get(model_ids[j]) in skip_status for model_ids, st in zip(ids, known))]
+        return seen[c]
+
+    lo, hi = 0, len(chunks)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if todo(mid) else (mid + 1, hi)
+    for i in [*range(lo, len(chunks)), *range(lo)]:
+        yield todo(i)
+        seen.pop(i, None)
+
+
+class _Pending:
+    """The records still to do, as a background thread finds them (`find` yields them in chunks).
+    `total` is their number once the search has ended; an error in it is raised to the reader.
+
+    Once it has found work, the search waits for `go()` (the workers have loaded their models)
+    before it goes on: on 2 cores the rest of the search would slow the workers' start by as much
+    as it takes, and the photos found first keep the workers busy meanwhile."""
+
+    def __init__(self, find: Callable[[], Iterator[List[ImageRecord]]]):
+        self._queue: "queue.Queue[Any]" = queue.Queue()
+        self._stopped = threading.Event()
+        self._go = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.total: Optional[int] = None
+        self._thread = threading.Thread(target=self._run, args=(find,), name="ledger", daemon=True)
+        self._thread.start()
+
+    def _run(self, find: Callable[[], Iterator[List[ImageRecord]]]) -> None:
+        n = 0
+        try:
+            for chunk in find():
+                if self._stopped.is_set():  # the run ended (interrupted, or an error)
+                    return
+                if chunk:
+                    n += len(chunk)
+                    self._queue.put(chunk)
+                    self._go.wait()
+            self.total = n
+        except BaseException as e:  # noqa: BLE001 - raised again in the run's thread
+            self._error = e
+        finally:
+            self._queue.put(None)
+
+    def go(self) -> None:
+        self._go.set()
+
+    def wait(self) -> None:
+        """Until the search has ended (then `total` is known); raises its error."""
+        self._go.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._go.set()
+
+    def chunks(self) -> Iterator[List[ImageRecord]]:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:  # the reader is out of work: the search must go on
+                self._go.set()
+                item = self._queue.get()
+            if item is None:
+                break
+            yield item
+        self.wait()  # ended: raises the search's error, if any
 
 
 def _failure_kind(reason: str) -> str:
@@ -557,9 +676,10 @@ def run(
         # The driver reads only configs (dimensions), never weights: workers load the models.
         dims = {m: make_embedder(m, settings).dim for m in models_list}
 
-        def ensure_collections() -> None:
+        def ready() -> None:  # the models have loaded on every worker
             for m in models_list:
                 store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
+            todo.go()
 
         # An existing collection is checked (dimension, weights) before the models load; a new
         # one is created once they have loaded (`ready`), so weights that cannot load leave no
@@ -572,38 +692,35 @@ def run(
 
         heads = attach_heads(store, settings, models_list, progress=progress)  # new faces go through them too
         by_path: Dict[str, ImageRecord] = {}  # the records to do, for the writer
+        skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
 
-        def find_todo() -> List[ImageRecord]:
-            # An image is skipped when every requested model has it recorded (failed ones too,
-            # unless --retry-failed). Looked up by id (from the name's bytes), not by the stored
-            # path: a name that is not UTF-8 is stored escaped, and its escaped text may be
-            # another file's real name.
-            ledgers = [store.ledger_status(m) for m in models_list]
-            skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
-            todo = [r for r in records_list if not all(
-                lg.get(_ledger_id(m, r.path)) in skip_status for m, lg in zip(models_list, ledgers))]
-            summary.images_skipped = len(records_list) - len(todo)
-            by_path.update((r.path, r) for r in todo)
-            return todo
+        def undone() -> Iterator[List[ImageRecord]]:
+            found = 0
+            for chunk in _undone(store, records_list, models_list, skip_status) if ledger_rows else [records_list]:
+                by_path.update((r.path, r) for r in chunk)
+                found += len(chunk)
+                yield chunk
+            summary.images_skipped = len(records_list) - found
 
-        # Reading a large ledger takes about as long as the workers take to start and load their
-        # models (bench/README.md, "At full scale"): a resume reads it meanwhile. A ledger with a row
-        # for every photo and model may mean nothing is left: then it is read first, so that a
-        # finished run starts no workers.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        todo = pool.submit(find_todo)
-        if store.count(LEDGER_COLLECTION) >= len(records_list) * len(models_list):
-            todo.result()
+        # The skip pass runs beside the workers' start, chunk by chunk: a resume sends its first
+        # undone photos as soon as they are found, not after the whole ledger is read
+        # (bench/README.md, "At full scale"). A ledger with a row for every photo and model
+        # may mean nothing is left: then the pass ends first, so that a finished run starts no
+        # workers. The count is Strong on a server: the pass then sees every recorded image.
+        ledger_rows = store.count(LEDGER_COLLECTION)
+        todo = _Pending(undone)
+        if ledger_rows >= len(records_list) * len(models_list):
+            todo.wait()
         writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
                                                             commit_every=settings.commit_seconds, heads=heads)
         t0 = time.perf_counter()
         try:
             _run_batches(todo, writer, summary, settings, det, models_list, workers, scheduler,
-                         batch_size, max_in_flight, min_face, progress, ready=ensure_collections)
+                         batch_size, max_in_flight, min_face, progress, ready=ready)
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
-            pool.shutdown(wait=False)
+            todo.stop()
         summary.wall_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
             names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]
@@ -641,20 +758,20 @@ def _make_bar(total: Optional[int], enabled: bool):
                 desc="ingest")
 
 
-def _run_batches(todo: "Future[List[ImageRecord]]", writer: Writer, summary: IngestSummary, settings: Settings,
+def _run_batches(todo: _Pending, writer: Writer, summary: IngestSummary, settings: Settings,
                  det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
                  max_in_flight: Optional[int], min_face: int, progress: bool,
                  ready: Callable[[], None] = lambda: None) -> None:
     """Run the batches of `todo`, which may still be being found while the workers start; `ready()`
     is called once the models have loaded (on every worker), before the first batch starts."""
-    bar = _make_bar(len(todo.result()) if todo.done() else None, progress)
+    bar = _make_bar(todo.total, progress)
 
     def todo_batches() -> Iterator[List[ImageRecord]]:
-        records = todo.result()
-        if bar.total != len(records):
-            bar.total = len(records)
-            bar.refresh()
-        yield from _batches(records, batch_size)
+        for batch in _batches(todo.chunks(), batch_size):
+            if todo.total is not None and bar.total != todo.total:
+                bar.total = todo.total
+                bar.refresh()
+            yield batch
 
     batches = todo_batches()
 
@@ -671,7 +788,7 @@ def _run_batches(todo: "Future[List[ImageRecord]]", writer: Writer, summary: Ing
 
     failed = True
     try:
-        if todo.done() and not todo.result():
+        if todo.total == 0:
             failed = False
             return
         if workers <= 0 and not scheduler:

@@ -515,7 +515,8 @@ class Store:
         acknowledged write is in Milvus Lite's write-ahead log (milvus-lite >= 3; measured: rows
         upserted, never flushed, process killed -9, all there on reopening) or in a server's log
         (rocksmq/Pulsar/Kafka; measured on 2.3.5 the same way). Segments are what gets indexed, and
-        Lite replays its whole log on every open, so a run flushes once, at its end."""
+        Lite replays the unflushed log when it next loads a collection, so the Lite writer flushes
+        every FLUSH_EVERY photos and at the end (ingest.pipeline.Writer)."""
         for n in names:
             self._call(f"flushing {n}", self.client.flush, n)
 
@@ -556,10 +557,17 @@ class Store:
             raise ValueError(f"not a declared field: {field!r}")
         return f"{field} in {_lit(list(values))}"
 
+    def _in_chunk(self) -> int:
+        """Values per `field in [...]` filter. Lite scans every row per query, and a list of 4,096
+        costs it little more than one of 500 (bench/README.md, "At full scale"); a server keeps
+        the shorter expressions it was tested with."""
+        return 500 if self.server else 4096
+
     def rows_where(self, name: str, field: str, values: Iterable[Any], output_fields: List[str],
-                   chunk: int = 500) -> Iterator[Dict[str, Any]]:
+                   chunk: Optional[int] = None) -> Iterator[Dict[str, Any]]:
         """Rows whose `field` is one of `values` (any number: asked `chunk` values at a time)."""
         values = list(dict.fromkeys(values))
+        chunk = chunk or self._in_chunk()
         for i in range(0, len(values), chunk):
             yield from self.select(name, output_fields, self.in_filter(field, values[i:i + chunk]))
 
@@ -590,9 +598,10 @@ class Store:
                        ids=ids[i:i + 1000])
         return len(ids)
 
-    def delete_where(self, name: str, field: str, values: Iterable[Any], chunk: int = 500) -> int:
+    def delete_where(self, name: str, field: str, values: Iterable[Any], chunk: Optional[int] = None) -> int:
         """Delete the rows whose `field` is one of `values`; returns how many."""
         values = list(dict.fromkeys(values))
+        chunk = chunk or self._in_chunk()
         return sum(self.delete(name, self.in_filter(field, values[i:i + chunk]))
                    for i in range(0, len(values), chunk))
 
@@ -646,6 +655,14 @@ class Store:
         """Ledger id -> status for one model (what a resume needs to skip done files)."""
         return {r["id"]: r["status"] for r in self.iterate(LEDGER_COLLECTION, ["id", "status"],
                                                           filter=f"model == {_lit(model)}")}
+
+    def ledger_statuses(self, ids: Sequence[str]) -> Dict[str, str]:
+        """Ledger id -> status, for those of `ids` the ledger holds: a primary-key lookup, which
+        costs per id asked, not per row stored (a resume's skip pass asks chunk by chunk)."""
+        self._load(LEDGER_COLLECTION)
+        rows = self._call("reading the ledger", self.client.get, LEDGER_COLLECTION, ids=list(ids),
+                          output_fields=["id", "status"])
+        return {r["id"]: r["status"] for r in rows}
 
     def count(self, name: str, flt: Optional[CompiledFilter] = None, extra_filter: str = "") -> int:
         if not self._call(f"counting {name}", self.client.has_collection, name):
@@ -740,32 +757,29 @@ class Store:
             ))
         return out
 
-
     def ledger_counts(self) -> Dict[str, Dict[str, int]]:
         """Photos the images ledger holds per model of a face collection, by status (`done`,
         `noface`, `failed`); empty when there is no ledger. Counted, not read.
 
-        A filtered count costs Lite time per row it matches, an unfiltered one almost nothing
-        (bench/README.md, "At full scale"): so only the few photos without a face or failed are
-        counted by filter, and `done` is the rest of the model's rows. A ledger of one model (no
-        row of another: a count that matches nothing) takes its row count from the unfiltered
-        count."""
+        Lite scans every row for each filtered read, so they are few: the rows not done (a few
+        photos without a face or failed) are read in one query, and `done` is the rest of the
+        model's rows; the first model's rows are counted without a filter on it."""
         if not self.has_collection(LEDGER_COLLECTION):
             return {}
         models = self.models()
-        self._load(LEDGER_COLLECTION)
-        # which models have rows at all: one row asked of each (a head's collection has none)
-        present = [m for m in models if self._call(
-            "reading the ledger", self.client.query, LEDGER_COLLECTION, filter=f"model == {_lit(m)}",
-            output_fields=["id"], limit=1, **self._strong())]
-        single = len(present) == 1 and not self.count(
-            LEDGER_COLLECTION, extra_filter=f"model != {_lit(present[0])}")
         out: Dict[str, Dict[str, int]] = {m: dict.fromkeys(LEDGER_STATUSES, 0) for m in models}
-        for m in present:
-            rows = self.count(LEDGER_COLLECTION, extra_filter="" if single else f"model == {_lit(m)}")
-            few = {st: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)} and status == {_lit(st)}")
-                   for st in LEDGER_STATUSES if st != "done"}
-            out[m] = {"done": rows - sum(few.values()), **few}
+        if not models:
+            return out
+        # the first model's rows: all, less those of the other models and of models whose
+        # collection is gone (usually one model, and a head's collection with no rows)
+        rows = {m: self.count(LEDGER_COLLECTION, extra_filter=f"model == {_lit(m)}") for m in models[1:]}
+        gone = self.count(LEDGER_COLLECTION, extra_filter=f"model not in {_lit(models)}")
+        rows[models[0]] = self.count(LEDGER_COLLECTION) - gone - sum(rows.values())
+        for r in self.select(LEDGER_COLLECTION, ["model", "status"], f'status != {_lit("done")}'):
+            if r["model"] in out and r["status"] in out[r["model"]]:
+                out[r["model"]][r["status"]] += 1
+        for m in models:
+            out[m]["done"] = rows[m] - sum(n for st, n in out[m].items() if st != "done")
         return out
 
 

@@ -148,8 +148,8 @@ time.sleep(600)
 
 
 def test_acknowledged_lite_writes_survive_kill_9_without_a_flush(tmp_path):
-    """The Lite Writer flushes only once, at the end of a run: it relies on Milvus Lite (>= 3)
-    logging every write before acknowledging it. Upserts through the Store, no flush, kill -9:
+    """The Lite Writer does not flush per commit (only every 20,000 photos and at the end): it relies
+    on Milvus Lite (>= 3) logging every write before acknowledging it. Upserts through the Store, no flush, kill -9:
     reopened, every row is there."""
     from ingest.store import Store
     from schemas import LEDGER_COLLECTION

@@ -173,3 +173,79 @@ def test_pair_calibration_meets_its_false_accept_rate():
     assert cal["far"] <= 0.01 and cal["tar"] > 0.95
     a, b = cal["logistic"]
     assert a > 0 and 0.85 < -b / a < 0.95  # P(same) = 50 % between the two populations
+
+
+# -- the ingest runner's batches -----------------------------------------------------------------
+def _old_batches(todo: list, size: int) -> list:
+    """The batching as specified: full batches, then the last 4 x size items in batches of <= 8."""
+    size = max(1, size)
+    cut = max(0, len(todo) - 4 * size)
+    head = [todo[i:min(i + size, cut)] for i in range(0, cut, size)]
+    small = min(size, 8)
+    return head + [todo[cut:][i:i + small] for i in range(0, len(todo) - cut, small)]
+
+
+@pytest.mark.parametrize("n, size, cuts", [
+    (0, 16, []), (5, 16, [2]), (100, 16, [0, 1, 63, 64, 99]), (1000, 16, [4096]), (333, 1, [7, 8]),
+    (200, 16, list(range(0, 200, 3))),
+])
+def test_batches_do_not_depend_on_how_the_skip_pass_chunks_the_records(n, size, cuts):
+    """The skip pass hands the records over in chunks as it finds them: the batches are the same
+    as for the whole list at once (the tail in small batches)."""
+    from ingest.pipeline import _batches
+
+    items = list(range(n))
+    bounds = [0, *sorted(c for c in cuts if c <= n), n]
+    chunks = [items[a:b] for a, b in zip(bounds, bounds[1:])]
+    assert list(_batches(chunks, size)) == _old_batches(items, size) == list(_batches([items], size))
+
+
+def test_the_skip_pass_hands_over_chunks_as_found_and_raises_its_error_in_the_run():
+    import threading
+
+    from ingest.pipeline import _Pending
+
+    gate = threading.Event()
+
+    def find():
+        yield [1, 2]
+        gate.wait(5)  # the reader has the first chunk before the search goes on
+        yield []
+        yield [3]
+
+    p = _Pending(find)
+    chunks = p.chunks()
+    assert next(chunks) == [1, 2] and p.total is None
+    gate.set()
+    assert list(chunks) == [[3]] and p.total == 3
+
+    def broken():
+        yield [1]
+        raise RuntimeError("the ledger could not be read")
+
+    p = _Pending(broken)
+    with pytest.raises(RuntimeError, match="ledger could not be read"):
+        list(p.chunks())
+
+
+def test_the_skip_pass_pauses_once_it_has_found_work_until_the_workers_are_ready():
+    import threading
+
+    from ingest.pipeline import _Pending
+
+    went_on = threading.Event()
+
+    def find():
+        yield [1]
+        went_on.set()
+        yield [2]
+
+    p = _Pending(find)
+    while p._queue.empty():  # the first chunk found (a reader waiting on an empty queue lets it go on)
+        went_on.wait(0.01)
+    assert next(p.chunks()) == [1]
+    assert not went_on.wait(0.3)  # paused: the workers are still loading their models
+    p.go()
+    assert went_on.wait(5)
+    p.wait()
+    assert p.total == 2
