@@ -758,6 +758,11 @@ def _make_bar(total: Optional[int], enabled: bool):
                 desc="ingest")
 
 
+def _postfix(bar, summary: IngestSummary) -> None:
+    # as text: tqdm writes a number in its shortest form, and 50,000 faces would show as "5e+4"
+    bar.set_postfix(faces=str(summary.faces_stored), failed=str(summary.images_failed), refresh=False)
+
+
 def _run_batches(todo: _Pending, writer: Writer, summary: IngestSummary, settings: Settings,
                  det: str, models: List[str], workers: int, scheduler: Optional[str], batch_size: int,
                  max_in_flight: Optional[int], min_face: int, progress: bool,
@@ -784,7 +789,7 @@ def _run_batches(todo: _Pending, writer: Writer, summary: IngestSummary, setting
         _account(summary, res.images, count_faces=res.written)
         summary.worker_peak_rss[res.pid] = max(summary.worker_peak_rss.get(res.pid, 0), res.rss)
         bar.update(len(res.images))
-        bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
+        _postfix(bar, summary)
 
     failed = True
     try:
@@ -813,7 +818,7 @@ def _run_batches(todo: _Pending, writer: Writer, summary: IngestSummary, setting
             if not settings.uri:
                 summary.faces_stored = writer.faces_stored
             # the last commit's faces too: the bar ends on the summary's count
-            bar.set_postfix(faces=summary.faces_stored, failed=summary.images_failed, refresh=False)
+            _postfix(bar, summary)
             bar.close()
 
 

@@ -249,3 +249,19 @@ def test_the_skip_pass_pauses_once_it_has_found_work_until_the_workers_are_ready
     assert went_on.wait(5)
     p.wait()
     assert p.total == 2
+
+
+def test_the_progress_bar_shows_face_counts_in_full():
+    """tqdm writes a number in its shortest form: 50,000 faces showed as "faces=5e+4"."""
+    import io
+
+    from tqdm import tqdm
+
+    from ingest.pipeline import IngestSummary, _postfix
+
+    out = io.StringIO()
+    bar = tqdm(total=10, file=out)
+    _postfix(bar, IngestSummary("s", ["dlib"], "yunet", faces_stored=50000, images_failed=100000))
+    bar.update(1)
+    bar.close()
+    assert "faces=50000, failed=100000" in out.getvalue()
