@@ -384,19 +384,15 @@ class Ingest:
             self.faces = int(f.group(1))
         if count > 0 and self.t_first is None:
             self.t_first, self.first_count = now, count
+        if count > self.count:
+            self.t_last = now
+        self.count = count
         if m.group(2) is None:  # photos flow while the skip pass still runs: how many it skips is not known yet
-            if count > self.count:
-                self.t_last = now
-            self.count = count
             return
         total = int(m.group(2))
         if self.total is None:
             self.total = total
-        skipped = self.photos - total
-        done = skipped + count
-        if count > self.count:
-            self.t_last = now
-        self.count = count
+        done = self.photos - total + count  # skipped + this run's
         if count > 0 and self._prev is None:
             self._prev = (now, done, self.faces)
             self._next = (done // self.step + 1) * self.step

@@ -695,12 +695,9 @@ def run(
         skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}
 
         def undone() -> Iterator[List[ImageRecord]]:
-            found = 0
             for chunk in _undone(store, records_list, models_list, skip_status) if ledger_rows else [records_list]:
                 by_path.update((r.path, r) for r in chunk)
-                found += len(chunk)
                 yield chunk
-            summary.images_skipped = len(records_list) - found
 
         # The skip pass runs beside the workers' start, chunk by chunk: a resume sends its first
         # undone photos as soon as they are found, not after the whole ledger is read
@@ -721,6 +718,8 @@ def run(
             summary.interrupted = True
         finally:
             todo.stop()
+        if todo.total is not None:  # the skip pass ended (not when the run stopped before it did)
+            summary.images_skipped = len(records_list) - todo.total
         summary.wall_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
             names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]

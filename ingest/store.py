@@ -651,11 +651,6 @@ class Store:
             out[r["source_path"]] = r
         return out
 
-    def ledger_status(self, model: str) -> Dict[str, str]:
-        """Ledger id -> status for one model (what a resume needs to skip done files)."""
-        return {r["id"]: r["status"] for r in self.iterate(LEDGER_COLLECTION, ["id", "status"],
-                                                          filter=f"model == {_lit(model)}")}
-
     def ledger_statuses(self, ids: Sequence[str]) -> Dict[str, str]:
         """Ledger id -> status, for those of `ids` the ledger holds: a primary-key lookup, which
         costs per id asked, not per row stored (a resume's skip pass asks chunk by chunk)."""

@@ -680,9 +680,11 @@ def test_hostile_files_cost_one_report_line_each_and_the_good_photos_are_stored(
     assert stored == set(expect["good"]), stored
     from ingest.pipeline import _ledger_id
     from ingest.store import Store
+    from schemas import LEDGER_COLLECTION
 
     with Store(str(db)) as store:
-        status = store.ledger_status("dlib")
+        status = {r["id"]: r["status"] for r in store.iterate(LEDGER_COLLECTION, ["id", "status"],
+                                                              filter='model == "dlib"')}
     names = os.listdir(os.fsencode(root))
     assert len(status) == len(names) == len(expect["good"]) + len(expect["failed"]) + len(expect["noface"])
     for raw in names:
