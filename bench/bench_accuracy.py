@@ -39,12 +39,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.images import load  # noqa: E402
-from ingest.models import get_engine  # noqa: E402
-from ingest.quality import DEFAULT_MIN_QUALITY, assess  # noqa: E402
-from ingest.settings import Settings, default_data_dir  # noqa: E402
-from query.evaluation import (best_threshold, format_search_calibration, lfw_image, nearest_centre,  # noqa: E402
-                              read_pairs, search_calibration)
+from lookalike.ingest.images import load  # noqa: E402
+from lookalike.ingest.models import get_engine  # noqa: E402
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY, assess  # noqa: E402
+from lookalike.ingest.settings import Settings, default_data_dir  # noqa: E402
+from lookalike.query.evaluation import (  # noqa: E402
+    best_threshold,
+    format_search_calibration,
+    lfw_image,
+    nearest_centre,
+    read_pairs,
+    search_calibration,
+)
 
 
 def dlib_native():
@@ -110,7 +116,7 @@ def lfw(data, settings, out):
     for name, s in (("product", ps), ("dlib_native", ns)):
         res[name] = {"accuracy_all": best_threshold(s, y)[1], "accuracy_where_hog_finds_both": best_threshold(s[hog_both], y[hog_both])[1],
                      "images_without_face": sum(v is None for v in (pv if name == "product" else nv).values())}
-    from schemas import VERDICTS
+    from lookalike.schemas import VERDICTS
 
     t = VERDICTS["dlib"].threshold
     ok = ~np.isnan(ps)
@@ -156,9 +162,9 @@ def celeba(data, settings, out):
 
 
 def junk(data, settings, out):
-    import ingest
-    from ingest.store import Store
-    from query.search import Searcher
+    from lookalike import ingest
+    from lookalike.ingest.store import Store
+    from lookalike.query.search import Searcher
 
     tmp = Path(tempfile.mkdtemp(prefix="lookalike-acc-"))
     db = str(tmp / "demo.db")

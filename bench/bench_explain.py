@@ -51,11 +51,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "explain.json"))
     a = ap.parse_args()
 
-    from ingest.images import load
-    from ingest.models import Detector, make_embedder
-    from ingest.settings import Settings
-    from query import explain as X
     from test_explain import same_identity_pairs
+
+    from lookalike.ingest.images import load
+    from lookalike.ingest.models import Detector, make_embedder
+    from lookalike.ingest.settings import Settings
+    from lookalike.query import explain as X
 
     if a.occ_patch:
         X.OCC_PATCH = a.occ_patch

@@ -28,14 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.settings import Settings, default_data_dir  # noqa: E402
+from lookalike.ingest.settings import Settings, default_data_dir  # noqa: E402
 
 SETS = (("photos", "held-out photos"), ("identities", "held-out identities"), ("train", "training faces"))
 
 
 def sweep(db: str, seeds: int):
-    from ingest.head import Head, TrainConfig, fit, read_gallery, retrieval_figures, split
-    from ingest.store import Store
+    from lookalike.ingest.head import Head, TrainConfig, fit, read_gallery, retrieval_figures, split
+    from lookalike.ingest.store import Store
 
     with Store(db) as store:
         g = read_gallery(store, "dlib")
@@ -76,9 +76,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
-    import ingest
-    from ingest.head import DEFAULT_ARCH, DEFAULT_LOSS
-    from query.evaluation import evaluate_head, format_head
+    from lookalike import ingest
+    from lookalike.ingest.head import DEFAULT_ARCH, DEFAULT_LOSS
+    from lookalike.query.evaluation import evaluate_head, format_head
 
     tmp = None
     if args.db is None:
@@ -130,7 +130,7 @@ def main() -> int:
               f"largest held-out mAP gain (photos + identities): {best[0]['loss']} {best[0]['arch']} "
               f"{best[0]['regime']}: {best[1]:+.1f} points summed",
               "", "2. the product's path: ingest.train_head('dlib') with its defaults, seed 0, then "
-              "query.evaluation.evaluate_head over faces_dlib and faces_dlib_head",
+              "lookalike.query.evaluation.evaluate_head over faces_dlib and faces_dlib_head",
               format_head(report), "",
               f"verdict (default head, mean of {args.seeds} seeds; held-out photos R@1 "
               f"{gains['photos']['recall_at_1']:+.1f}, mAP {gains['photos']['map']:+.1f}; held-out identities R@1 "
@@ -151,7 +151,7 @@ def main() -> int:
 
 
 def TrainConfig_doc() -> str:
-    from ingest.head import TrainConfig
+    from lookalike.ingest.head import TrainConfig
 
     c = TrainConfig()
     return (f"{c.epochs} epochs, lr {c.lr:g}, weight decay {c.weight_decay:g}, P {c.ids_per_batch} identities x "

@@ -316,7 +316,7 @@ def measure_filter(client, data, flt_name: str, params: Dict[str, Any], n_single
 
 
 def index_params(index: str, n: int) -> Dict[str, Any]:
-    from schemas import PROFILES
+    from lookalike.schemas import PROFILES
 
     if index == "FLAT":
         return {}
@@ -399,7 +399,7 @@ def segments(client) -> Optional[int]:
 
 
 def run_index(client, backend: str, data, index: str, args, log, meter_pids) -> Dict[str, Any]:
-    from schemas import PROFILES
+    from lookalike.schemas import PROFILES
 
     n = len(data["vectors"])
     params = index_params(index, n)
@@ -575,7 +575,7 @@ def main(argv=None) -> int:
 
     import pymilvus
 
-    from schemas import PROFILES
+    from lookalike.schemas import PROFILES
 
     result: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

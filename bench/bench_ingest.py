@@ -208,7 +208,7 @@ class Sampler(threading.Thread):
 
 
 def _settings():
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
     return Settings()
 
@@ -220,10 +220,10 @@ def phase_model(args) -> Dict[str, Any]:
     """(a) detector + embedder forward only, in one process, on images decoded beforehand."""
     import inspect
 
-    from ingest import images, pipeline
-    from ingest.models import get_engine
-    from ingest.pipeline import process_batch, resolve_models, warm_worker
-    from ingest.sources import ImageRecord
+    from lookalike.ingest import images, pipeline
+    from lookalike.ingest.models import get_engine
+    from lookalike.ingest.pipeline import process_batch, resolve_models, warm_worker
+    from lookalike.ingest.sources import ImageRecord
 
     settings = _settings()
     det = args.detector or settings.detector
@@ -319,8 +319,8 @@ def phase_pipeline(args) -> Dict[str, Any]:
     """(b)/(c)/rss: ingest.run(list, workers=N) into a fresh Milvus Lite db, instrumented from outside."""
     import distributed
 
-    from ingest import pipeline
-    from ingest.store import Store
+    from lookalike.ingest import pipeline
+    from lookalike.ingest.store import Store
 
     marks: Dict[str, float] = {}
     cpu: Dict[str, Dict[int, float]] = {}
@@ -461,8 +461,8 @@ def _rss_by_progress(progress: List[tuple], series: Dict[int, List[tuple]], work
 
 def phase_naive(args) -> Dict[str, Any]:
     """(d) the seed's loop: DeepFace.represent per image, one MilvusClient.insert per face."""
-    from ingest.models import DLIB_LANDMARKS_FILE, YUNET_FILE, provision_weights
-    from schemas import get_model
+    from lookalike.ingest.models import DLIB_LANDMARKS_FILE, YUNET_FILE, provision_weights
+    from lookalike.schemas import get_model
 
     settings = _settings()
     # the weights the seed would have downloaded, linked from their local copies
@@ -717,7 +717,7 @@ def orchestrate(args) -> int:
               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "yunet_score_threshold"):
         env.pop(v, None)  # every phase starts from library defaults unless it pins them itself
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ingest.settings import thread_env
+    from lookalike.ingest.settings import thread_env
 
     pinned_env = dict(env, **thread_env(1))
 
@@ -758,8 +758,8 @@ def orchestrate(args) -> int:
                              ["--phase", "naive", "--naive-detector", args.detector, "--naive-model", naive_model,
                               "--list", str(sample)], env)
         # Product defaults: what `lookalike ingest` picks with no --detector / --models here.
-        from ingest.models import default_face_model
-        from ingest.settings import Settings
+        from lookalike.ingest.models import default_face_model
+        from lookalike.ingest.settings import Settings
 
         st = Settings().with_(deepface_home=home)
         default_model, default_det = default_face_model(st), st.detector
@@ -799,7 +799,7 @@ def orchestrate(args) -> int:
 
 
 def _naive_model_name(models: str) -> str:
-    from schemas import get_model
+    from lookalike.schemas import get_model
 
     first = models.split(",")[0].strip()
     return get_model(first).deepface_name

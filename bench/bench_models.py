@@ -62,8 +62,8 @@ def embed_rates(models: list, paths: list, settings, threads: int) -> dict:
     """faces/s of each embedder's forward at batch sizes 1, 8, 32 (faces already detected)."""
     import torch
 
-    from ingest.images import load
-    from ingest.models import get_engine
+    from lookalike.ingest.images import load
+    from lookalike.ingest.models import get_engine
 
     torch.set_num_threads(threads)
     engine = get_engine(settings, "yunet", models).load()
@@ -99,8 +99,7 @@ def _embed_chunk(emb, chunk):
 
 
 def pipeline_rate(models: str, paths: list, settings, tmp: Path) -> dict:
-    import ingest
-
+    from lookalike import ingest
     src = tmp / f"list-{models.replace(',', '-')}.txt"
     src.write_text("\n".join(paths))
     db = tmp / f"{models.replace(',', '-')}.db"
@@ -121,7 +120,7 @@ def main() -> None:
     ap.add_argument("--rates-only", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
     m = build_models(CACHE)
     settings = Settings(deepface_home=m["home"]).with_(clip_model=m["clip"], dinov2_model=m["dinov2"])
@@ -133,7 +132,7 @@ def main() -> None:
     if args.rates_only is not None:  # child process: threads fixed by its environment
         print(json.dumps(embed_rates(models, paths[:20], settings, args.rates_only)))
         return
-    from ingest.settings import thread_env
+    from lookalike.ingest.settings import thread_env
 
     for label, threads, env in (("all", os.cpu_count() or 1, {}), ("1", 1, thread_env(1))):
         # a fresh process each: TensorFlow fixes its thread pools on first use

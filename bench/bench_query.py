@@ -67,7 +67,7 @@ def celeba_sources(data_dir: Path) -> List[tuple]:
 
 def synthetic_batch(start: int, n: int) -> Dict[str, np.ndarray]:
     """Vectors and attributes of rows start..start+n, reproducible per batch."""
-    from schemas import ATTRIBUTES
+    from lookalike.schemas import ATTRIBUTES
 
     rng = np.random.default_rng([SEED, start])
     v = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -77,7 +77,7 @@ def synthetic_batch(start: int, n: int) -> Dict[str, np.ndarray]:
 
 
 def synthetic_rows(start: int, n: int, sources: List[tuple]) -> List[Dict[str, Any]]:
-    from schemas import ATTRIBUTES
+    from lookalike.schemas import ATTRIBUTES
 
     b = synthetic_batch(start, n)
     rows = []
@@ -94,8 +94,8 @@ def synthetic_rows(start: int, n: int, sources: List[tuple]) -> List[Dict[str, A
 
 
 def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log, profile: str) -> Dict[str, Any]:
-    from ingest.store import Store
-    from schemas import get_profile
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import get_profile
 
     index = get_profile(profile).index_type
 
@@ -145,7 +145,7 @@ def ensure_db(rows: int, sources: List[tuple], rebuild: bool, log, profile: str)
 
 
 def cache_paths(rows: int, profile: str):
-    from schemas import get_profile
+    from lookalike.schemas import get_profile
 
     stem = CACHE / f"query_{rows}_{get_profile(profile).index_type.lower()}"
     return stem.with_suffix(".db"), stem.with_suffix(".json")
@@ -187,7 +187,7 @@ def med(xs):
 
 
 def run_scenario(searcher, photo, k, reps, out_dir, keep_probes=False, **kw) -> Dict[str, Any]:
-    from query.render import render_sheet
+    from lookalike.query.render import render_sheet
 
     runs = []
     last = None
@@ -224,11 +224,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if not os.environ.get("DEEPFACE_HOME"):
         os.environ["DEEPFACE_HOME"] = tempfile.mkdtemp(prefix="lookalike-deepface-")
-    from ingest.settings import Settings
-    from ingest.store import Store
-    from query.search import EF_MAX, EXACT_MAX_ROWS, Searcher
-    from schemas import ATTRIBUTES
-    from schemas.filters import compile_filter
+    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.store import Store
+    from lookalike.query.search import EF_MAX, EXACT_MAX_ROWS, Searcher
+    from lookalike.schemas import ATTRIBUTES
+    from lookalike.schemas.filters import compile_filter
 
     lines: List[str] = []
 
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
 
     # batched vs per-face search
     eng = searcher.engine(["dlib"])
-    from ingest.images import load
+    from lookalike.ingest.images import load
 
     img = load(photo)
     faces = eng.detector.detect(img)

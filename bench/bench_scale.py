@@ -16,7 +16,7 @@ its resume, then stats, group-photo queries, erasure and a second process openin
    server process (psutil), and at each --step photos the database folder's size on disk.
    Commit times: the CLI runs through a launcher (`bench_scale.py _cli LOG ingest ...`) that wraps
    `ingest.pipeline.Writer.commit` / `close` and `Store.build_indexes` with a clock and calls the
-   same entry point as `lookalike` (query.cli:main); the product code is not changed.
+   same entry point as `lookalike` (lookalike.query.app.cli:main); the product code is not changed.
 3. Kill and resume: the same photos into a second database; at --kill-at x N photos the CLI's
    whole process group gets SIGKILL; then the same command again: time until the bar appears (the
    ledger read), until new photos flow again, and to the end. Both databases are then compared:
@@ -203,8 +203,8 @@ def hooked_cli(log_path: str, argv: List[str]) -> int:
     """`lookalike ARGV` with each commit, the final flush and the index build appended to
     LOG as JSON lines (start and end wall clock, photos, faces)."""
     sys.path.insert(0, str(ROOT))
-    from ingest import pipeline
-    from ingest.store import Store
+    from lookalike.ingest import pipeline
+    from lookalike.ingest.store import Store
 
     log = open(log_path, "a", buffering=1, encoding="utf-8")
 
@@ -232,7 +232,7 @@ def hooked_cli(log_path: str, argv: List[str]) -> int:
     pipeline.Writer.commit = timed_commit  # type: ignore[method-assign]
     pipeline.Writer.close = timed_close  # type: ignore[method-assign]
     Store.build_indexes = timed_build  # type: ignore[method-assign]
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     return main(argv)
 
@@ -274,7 +274,7 @@ class Target:
     def store(self):
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from ingest.store import Store
+        from lookalike.ingest.store import Store
 
         return Store(**self.kwargs()) if self.db is not None else Store(db=None, uri=self.uri)
 
@@ -550,7 +550,7 @@ def commits_per_step(run: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 def read_db(db: Target) -> Dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from schemas import LEDGER_COLLECTION
+    from lookalike.schemas import LEDGER_COLLECTION
 
     out: Dict[str, Any] = {"collections": {}, "ledger": {}}
     with db.store() as store:
@@ -561,7 +561,7 @@ def read_db(db: Target) -> Dict[str, Any]:
 
 
 def sample_rows(db: Target, name: str, ids: List[str]) -> Dict[str, Dict[str, Any]]:
-    from schemas import OUTPUT_FIELDS, model_for_collection
+    from lookalike.schemas import OUTPUT_FIELDS, model_for_collection
 
     fields = [f for f in OUTPUT_FIELDS if f != "ingested_at"] + ["vector"]
     with db.store() as store:
@@ -628,7 +628,7 @@ def compare_reference(db: Target, ref_db: Target, n: int) -> Dict[str, Any]:
     the ledger has done, as many faces as the ledger says."""
     import numpy as np
 
-    from schemas import LEDGER_COLLECTION, OUTPUT_FIELDS
+    from lookalike.schemas import LEDGER_COLLECTION, OUTPUT_FIELDS
 
     fields = [f for f in OUTPUT_FIELDS if f not in ("ingested_at", "source_path")]
     lfields = ["source_path", "status", "faces", "image_sha256"]
@@ -688,7 +688,7 @@ def compare_reference(db: Target, ref_db: Target, n: int) -> Dict[str, Any]:
 def timed_cli(env: Dict[str, str], args: List[str], label: str) -> Tuple[Dict[str, Any], str]:
     """`lookalike ARGS` in a fresh process (the console script's entry point), timed from outside."""
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", "import sys; from query.cli import main; sys.exit(main(sys.argv[1:]))",
+    p = subprocess.run([sys.executable, "-c", "import sys; from lookalike.query.app.cli import main; sys.exit(main(sys.argv[1:]))",
                         *args], capture_output=True, text=True, env=env, cwd=str(ROOT))
     out = {"what": label, "argv": ["lookalike", *args], "seconds": round(time.perf_counter() - t0, 2),
            "rc": p.returncode}
@@ -713,8 +713,8 @@ def summarize_query(doc: Dict[str, Any]) -> Dict[str, Any]:
 OPEN_SNIPPET = """
 import json, sys, time
 t0 = time.perf_counter()
-from ingest.store import Store
-from schemas import collection_name
+from lookalike.ingest.store import Store
+from lookalike.schemas import collection_name
 t1 = time.perf_counter()
 s = Store(**json.loads(sys.argv[1]))
 t2 = time.perf_counter()
@@ -794,9 +794,9 @@ class _ignore:
 
 def warm_in_process(db: Target, photo: str, flt: str, identity: str, reps: int) -> Dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    import ingest
-    from ingest.settings import resolve
-    from query import Searcher
+    from lookalike import ingest
+    from lookalike.ingest.settings import resolve
+    from lookalike.query import Searcher
 
     out: Dict[str, Any] = {}
     t0 = time.perf_counter()

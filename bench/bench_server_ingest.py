@@ -32,8 +32,7 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def run_once(source: str, limit: int, workers: int, work: Path, uri: str = None, db: str = None) -> dict:
-    import ingest
-
+    from lookalike import ingest
     t0 = time.perf_counter()
     s = ingest.run(source, limit=limit, workers=workers, uri=uri, db=db, progress=False,
                    report=str(work / "report.txt"))

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
-from ingest.settings import Settings, resolve
-from schemas import LEDGER_COLLECTION
+from lookalike.ingest.settings import Settings, resolve
+from lookalike.schemas import LEDGER_COLLECTION
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 IDENTITY_MAX = 256  # schemas: identity VARCHAR(256)
@@ -132,7 +132,7 @@ def _check_identity(value: str) -> str:
 def _image_keys(path: Union[str, os.PathLike]) -> List[str]:
     """Ledger keys a path may have been ingested under: absolute (what ingest stores), and the
     symlink-resolved path when it differs."""
-    from ingest.pipeline import ledger_path
+    from lookalike.ingest.pipeline import ledger_path
 
     p = os.fsdecode(os.fspath(path))
     if not p.strip():
@@ -154,8 +154,8 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
     (faces per collection, ledger rows, images). Raises DeleteError (bad input, missing Lite
     database) and StoreError (Milvus). Idempotent: a second call removes 0.
     """
-    from ingest.images import ImageError, read_bytes, sha256_bytes
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.images import ImageError, read_bytes, sha256_bytes
+    from lookalike.ingest.store import Store, StoreError
 
     images = _as_list(image)
     shas_asked = [_check_sha(s) for s in _as_list(sha256)]

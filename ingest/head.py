@@ -41,9 +41,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ingest.models import Embedder, ModelError, WeightsMissing, make_embedder
-from ingest.settings import Settings, resolve
-from schemas import OUTPUT_FIELDS, VECTOR_FIELD, collection_name, get_model, head_key
+from lookalike.ingest.models import Embedder, ModelError, WeightsMissing, make_embedder
+from lookalike.ingest.settings import Settings, resolve
+from lookalike.schemas import OUTPUT_FIELDS, VECTOR_FIELD, collection_name, get_model, head_key
 
 FORMAT = "lookalike-head/1"
 LOSSES = ("triplet", "infonce")
@@ -619,7 +619,7 @@ def train_head(model: str = "dlib", *, settings: Optional[Settings] = None, db: 
     """Train `model`'s head on the collection's labelled faces, evaluate it on held-out photos and
     identities against the base model, write faces_<model>_head and the head file (Python twin of
     `lookalike train-head`). Retraining replaces both."""
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     t0 = time.perf_counter()
     settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)

@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ingest.images import Decoded
-from ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
-from schemas import MODELS, ModelSpec, get_model
+from lookalike.ingest.images import Decoded
+from lookalike.ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
+from lookalike.schemas import MODELS, ModelSpec, get_model
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -545,7 +545,7 @@ class DlibEmbedder(DeepFaceEmbedder):
                                           dtype=np.float32)
         if self.settings.dlib_engine != "torch":
             raise ModelError(f"LOOKALIKE_DLIB_ENGINE={self.settings.dlib_engine!r}: expected torch or dlib")
-        from ingest.dlib_resnet import DlibResNet, FormatError
+        from lookalike.ingest.dlib_resnet import DlibResNet, FormatError
 
         weights = provision_weights(self.settings, self.spec.weights_file)
         if weights is None:
@@ -798,7 +798,7 @@ _TRANSFORMER_CLASSES = {"hf-clip": ClipEmbedder, "hf-dinov2": Dinov2Embedder}
 def make_embedder(name: str, settings: Settings) -> Embedder:
     spec = get_model(name)
     if spec.head_of:  # `<model>_head`: the base model's embedder, then the database's head
-        from ingest.head import HeadEmbedder
+        from lookalike.ingest.head import HeadEmbedder
 
         return HeadEmbedder(spec, settings)
     if spec.kind == "deepface":
@@ -860,7 +860,7 @@ def get_engine(settings: Settings, detector: str, models: Sequence[str]) -> Engi
                             detector, tuple(models))
     heads = [m for m in models if get_model(m).head_of]
     if heads:  # a head is its database's file: the engine follows the database and a retrained file
-        from ingest.head import file_key
+        from lookalike.ingest.head import file_key
 
         key += tuple(file_key(settings, m) for m in heads)
     with _ENGINES_LOCK:

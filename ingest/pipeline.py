@@ -31,13 +31,21 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
-from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.models import Engine, ModelError, WeightsMissing, default_face_model, get_engine, make_embedder, model_source
-from ingest.quality import assess
-from ingest.settings import Settings, pin_threads, resolve, thread_env
-from ingest.sources import ImageRecord, open_source
-from ingest.store import Store, StoreError, now_ms
-from schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, get_model, layer_key
+from lookalike.ingest.images import ImageError, decode, read_bytes, sha256_bytes
+from lookalike.ingest.models import (
+    Engine,
+    ModelError,
+    WeightsMissing,
+    default_face_model,
+    get_engine,
+    make_embedder,
+    model_source,
+)
+from lookalike.ingest.quality import assess
+from lookalike.ingest.settings import Settings, pin_threads, resolve, thread_env
+from lookalike.ingest.sources import ImageRecord, open_source
+from lookalike.ingest.store import Store, StoreError, now_ms
+from lookalike.schemas import ATTRIBUTES, LEDGER_COLLECTION, collection_name, get_model, layer_key
 
 DEFAULT_REPORT = "ingest-report.jsonl"
 
@@ -381,7 +389,7 @@ class Writer:
                 rows.extend(self._face_rows(r, model, ts))
             self.store.upsert_faces(model, rows)
             if model in self.heads:
-                from ingest.head import head_rows
+                from lookalike.ingest.head import head_rows
 
                 self.store.upsert_faces(self.heads[model].key, head_rows(self.heads[model], rows))
         self.faces_stored += sum(len(r.faces) for r in chosen.values())
@@ -467,7 +475,7 @@ def process_and_write_batch(records: Sequence[ImageRecord], settings: Settings, 
     it into single images) and stops the run."""
     res = process_batch(records, settings, detector, models, min_face)
     try:
-        from ingest.head import worker_heads
+        from lookalike.ingest.head import worker_heads
 
         ServerWriter(worker_store(settings), models, detector, {r.path: r for r in records},
                      heads=worker_heads(settings, models)).write(res.images)
@@ -660,7 +668,7 @@ def run(
     `lookalike ingest`). Re-running resumes: images already recorded are skipped."""
     settings = resolve(settings, db=db, uri=uri, token=token, profile=profile, detector=detector,
                        clip_model=clip_model, dinov2_model=dinov2_model)
-    from ingest.sources import SourceError
+    from lookalike.ingest.sources import SourceError
 
     try:
         src = open_source(source, limit=limit, partition=partition, celeba_images=celeba_images)
@@ -688,7 +696,7 @@ def run(
             if store.has(m):
                 store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
         store.ensure_ledger()
-        from ingest.head import attach_heads
+        from lookalike.ingest.head import attach_heads
 
         heads = attach_heads(store, settings, models_list, progress=progress)  # new faces go through them too
         by_path: Dict[str, ImageRecord] = {}  # the records to do, for the writer
@@ -858,7 +866,7 @@ def _deaths_allowed() -> int:
 def _quiet_dask() -> None:
     """Dask's own logs off in the driver, as in the workers (ingest.dask_worker); asyncio's stay:
     the driver may be a user's own program calling ingest.run."""
-    from ingest.dask_worker import quiet_logs
+    from lookalike.ingest.dask_worker import quiet_logs
 
     quiet_logs(("distributed", "tornado"))
 
@@ -908,7 +916,7 @@ def _local_cluster(workers: int):
         # warned "Port 8787 is already in use" into the progress bar.
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                             dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                            env=thread_env(1), silence_logs=logging.CRITICAL, preload=["ingest.dask_worker"])
+                            env=thread_env(1), silence_logs=logging.CRITICAL, preload=["lookalike.ingest.dask_worker"])
 
 
 def _run_on(client, batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,

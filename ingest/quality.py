@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ingest.images import Decoded
+from lookalike.ingest.images import Decoded
 
 # Side of the grey square the sharpness is measured on: about a CelebA face's size, so a face
 # smaller than this is upsampled (and loses sharpness, as it should: it holds less detail).

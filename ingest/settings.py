@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, v: Optional[str]) -> Optional[str]:
-        from schemas import PROFILES
+        from lookalike.schemas import PROFILES
 
         if v is not None and v not in PROFILES:
             raise ValueError(f"unknown index profile '{v}' (known: {', '.join(PROFILES)})")

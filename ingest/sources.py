@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-from ingest.images import IMAGE_SUFFIXES
-from schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, field_for_attribute
+from lookalike.ingest.images import IMAGE_SUFFIXES
+from lookalike.schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, field_for_attribute
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 

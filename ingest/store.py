@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, 
 
 import numpy as np
 
-from schemas import (
+from lookalike.schemas import (
     EXACT_INDEXES,
     FACE_FIELDS,
     LEDGER_COLLECTION,
@@ -38,7 +38,7 @@ from schemas import (
     model_for_collection,
     profile_building,
 )
-from schemas.filters import CompiledFilter
+from lookalike.schemas.filters import CompiledFilter
 
 # Collection property recording the weights (model id or path) a collection was built with.
 SOURCE_PROPERTY = "lookalike.model_source"
@@ -231,7 +231,7 @@ def _lite_release(path: str) -> None:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
 
 class Store:
@@ -249,7 +249,7 @@ class Store:
         _quiet_pymilvus()  # after the import: pymilvus sets its logger levels when imported
 
         if retries is None or retry_seconds is None:
-            from ingest.settings import Settings
+            from lookalike.ingest.settings import Settings
 
             fields = Settings.model_fields
             retries = fields["milvus_retries"].default if retries is None else retries
@@ -678,7 +678,7 @@ class Store:
         """Filter keyword arguments for a search or query: templated expression + parameters on a
         server that takes templates (Milvus >= 2.5), literals encoded by schemas.filters on Lite and
         older servers (no templating; `name` is the collection to probe the server with)."""
-        from schemas.filters import combine
+        from lookalike.schemas.filters import combine
 
         if flt is None:
             return {"filter": extra}
@@ -783,7 +783,7 @@ _ERASE_FIELDS = {"id", "image_sha256", "identity", "source_path"}
 
 
 def _lit(value: Any) -> str:
-    from schemas.filters import encode_literal
+    from lookalike.schemas.filters import encode_literal
 
     return encode_literal(value)
 

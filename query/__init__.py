@@ -16,5 +16,5 @@ def __getattr__(name: str) -> Any:
     if name in _WHERE:
         import importlib
 
-        return getattr(importlib.import_module(f"query.{_WHERE[name]}"), name)
+        return getattr(importlib.import_module(f"lookalike.query.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'query' has no attribute {name!r}")

@@ -296,7 +296,7 @@ def search_calibration(vectors: np.ndarray, identities: Sequence[str], fpir: flo
         stranger.append(float(np.max(np.where(same[i], -np.inf, others))))
     mated_a, right_a, stranger_a = np.array(mated), np.array(right, bool), np.array(stranger)
     curve_pts = tuple((c["threshold"], c["far"]) for c in curve)
-    from schemas import Verdict
+    from lookalike.schemas import Verdict
 
     s = np.concatenate([mated_a[right_a], stranger_a])
     y = np.concatenate([np.ones(int(right_a.sum())), np.zeros(stranger_a.size)])
@@ -490,8 +490,8 @@ def embed_images(paths: Sequence[str], settings, detector: str, models: Sequence
                  progress: bool = False, desc: str = "embed") -> Dict[str, Embedded]:
     """Detect -> choose the face nearest the centre -> embed, for each distinct image, with the
     product's engine (`get_engine(settings, detector, models).load()`)."""
-    from ingest.images import ImageError, load
-    from ingest.models import ModelError, WeightsMissing, get_engine
+    from lookalike.ingest.images import ImageError, load
+    from lookalike.ingest.models import ModelError, WeightsMissing, get_engine
 
     engine = get_engine(settings.with_(detector=detector), detector, list(models)).load()
     out: Dict[str, Embedded] = {}
@@ -541,7 +541,7 @@ def evaluate_lfw(pairs_path: str, images: str, models: Sequence[str] = ("dlib",)
 
     `limit`: a quick look at N pairs: the file's first N/2 same-person and first N/2
     different-person pairs."""
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
     settings = settings or Settings()
     pf = read_pairs(pairs_path)
@@ -580,7 +580,7 @@ def evaluate_lfw(pairs_path: str, images: str, models: Sequence[str] = ("dlib",)
                      f"different-person pairs (--limit)")
 
     runs = []
-    from ingest.models import get_engine
+    from lookalike.ingest.models import get_engine
 
     for det in detectors:
         t = time.perf_counter()
@@ -833,12 +833,12 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
                        profile: Optional[str] = None) -> Dict[str, Any]:
     """Ingest `source` (resumable) for every detector, then leave-one-out identity retrieval per
     (model, detector) over the source's faces, exactly with numpy. Returns the report dict."""
-    from ingest import run as ingest_run
-    from ingest.settings import Settings
-    from ingest.sources import SourceError, open_source
-    from ingest.store import Store
-    from schemas import collection_name
-    from schemas.filters import combine, compile_filter
+    from lookalike.ingest import run as ingest_run
+    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.sources import SourceError, open_source
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import collection_name
+    from lookalike.schemas.filters import combine, compile_filter
 
     settings = settings or Settings()
     if faces not in ("largest", "all"):
@@ -960,10 +960,10 @@ def evaluate_head(model: str = "dlib", settings=None, store=None) -> Dict[str, A
     the head fits what it saw) queries every stored face outside its own image (leave-one-out,
     exact, `retrieval_metrics`), once with the base collection's vectors and once with the head
     collection's. Returns the report dict (`format_head` prints it)."""
-    from ingest.head import Head, head_path
-    from ingest.settings import Settings
-    from ingest.store import Store
-    from schemas import collection_name, head_key
+    from lookalike.ingest.head import Head, head_path
+    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import collection_name, head_key
 
     settings = settings or Settings()
     path = head_path(settings, model)

@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from query.results import ExplanationFile
+from lookalike.query.results import ExplanationFile
 
 METHODS = ("occlusion", "gradcam", "attention", "layers")
 DEFAULT_METHOD = "occlusion"
@@ -95,7 +95,7 @@ class Explanation:
 
 def kind_of(embedder) -> str:
     """'dlib' | 'facenet' (any DeepFace Keras model) | 'vit'."""
-    from ingest.models import DlibEmbedder, TransformerEmbedder
+    from lookalike.ingest.models import DlibEmbedder, TransformerEmbedder
 
     if isinstance(embedder, DlibEmbedder):
         return "dlib"
@@ -420,7 +420,7 @@ def render_panel(ex: Explanation, title: str = ""):
         return _layer_plot(ex, title)
     from PIL import Image, ImageDraw
 
-    from query.render import _font
+    from lookalike.query.render import _font
 
     S, G, top = PANEL_SIDE, 8, 28
     tiles = [Image.fromarray(_rgb_uint8(ex.query_input)).resize((S, S), Image.Resampling.BILINEAR),
@@ -492,8 +492,8 @@ def match_face(searcher, models: Sequence[str], match, default_detector: str):
     """(Decoded image, Face) of a stored match: its source re-read and re-detected with the
     detector it was ingested with, the detection overlapping the stored box; a face built from
     the stored box when none does."""
-    from ingest.images import load
-    from ingest.models import DETECTORS, Face
+    from lookalike.ingest.images import load
+    from lookalike.ingest.models import DETECTORS, Face
 
     image = load(match.source_path)
     det = match.detector if match.detector in DETECTORS else default_detector
@@ -515,7 +515,7 @@ def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str]
     `Searcher.search_photo`), attach them to the matches, write PNG panels under
     out_dir/explain/. Returns one-line notes (methods not available for a model) and the
     explanations with their maps."""
-    from ingest.images import ImageError
+    from lookalike.ingest.images import ImageError
 
     notes: List[str] = []
     done: List[Explanation] = []

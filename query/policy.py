@@ -30,7 +30,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from schemas.filters import encode_literal
+from lookalike.schemas.filters import encode_literal
 
 # ---------------------------------------------------------------------------------------------
 # Tunables (chosen with bench/bench_query.py; its results are in bench/results/query*.txt)

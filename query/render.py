@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from query.results import Match, PhotoResult, results_document
+from lookalike.query.results import Match, PhotoResult, results_document
 
 MARGIN = 16
 HEADER_H = 28
@@ -77,7 +77,7 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 def _load_rgb(path: str):
     """Upright decoded image of the query photo when it was not kept, or None."""
-    from ingest.images import ImageError, load
+    from lookalike.ingest.images import ImageError, load
 
     try:
         return load(path)

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_serializer, model_validator
 
-from schemas import ATTRIBUTES, VERDICTS, Verdict, get_model
+from lookalike.schemas import ATTRIBUTES, VERDICTS, Verdict, get_model
 
 TOP_K_MAX = 1000
 DEFAULT_TOP_K = 5
@@ -44,7 +44,7 @@ def check_top_k(k: Any, limit: int = TOP_K_MAX) -> int:
 
 def check_min_quality(q: Any) -> float:
     """min_quality: None -> the default; a number in [0, 1]."""
-    from ingest.quality import DEFAULT_MIN_QUALITY
+    from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
 
     if q is None:
         return DEFAULT_MIN_QUALITY

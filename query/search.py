@@ -15,11 +15,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from ingest.quality import DEFAULT_MIN_QUALITY, assess
-from ingest.settings import Settings, resolve
-from ingest.store import Store
-from query.policy import (  # noqa: F401  (re-exported: the policy used to live here)
+from lookalike.ingest.images import ImageError, decode, read_bytes, sha256_bytes
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY, assess
+from lookalike.ingest.settings import Settings, resolve
+from lookalike.ingest.store import Store
+from lookalike.query.policy import (  # noqa: F401  (re-exported: the policy used to live here)
     _BREADTH_PARAM,
     DEFAULT_MODEL_ORDER,
     EF_FACTOR,
@@ -31,7 +31,7 @@ from query.policy import (  # noqa: F401  (re-exported: the policy used to live 
     quality_filter,
     same_image_filter,
 )
-from query.results import (  # noqa: F401
+from lookalike.query.results import (  # noqa: F401
     DEFAULT_TOP_K,
     TOP_K_MAX,
     Match,
@@ -45,8 +45,8 @@ from query.results import (  # noqa: F401
     results_document,
     verdict_for,
 )
-from schemas import EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name, get_model
-from schemas.filters import CompiledFilter, combine, compile_filter
+from lookalike.schemas import EXACT_INDEXES, OUTPUT_FIELDS, VECTOR_FIELD, breadth_max, collection_name, get_model
+from lookalike.schemas.filters import CompiledFilter, combine, compile_filter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class Searcher:
                        layer: Optional[int] = None) -> List[str]:
         """Models to search: `model` is a name, a comma list, 'all' or None (the first of
         facenet, dlib present, else the first collection); `layer` picks `<model>_l<N>`."""
-        from schemas import layer_key
+        from lookalike.schemas import layer_key
 
         present = self.store.models()
         where = self.settings.uri or self.settings.db
@@ -113,7 +113,7 @@ class Searcher:
                 key = layer_key(m, layer)
                 get_model(key)
             except KeyError:
-                from schemas import MODELS
+                from lookalike.schemas import MODELS
 
                 raise QueryError(f"unknown model '{m}' (known: {', '.join(MODELS)}, "
                                  f"<clip|dinov2>_l<N>, all)") from None
@@ -131,7 +131,7 @@ class Searcher:
         """The first of facenet, dlib, then the other collections, that holds faces and whose
         weights are here (files checked, nothing loaded); if none is both, the first that holds
         faces (its search says what is missing), else the first."""
-        from ingest.models import weights_present
+        from lookalike.ingest.models import weights_present
 
         order = [m for m in DEFAULT_MODEL_ORDER if m in present] + \
                 [m for m in present if m not in DEFAULT_MODEL_ORDER]
@@ -146,7 +146,7 @@ class Searcher:
     def engine(self, models: Sequence[str], detector: Optional[str] = None):
         """The process-wide engine (models load once per process). A transformer model embeds
         with the weights its collection records, unless the caller chose them explicitly."""
-        from ingest.models import get_engine
+        from lookalike.ingest.models import get_engine
 
         key = tuple(models)
         settings = self._engine_settings.get(key)
@@ -163,7 +163,7 @@ class Searcher:
         for m in models:
             emb: Any = engine.embedders[m]  # a HeadEmbedder where the model is a head
             if get_model(m).head_of and (m, emb.head.digest) not in self._heads_checked:
-                from ingest.head import check_head
+                from lookalike.ingest.head import check_head
 
                 # the head file must be the one its collection was written with
                 check_head(self.store, emb.head, emb.path)
@@ -448,7 +448,7 @@ def search_photo(photo: Union[str, Path, bytes], *, db: Optional[str] = None, ur
                            exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
                            keep_image=keep_image or bool(explain), min_quality=min_quality)
         if explain:
-            from query.explain import explain_result  # lazy: off by default
+            from lookalike.query.explain import explain_result  # lazy: off by default
 
             explain_result(s, r, explain, explain_top, explain_dir)
         return r

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from schemas import ATTRIBUTES, FACE_FIELDS, VECTOR_FIELD
+from lookalike.schemas import ATTRIBUTES, FACE_FIELDS, VECTOR_FIELD
 
 
 class FilterError(ValueError):

@@ -9,9 +9,10 @@ from typing import Tuple
 
 import pytest
 
-from ingest.settings import Settings, default_data_dir
 # The real Milvus server's fixtures (milvus_server, milvus_server_process, server_uri).
 from milvus_server import milvus_server, milvus_server_process, server_uri  # noqa: E402,F401
+
+from lookalike.ingest.settings import Settings, default_data_dir
 
 DATA = default_data_dir()
 
@@ -73,8 +74,8 @@ def settings(deepface_home) -> Settings:
 
 def read_rows(db: Path | str, model: str, with_vectors: bool = True) -> dict:
     """Every row of a model's collection keyed by id, ingest time left out (it differs by run)."""
-    from ingest.store import Store
-    from schemas import OUTPUT_FIELDS, collection_name
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import OUTPUT_FIELDS, collection_name
 
     fields = [f for f in OUTPUT_FIELDS if f != "ingested_at"] + (["vector"] if with_vectors else [])
     with Store(str(db)) as store:
@@ -82,8 +83,8 @@ def read_rows(db: Path | str, model: str, with_vectors: bool = True) -> dict:
 
 
 def read_ledger(db: Path | str) -> dict:
-    from ingest.store import Store
-    from schemas import LEDGER_COLLECTION
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import LEDGER_COLLECTION
 
     with Store(str(db)) as store:
         return {r["source_path"]: r for r in store.iterate(

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import ingest
 from conftest import DATA, read_ledger, read_rows
-from query import search_photo
-from schemas import LEDGER_COLLECTION
+
+from lookalike import ingest
+from lookalike.query import search_photo
+from lookalike.schemas import LEDGER_COLLECTION
 
 PEOPLE = DATA / "people"
 CELEBA = DATA / "celeba"
@@ -64,7 +64,7 @@ def db(template, tmp_path):
 
 
 def counts(db: Path) -> dict:
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     with Store(str(db)) as store:
         return {n: store.count(n) for n in [*COLLECTIONS, LEDGER_COLLECTION]}
@@ -189,7 +189,7 @@ def test_image_found_by_its_ledger_rows_once_the_file_is_gone(tmp_path, settings
 
 def _lookalike(*args, cwd=None):
     script = Path(sys.executable).parent / "lookalike"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "query.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lookalike.query.app.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
@@ -233,7 +233,7 @@ def test_delete_on_a_server(server_uri, settings, tmp_path):
     s = ingest.run(str(src), workers=0, progress=False, settings=settings.with_(uri=server_uri),
                    report=str(tmp_path / "r.txt"))
     assert s.images_failed == 0 and s.models == ["dlib"]
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     with Store(None, uri=server_uri) as store:
         before = store.count("faces_dlib")

@@ -7,12 +7,26 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import DATA
-from query.evaluation import (EvalError, accuracy_at, best_threshold, evaluate_lfw, evaluate_retrieval,
-                              format_lfw, format_retrieval, kfold_accuracy, present_folds, read_pairs,
-                              resolve_lfw_root, retrieval_metrics, roc_auc, roc_curve, tar_at_far,
-                              verification_metrics)
+
+from lookalike.query.evaluation import (
+    EvalError,
+    accuracy_at,
+    best_threshold,
+    evaluate_lfw,
+    evaluate_retrieval,
+    format_lfw,
+    format_retrieval,
+    kfold_accuracy,
+    present_folds,
+    read_pairs,
+    resolve_lfw_root,
+    retrieval_metrics,
+    roc_auc,
+    roc_curve,
+    tar_at_far,
+    verification_metrics,
+)
 
 LFW = DATA / "lfw"
 PAIRS1 = LFW / "pairs_fold1.txt"
@@ -232,7 +246,7 @@ def test_retrieval_real_run_on_people(tmp_path, settings):
 # CLI
 # ---------------------------------------------------------------------------------------------
 def _cli(capsys, *args):
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     code = main(["eval", *(str(a) for a in args)])
     out, err = capsys.readouterr()

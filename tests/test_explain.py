@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import DATA
-from ingest.images import load
-from ingest.models import Detector, make_embedder
-from query import explain as X
+
+from lookalike.ingest.images import load
+from lookalike.ingest.models import Detector, make_embedder
+from lookalike.query import explain as X
 
 PEOPLE = DATA / "people"
 GROUP = DATA / "groups" / "photos" / "multiface.jpg"
@@ -139,8 +139,7 @@ def test_vit_gradcam_attention_layers(tiny_settings, group_faces, key, grid, lay
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory, settings):
-    import ingest
-
+    from lookalike import ingest
     base = tmp_path_factory.mktemp("explain_db")
     files = []
     for name in ("Tom_Hanks", "Keanu_Reeves"):
@@ -155,13 +154,13 @@ def small_db(tmp_path_factory, settings):
 
 
 def _cli(*args):
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     return main(["query", *map(str, args)])
 
 
 def test_cli_explain_writes_panels_referenced_from_results(small_db, tmp_path, monkeypatch, capsys):
-    from query.results import validate_document
+    from lookalike.query.results import validate_document
 
     monkeypatch.setattr(X, "OCC_PATCH", 1 / 3)
     monkeypatch.setattr(X, "OCC_STRIDE", 1 / 3)
@@ -203,7 +202,7 @@ def test_plain_query_does_not_import_explain(small_db, tmp_path):
     code = ("import sys, json; from query.search import search_photo; from query.results import validate_document, results_document\n"
             f"r = search_photo({str(photo)!r}, db={str(small_db)!r}, top_k=2)\n"
             "d = results_document([r]); assert validate_document(d) == []\n"
-            "assert 'query.explain' not in sys.modules\n"
+            "assert 'lookalike.query.explain' not in sys.modules\n"
             "assert all('explanations' not in m for f in d['photos'][0]['faces'] for m in f['matches'])\n"
             "assert 'explain' not in d['photos'][0]['timings']\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from schemas import ATTRIBUTES, FACE_FIELDS
-from schemas.filters import FILTERABLE, CompiledFilter, FilterError, combine, compile_filter, encode_literal
+from lookalike.schemas import ATTRIBUTES, FACE_FIELDS
+from lookalike.schemas.filters import FILTERABLE, CompiledFilter, FilterError, combine, compile_filter, encode_literal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def _row(i: int, identity: str, vec: np.ndarray, **attrs) -> dict:
 
 @pytest.fixture(scope="module")
 def lite_store(tmp_path_factory):
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((len(TRICKY) + 6, 128)).astype(np.float32)
@@ -268,7 +268,7 @@ def test_hostile_filters_get_one_line_naming_the_problem(expr, needle):
 
 
 def test_the_deepest_accepted_filter_runs_in_milvus(lite_store):
-    from schemas.filters import MAX_FILTER_DEPTH
+    from lookalike.schemas.filters import MAX_FILTER_DEPTH
 
     store, rows = lite_store
     nots = "not " * MAX_FILTER_DEPTH + "(Smiling)"
@@ -289,7 +289,9 @@ def test_literals_out_of_range_never_reach_encode_literal():
 
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 _FIELDS = ["Smiling", "Male", "identity", "source_path", "confidence", "face_index", "box_w",
            "ingested_at", "has_attributes", "vector", "Smilng", "inf", "nan"]
@@ -384,7 +386,7 @@ def test_cli_refuses_hostile_filters_with_one_line_and_exit_2(tmp_path, expr, ne
     from conftest import DATA
 
     photo = DATA / "groups" / "photos" / "couple.jpg"
-    r = subprocess.run([sys.executable, "-m", "query.cli", "query", str(photo), "--db", str(tmp_path / "none.db"),
+    r = subprocess.run([sys.executable, "-m", "lookalike.query.app.cli", "query", str(photo), "--db", str(tmp_path / "none.db"),
                         "--filter", expr], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]

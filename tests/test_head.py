@@ -5,16 +5,15 @@ Lite database of the people/ gallery, written as a file and a collection, querie
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-import ingest
 from conftest import DATA, read_rows
-from ingest.head import Head, HeadError, head_path
-from ingest.store import Store
+
+from lookalike import ingest
+from lookalike.ingest.head import Head, HeadError, head_path
+from lookalike.ingest.store import Store
 
 PEOPLE = DATA / "people"
 # Six identities, five photos each, for the first ingest; Tom_Hanks comes later (a new ingest).
@@ -62,7 +61,7 @@ def test_head_file_and_collection(gallery):
 
 
 def test_provenance_holds_the_held_out_figures(gallery, settings):
-    from query.evaluation import evaluate_head
+    from lookalike.query.evaluation import evaluate_head
 
     _, s, summary = gallery
     prov = Head.load(head_path(s, "dlib")).provenance
@@ -90,7 +89,7 @@ def test_provenance_holds_the_held_out_figures(gallery, settings):
 
 
 def test_query_with_the_head(gallery):
-    from query.search import search_photo
+    from lookalike.query.search import search_photo
 
     _, s, _ = gallery
     photo = _photos("Keanu_Reeves", 1)[0]
@@ -120,7 +119,7 @@ def test_new_ingest_fills_both_collections(gallery):
 
 
 def test_another_head_file_is_refused(gallery, tmp_path):
-    from query.search import search_photo
+    from lookalike.query.search import search_photo
 
     _, s, _ = gallery
     path = head_path(s, "dlib")
@@ -139,7 +138,7 @@ def test_another_head_file_is_refused(gallery, tmp_path):
 
 
 def test_cli_train_head_and_its_errors(gallery, capsys, tmp_path):
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     _, s, _ = gallery
     assert main(["train-head", "--model", "dlib", "--db", s.db, "--epochs", "2", "--loss", "infonce", "-q"]) == 0
@@ -184,7 +183,7 @@ def test_too_few_labelled_faces(tmp_path, settings):
 def test_transformer_models_run_the_same_code(tmp_path, settings, model):
     from test_transformers import build_tiny_models
 
-    from query.search import search_photo
+    from lookalike.query.search import search_photo
 
     tiny = build_tiny_models(tmp_path / "hf")
     s = settings.with_(db=str(tmp_path / "vit.db"), clip_model=str(tiny["clip"]), dinov2_model=str(tiny["dinov2"]))
@@ -203,7 +202,7 @@ def test_transformer_models_run_the_same_code(tmp_path, settings, model):
 
 
 def test_cli_choices_match_the_library():
-    from ingest import head
-    from query import head_cli
+    from lookalike.ingest import head
+    from lookalike.query import head_cli
 
     assert head_cli.LOSSES == head.LOSSES and head_cli.ARCHS == head.ARCHS

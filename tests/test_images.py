@@ -5,10 +5,10 @@ import io
 
 import numpy as np
 import pytest
+from conftest import DATA
 from PIL import Image, ImageOps
 
-from conftest import DATA
-from ingest.images import DETAIL_SIDE, MAX_PIXELS, MAX_SIDE, ImageError, decode
+from lookalike.ingest.images import DETAIL_SIDE, MAX_PIXELS, MAX_SIDE, ImageError, decode
 
 PORTRAIT = sorted((DATA / "people" / "Tom_Hanks").iterdir())[0]
 
@@ -34,7 +34,7 @@ def test_modes_and_formats_decode_to_rgb(mode, fmt):
 
 def test_exif_orientation_is_applied(settings):
     """A photo stored sideways with an EXIF 'rotate 90' tag decodes upright: faces are found."""
-    from ingest.models import Detector
+    from lookalike.ingest.models import Detector
 
     upright = Image.open(PORTRAIT).convert("RGB")
     sideways = upright.transpose(Image.ROTATE_90)  # pixels stored rotated
@@ -141,7 +141,7 @@ def test_special_files_are_refused_without_being_opened(tmp_path):
     os.mkfifo(tmp_path / "z.jpg")
     os.symlink("/dev/zero", tmp_path / "zero.jpg")
     os.symlink(tmp_path / "absent.jpg", tmp_path / "dangling.jpg")
-    code = ("import sys\nfrom ingest.images import ImageError, read_bytes\n"
+    code = ("import sys\nfrom lookalike.ingest.images import ImageError, read_bytes\n"
             "for p in sys.argv[1:]:\n    try:\n        read_bytes(p)\n    except ImageError as e:\n        print(e)\n")
     names = ["z.jpg", "zero.jpg", "dangling.jpg", "."]
     r = subprocess.run([sys.executable, "-c", code, *(str(tmp_path / n) for n in names)],
@@ -153,7 +153,7 @@ def test_special_files_are_refused_without_being_opened(tmp_path):
 
 
 def test_reads_are_bounded(tmp_path):
-    from ingest.images import read_bytes
+    from lookalike.ingest.images import read_bytes
 
     p = tmp_path / "big.jpg"
     p.write_bytes(b"\xff" * 5000)

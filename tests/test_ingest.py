@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import ingest
 from conftest import DATA, read_ledger, read_rows, wait_for_progress
-from schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, MODELS
+
+from lookalike import ingest
+from lookalike.schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, MODELS
 
 CELEBA = DATA / "celeba"
 N_CELEBA = 24
@@ -179,7 +179,7 @@ def test_bad_files_are_reported_and_the_rest_ingested(tmp_path, settings):
 
 
 def _lookalike(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "query.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lookalike.query.app.cli", *args], capture_output=True, text=True,
                           timeout=600, **kw)
 
 
@@ -187,7 +187,7 @@ def test_a_finished_ingest_leaves_the_database_to_other_processes(tmp_path, sett
     """pymilvus keeps Milvus Lite's server (and the folder's lock, and its background index
     writes) for the life of the process; ingest.run() closes the database when it returns, so a
     notebook can ingest and then query from the command line. A Store still open keeps it."""
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     src = tmp_path / "list.txt"
     src.write_text("\n".join(str(p) for p in sorted((CELEBA / "img_celeba").iterdir())[:3]))
@@ -217,7 +217,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
         # 0.3 s (it may land with finished batches still buffered, unwritten)
         env = dict(os.environ, LOOKALIKE_COMMIT_SECONDS="0" if seed == 1 else "0.3")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "query.cli", "ingest", str(src), "--db", str(db), "--workers", "0",
+            [sys.executable, "-m", "lookalike.query.app.cli", "ingest", str(src), "--db", str(db), "--workers", "0",
              "--batch-size", "2", "--report", str(tmp_path / "r.txt")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         # wait until some batches are written, then kill at a random moment
@@ -242,7 +242,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, settings):
 def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_path, settings, monkeypatch):
     """FaceNet has no shipped weights here: build the file DeepFace expects from DeepFace's own
     architecture (random weights) and run the real loading and ingestion path on it."""
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
     home = tmp_path / "home"
     # Loading points DeepFace (os.environ) at this home; restore the session's afterwards, or later
@@ -260,7 +260,7 @@ def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_p
     )
     subprocess.run([sys.executable, "-c", code, str(weights / "facenet_weights.h5")], check=True, timeout=600)
     s = Settings(deepface_home=str(home), data_dir=DATA)
-    from ingest.models import default_face_model
+    from lookalike.ingest.models import default_face_model
 
     assert default_face_model(s) == "facenet"
     db = tmp_path / "fn.db"
@@ -278,7 +278,7 @@ def test_facenet_through_deepface_with_weights_built_from_its_architecture(tmp_p
 def test_missing_weights_give_one_line_naming_the_file(tmp_path):
     home = tmp_path / "empty_home"
     env = dict(os.environ, DEEPFACE_HOME=str(home), LOOKALIKE_DATA=str(tmp_path / "nodata"))
-    r = subprocess.run([sys.executable, "-m", "query.cli", "ingest", str(DATA / "people" / "Tom_Hanks"),
+    r = subprocess.run([sys.executable, "-m", "lookalike.query.app.cli", "ingest", str(DATA / "people" / "Tom_Hanks"),
                         "--db", str(tmp_path / "x.db"), "--models", "facenet", "--workers", "0",
                         "--detector", "dlib", "-q"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 5, r.stderr
@@ -288,14 +288,14 @@ def test_missing_weights_give_one_line_naming_the_file(tmp_path):
 
 
 def test_gpu_profile_refused_on_lite(tmp_path):
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.store import Store, StoreError
 
     with pytest.raises(StoreError, match="silently"):
         Store(str(tmp_path / "g.db"), profile="gpu")
 
 
 def test_sources(tmp_path):
-    from ingest.sources import CelebASource, FolderSource, ListSource, SourceError, open_source
+    from lookalike.ingest.sources import CelebASource, FolderSource, ListSource, SourceError, open_source
 
     src = open_source(str(CELEBA), limit=5)
     assert isinstance(src, CelebASource)

@@ -7,16 +7,14 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ingest.quality import DEFAULT_MIN_QUALITY, frontal, sharpness
-from schemas import ATTRIBUTES, FACE_FIELDS, VERDICTS, Verdict
-from schemas.filters import compile_filter
-
 from conftest import DATA  # noqa: E402
+
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY, frontal, sharpness
+from lookalike.schemas import ATTRIBUTES, FACE_FIELDS, VERDICTS, Verdict
+from lookalike.schemas.filters import compile_filter
 
 PEOPLE = DATA / "people"
 GROUP = DATA / "groups" / "photos" / "obama_and_biden.jpg"
@@ -83,7 +81,7 @@ def test_search_threshold_rises_with_the_gallery_and_agrees_with_the_probability
 
 def test_search_calibration_on_made_up_identities():
     """Two well-separated clusters per identity: the open-set figures are what they must be."""
-    from query.evaluation import search_calibration
+    from lookalike.query.evaluation import search_calibration
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(60, 32))
@@ -105,8 +103,8 @@ def test_search_calibration_on_made_up_identities():
 def gallery(tmp_path_factory, settings):
     """obama, biden and two LFW people ingested from folders (no CelebA attributes), plus one
     stored copy of an obama face marked low quality (as a blurred bystander would be)."""
-    import ingest
-    from ingest.store import Store
+    from lookalike import ingest
+    from lookalike.ingest.store import Store
 
     root = tmp_path_factory.mktemp("gallery")
     src = root / "people"
@@ -125,7 +123,7 @@ def gallery(tmp_path_factory, settings):
 
 
 def test_quality_fields_stored_and_attributes_null(gallery):
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     with Store(gallery) as store:
         rows = list(store.iterate("faces_dlib", ["id", "box_w", "box_h", "face_size", "sharpness", "frontal",
@@ -143,7 +141,7 @@ def test_quality_fields_stored_and_attributes_null(gallery):
 
 
 def test_low_quality_faces_skipped_by_default_and_kept_on_request(gallery, settings):
-    from query.search import Searcher
+    from lookalike.query.search import Searcher
 
     with Searcher(settings.with_(db=gallery)) as s:
         default = s.search_photo(str(GROUP), top_k=10)
@@ -158,8 +156,8 @@ def test_low_quality_faces_skipped_by_default_and_kept_on_request(gallery, setti
 
 
 def test_verdict_on_a_group_photo(gallery, settings):
-    from query.results import results_document, validate_document
-    from query.search import Searcher
+    from lookalike.query.results import results_document, validate_document
+    from lookalike.query.search import Searcher
 
     with Searcher(settings.with_(db=gallery)) as s:
         r = s.search_photo(str(GROUP), top_k=5)
@@ -181,7 +179,7 @@ def test_verdict_on_a_group_photo(gallery, settings):
 
 def test_strangers_get_no_same_person_verdict(gallery, settings):
     """Faces of people who are not in the gallery: lookalikes, never 'the same person'."""
-    from query.search import Searcher
+    from lookalike.query.search import Searcher
 
     with Searcher(settings.with_(db=gallery)) as s:
         r = s.search_photo(str(DATA / "groups" / "photos" / "kit_with_rose.jpg"), top_k=5)
@@ -191,7 +189,7 @@ def test_strangers_get_no_same_person_verdict(gallery, settings):
 
 
 def test_cli_shows_verdict_and_min_quality(gallery, tmp_path):
-    env_py = [sys.executable, "-m", "query.cli"]
+    env_py = [sys.executable, "-m", "lookalike.query.app.cli"]
     out = subprocess.run(env_py + ["query", str(GROUP), "--db", gallery, "-k", "3"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -212,8 +210,8 @@ def test_strangers_against_a_celebrity_gallery(tmp_path, settings):
     """Group photos of people who are not in the CelebA sample: each face still gets its nearest
     lookalikes, and (almost) none is called the same person as a celebrity. A pair threshold would
     call nearly all of them someone: their best scores lie above it."""
-    import ingest
-    from query.search import Searcher
+    from lookalike import ingest
+    from lookalike.query.search import Searcher
 
     db = str(tmp_path / "celeba.db")
     ingest.run(str(DATA / "celeba"), models="dlib", workers=2, progress=False, settings=settings.with_(db=db),

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import ingest
 from conftest import DATA
-from ingest.models import WeightsMissing
-from ingest.store import Store
-from schemas import LEDGER_COLLECTION, collection_name
+
+from lookalike import ingest
+from lookalike.ingest.models import WeightsMissing
+from lookalike.ingest.store import Store
+from lookalike.schemas import LEDGER_COLLECTION, collection_name
 
 PEOPLE = DATA / "people"
 NO_FACE = DATA / "groups" / "photos" / "no-faces.jpg"
@@ -29,7 +29,7 @@ QUERY_PHOTO = PEOPLE / "biden" / "biden.jpg"
 
 
 def _cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "query.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "lookalike.query.app.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -52,8 +52,8 @@ def _gallery(root: Path) -> Path:
 IDLE_SECONDS = 100
 IDLE_CLIENT = f"""
 import time
-from ingest.store import Store
-from schemas import LEDGER_COLLECTION
+from lookalike.ingest.store import Store
+from lookalike.schemas import LEDGER_COLLECTION
 with Store({{db!r}}) as store:
     store.ensure_ledger()
     time.sleep({IDLE_SECONDS})
@@ -132,13 +132,13 @@ def test_default_query_model_skips_unusable_collections(tmp_path, dlib_db, setti
     not on this machine, is passed over for dlib, and the query does not import TensorFlow (it
     loaded FaceNet's Keras model, to fail, before). An explicit --model facenet is still obeyed."""
     db = _with_facenet(dlib_db[0], tmp_path / "q.db", rows)
-    from query.search import Searcher
+    from lookalike.query.search import Searcher
 
     with Searcher(settings.with_(db=str(db))) as s:
         assert s.resolve_models() == ["dlib"]
         assert s.resolve_models("facenet") == ["facenet"]
     code = ("import sys\n"
-            "from query.search import search_photo\n"
+            "from lookalike.query.search import search_photo\n"
             f"r = search_photo({str(QUERY_PHOTO)!r}, db={str(db)!r}, top_k=2)\n"
             "assert r.models == ['dlib'] and r.faces and r.faces[0].matches, r\n"
             "assert 'tensorflow' not in sys.modules, 'a dlib query imported tensorflow'\n"
@@ -154,7 +154,7 @@ def test_only_a_weightless_collection_is_still_chosen(tmp_path, dlib_db, setting
     db = _with_facenet(dlib_db[0], tmp_path / "only.db", rows=True)
     with Store(str(db)) as store:
         store.client.drop_collection(collection_name("dlib"))
-    from query.search import Searcher
+    from lookalike.query.search import Searcher
 
     with Searcher(settings.with_(db=str(db))) as s:
         assert s.resolve_models() == ["facenet"]
@@ -227,7 +227,7 @@ def test_plain_runs_print_the_bar_and_the_summary_only(tmp_path, gallery):
 def test_tensorflow_loads_without_a_word():
     """Where FaceNet loads (a worker, a query), TensorFlow's native libraries would log "could not
     find cuda drivers" and a oneDNN notice to stderr whatever TF_CPP_MIN_LOG_LEVEL says."""
-    code = ("from ingest.models import import_tensorflow\n"
+    code = ("from lookalike.ingest.models import import_tensorflow\n"
             "tf = import_tensorflow()\n"
             "assert int(tf.constant(2) + 1) == 3\n"
             "import sys; print('still here', file=sys.stderr)\n")
@@ -238,8 +238,8 @@ def test_tensorflow_loads_without_a_word():
 
 # -- 6. embedders say which explanations they support ------------------------------------------------
 def test_embedders_declare_their_explanation_methods(settings):
-    from ingest.models import ClipEmbedder, DeepFaceEmbedder, Dinov2Embedder, DlibEmbedder, make_embedder
-    from query import explain as X
+    from lookalike.ingest.models import ClipEmbedder, DeepFaceEmbedder, Dinov2Embedder, DlibEmbedder, make_embedder
+    from lookalike.query import explain as X
 
     every = ("occlusion", "gradcam", "attention", "layers")
     kinds = {"dlib": (DlibEmbedder, ("occlusion",)),

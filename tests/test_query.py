@@ -17,19 +17,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import DATA  # noqa: E402  (the sample data folder, $LOOKALIKE_DATA)
 from PIL import Image
 
-from ingest.images import ImageError, load, read_bytes, sha256_bytes
-from ingest.settings import Settings
-from query import search_photo
-from query.render import (GAP, HEADER_H, MARGIN, PHOTO_WIDTH, RENDER_MAX_K, ROW_GAP, ROW_H, THUMB,
-                          sheet_names, sheet_size)
-from query.results import Document, Match, PhotoResult, QueryError, check_top_k, validate_document
-from query.search import EF_MAX, Searcher, ef_for, exact_topk, same_image_filter
-from schemas import ATTRIBUTES, OUTPUT_FIELDS
-from schemas.filters import FilterError, compile_filter
-
-from conftest import DATA  # noqa: E402  (the sample data folder, $LOOKALIKE_DATA)
+from lookalike.ingest.images import ImageError, load, read_bytes, sha256_bytes
+from lookalike.ingest.settings import Settings
+from lookalike.query import search_photo
+from lookalike.query.render import (
+    GAP,
+    HEADER_H,
+    MARGIN,
+    PHOTO_WIDTH,
+    RENDER_MAX_K,
+    ROW_GAP,
+    ROW_H,
+    THUMB,
+    sheet_names,
+    sheet_size,
+)
+from lookalike.query.results import Document, Match, PhotoResult, QueryError, check_top_k, validate_document
+from lookalike.query.search import EF_MAX, Searcher, ef_for, exact_topk, same_image_filter
+from lookalike.schemas import ATTRIBUTES, OUTPUT_FIELDS
+from lookalike.schemas.filters import FilterError, compile_filter
 
 CELEBA = DATA / "celeba"
 PEOPLE = DATA / "people"
@@ -90,8 +99,7 @@ def _people_subset(root: Path):
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory, deepface_home):
     """An ingested sample DB (dlib, yunet) + held-out queries. Returns a dict."""
-    import ingest
-
+    from lookalike import ingest
     base = tmp_path_factory.mktemp("query_sample")
     celeba_ingested, celeba_held = _celeba_subset(base / "celeba")
     people_held = _people_subset(base / "people")
@@ -209,7 +217,7 @@ def _marked_jpeg(path: Path, size, box, orientation: int = 1) -> None:
     ((3000, 2000), (1000, 600, 900, 900), 1),  # decoded at reduced scale (JPEG draft)
 ])
 def test_source_crop_takes_the_upright_box(tmp_path, size, box, orientation):
-    from query.render import source_crop
+    from lookalike.query.render import source_crop
 
     p = tmp_path / "m.jpg"
     _marked_jpeg(p, size, box, orientation)
@@ -224,8 +232,8 @@ def test_source_crop_takes_the_upright_box(tmp_path, size, box, orientation):
 
 
 def test_missing_source_gives_grey_placeholder(tmp_path):
-    from query.render import PLACEHOLDER, render_sheet
-    from query.results import QueryFace
+    from lookalike.query.render import PLACEHOLDER, render_sheet
+    from lookalike.query.results import QueryFace
 
     photo = tmp_path / "q.jpg"
     _marked_jpeg(photo, (400, 300), (50, 50, 100, 100))
@@ -335,7 +343,7 @@ def _brute(rows, q, flt, k):
 def hnsw_store(sample, all_rows):
     """The sample's rows in a Milvus Lite collection indexed with HNSW (profile lite-hnsw), where
     the query path probes a filter and widens the search."""
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     store = Store(str(sample["base"] / "hnsw.db"), profile="lite-hnsw")
     store.ensure_collection("dlib")
@@ -443,9 +451,10 @@ def test_model_all_gives_one_section_per_model(tmp_path):
     """--model all over a DB holding dlib and a (tiny, random) DINOv2 collection; the DINOv2
     query embeds with the weights its collection recorded, not the settings' default."""
     pytest.importorskip("transformers")
-    import ingest
-    from query.render import render_sheet
     from test_transformers import build_tiny_models
+
+    from lookalike import ingest
+    from lookalike.query.render import render_sheet
 
     tiny = build_tiny_models(tmp_path / "hf")
     gallery = tmp_path / "gallery"
@@ -477,7 +486,7 @@ def _cli(sample, *args, timeout=240):
     env = dict(os.environ, LOOKALIKE_DB=sample["cli_db"], DEEPFACE_HOME=os.environ["DEEPFACE_HOME"],
                LOOKALIKE_DATA=str(DATA))
     script = Path(sys.executable).parent / "lookalike"  # the console script of this interpreter
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "query.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lookalike.query.app.cli"]
     return subprocess.run(cmd + ["query", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=str(sample["base"]))
 
@@ -588,7 +597,7 @@ def _identity_filter(n: int) -> str:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     db = str(tmp_path_factory.mktemp("synthetic") / "syn.db")
     store = Store(db, profile="lite-hnsw")  # the probe / widened-ef policy; FLAT is exact by construction
@@ -640,7 +649,7 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     vectors as dlib's compute_face_descriptor through DeepFace, batched or one face at a time;
     a damaged weights file is one line naming it."""
 
-    from ingest.models import DlibEmbedder, ModelError, get_engine
+    from lookalike.ingest.models import DlibEmbedder, ModelError, get_engine
 
     engine = get_engine(settings, settings.detector, ["dlib"]).load()
     image = load(GROUPS / "multiface.jpg")
@@ -672,7 +681,7 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
 def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
     """An HNSW collection (built with lite-hnsw) opened with the default FLAT lite profile: writing
     is refused with the profile that fits; searching works, by the collection's own index."""
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.store import Store, StoreError
 
     db = str(tmp_path / "hnsw.db")
     with Store(db, profile="lite-hnsw") as store:
@@ -699,7 +708,7 @@ def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(setting
     (the crop computed only when a model asks for it); exactly for dlib, nearly for YuNet."""
     from deepface.modules import detection
 
-    from ingest.models import _NO_BORDER, _SHRINKS_TO, get_engine
+    from lookalike.ingest.models import _NO_BORDER, _SHRINKS_TO, get_engine
 
     det = get_engine(settings, backend, ["dlib"]).detector
     image = load(GROUPS / "multiface.jpg")
@@ -738,7 +747,7 @@ def test_detection_never_copies_a_big_photo_at_full_size(settings):
     well under the photo's own size (the full-size bordered copy was 4x it)."""
     import tracemalloc
 
-    from ingest.models import get_engine
+    from lookalike.ingest.models import get_engine
 
     det = get_engine(settings, "yunet", ["dlib"]).detector.load()
     image = load(GROUPS / "couple.jpg")  # 2280 x 1588

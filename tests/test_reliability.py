@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import ingest
 from conftest import DATA, read_ledger, read_rows, wait_for_progress
+
+from lookalike import ingest
 
 CELEBA = DATA / "celeba"
 N = 40  # CelebA images of the worker-kill and disk-full runs
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # ingest.run (the Python API) in a process of its own; its summary as one JSON line on stdout.
 _RUN = r"""
 import json, sys
-import ingest
+from lookalike import ingest
 s = ingest.run(**json.loads(sys.argv[1]))
 print(json.dumps({"seen": s.images_seen, "done": s.images_done, "noface": s.images_noface,
                   "failed": s.images_failed, "skipped": s.images_skipped, "failures": s.failures,
@@ -50,7 +50,7 @@ def _summary(stdout: str) -> dict:
 
 
 def _cli(*args: str) -> list:
-    return [sys.executable, "-m", "query.cli", *args]
+    return [sys.executable, "-m", "lookalike.query.app.cli", *args]
 
 
 def assert_same_rows(got: dict, expected: dict, atol: float = 1e-5) -> None:
@@ -129,8 +129,8 @@ def test_worker_killed_mid_run_gives_the_uninterrupted_result(tmp_path, referenc
 
 _WAL_WRITER = r"""
 import sys, time
-from ingest.store import Store
-from schemas import FACE_FIELDS
+from lookalike.ingest.store import Store
+from lookalike.schemas import FACE_FIELDS
 zero = {"BOOL": False, "FLOAT": 0.5, "INT32": 1, "INT64": 2, "VARCHAR": "v"}
 store = Store(sys.argv[1])
 store.ensure_collection("dlib")
@@ -151,8 +151,8 @@ def test_acknowledged_lite_writes_survive_kill_9_without_a_flush(tmp_path):
     """The Lite Writer does not flush per commit (only every 20,000 photos and at the end): it relies
     on Milvus Lite (>= 3) logging every write before acknowledging it. Upserts through the Store, no flush, kill -9:
     reopened, every row is there."""
-    from ingest.store import Store
-    from schemas import LEDGER_COLLECTION
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import LEDGER_COLLECTION
 
     db = tmp_path / "wal.db"
     proc = subprocess.Popen([sys.executable, "-c", _WAL_WRITER, str(db)], cwd=ROOT, text=True,
@@ -327,7 +327,7 @@ def _one_line(stderr: str) -> str:
 def test_read_only_database_folder_gives_one_line_and_exit_6(tmp_path):
     """As root, permission bits do not stop a write: a read-only file system does. Two cases: a new
     database on a read-only mount, and an existing one whose folder is remounted read-only."""
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -336,7 +336,7 @@ def test_read_only_database_folder_gives_one_line_and_exit_6(tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     py, src = shlex.quote(sys.executable), shlex.quote(str(CELEBA))
-    ingest_cmd = f"{py} -m query.cli ingest {src} --limit 2 --workers 0 -q --report {tmp_path}/r.txt --db"
+    ingest_cmd = f"{py} -m lookalike.query.app.cli ingest {src} --limit 2 --workers 0 -q --report {tmp_path}/r.txt --db"
     script = f"""
         mount -t tmpfs -o ro,size=1m tmpfs {fresh} || exit 100
         mount --bind -o ro {existing} {existing} || exit 100
@@ -363,7 +363,7 @@ def test_disk_full_mid_ingest_stops_cleanly_and_resume_completes(tmp_path, refer
     py, src = shlex.quote(sys.executable), shlex.quote(str(CELEBA))
     # every batch written as it completes, so the disk fills part-way (buffered, the 40 images
     # take less room and could all fit)
-    cmd = (f"LOOKALIKE_COMMIT_SECONDS=0 {py} -m query.cli ingest {src} --limit {N} --workers 0 "
+    cmd = (f"LOOKALIKE_COMMIT_SECONDS=0 {py} -m lookalike.query.app.cli ingest {src} --limit {N} --workers 0 "
            f"--batch-size 4 --db {mnt}/faces.db")
     script = f"""
         set -u
@@ -442,7 +442,7 @@ def _ledger_row(i: int) -> dict:
 
 
 def test_unreachable_server_fails_at_once_with_one_line():
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.store import Store, StoreError
 
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens: connection refused
     t0 = time.perf_counter()
@@ -456,7 +456,7 @@ def test_unreachable_server_fails_at_once_with_one_line():
 
 
 def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server):
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.store import Store, StoreError
 
     store = Store(None, uri=lite_server.uri, retries=3, retry_seconds=30)
     store.ensure_ledger()
@@ -483,7 +483,7 @@ def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server)
 
 
 def test_server_back_within_the_retry_budget_loses_nothing(lite_server):
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     store = Store(None, uri=lite_server.uri, retries=8, retry_seconds=30)
     store.ensure_ledger()
@@ -511,7 +511,7 @@ def test_only_transient_errors_are_retried(tmp_path):
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
-    from ingest.store import Store, StoreError, transient
+    from lookalike.ingest.store import Store, StoreError, transient
 
     with pytest.raises(MilvusException) as refused:
         MilvusClient(f"http://127.0.0.1:{_free_port()}")
@@ -572,9 +572,9 @@ def test_index_file_still_being_written_is_waited_for(tmp_path):
     import glob
 
     from pymilvus.exceptions import MilvusException
-
-    from ingest.store import Store, transient
     from test_query import fill_synthetic
+
+    from lookalike.ingest.store import Store, transient
 
     db = str(tmp_path / "x.db")
     with Store(db, profile="lite-hnsw") as store:
@@ -619,7 +619,7 @@ def _hostile_folder(root: Path) -> dict:
 
     from PIL import Image
 
-    from ingest.images import MAX_FILE_BYTES
+    from lookalike.ingest.images import MAX_FILE_BYTES
 
     root.mkdir(parents=True)
     people = sorted((DATA / "people" / "Tom_Hanks").iterdir())
@@ -678,9 +678,9 @@ def test_hostile_files_cost_one_report_line_each_and_the_good_photos_are_stored(
     rows = read_rows(db, "dlib", with_vectors=False)
     stored = {Path(v["source_path"]).name for v in rows.values()}
     assert stored == set(expect["good"]), stored
-    from ingest.pipeline import _ledger_id
-    from ingest.store import Store
-    from schemas import LEDGER_COLLECTION
+    from lookalike.ingest.pipeline import _ledger_id
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import LEDGER_COLLECTION
 
     with Store(str(db)) as store:
         status = {r["id"]: r["status"] for r in store.iterate(LEDGER_COLLECTION, ["id", "status"],
@@ -739,7 +739,7 @@ def test_ledger_ids_of_utf8_names_are_those_of_existing_databases():
     wrote (sha1 of the UTF-8 path), and names that differ in any byte get different ids."""
     import hashlib
 
-    from ingest.pipeline import _ledger_id, storable
+    from lookalike.ingest.pipeline import _ledger_id, storable
 
     for name in ("/data/people/Tom_Hanks/x.jpg", "/d/Zoë 李/été 2024.jpg", "/d/a\\xe9.jpg"):
         assert _ledger_id("dlib", name) == "dlib:" + hashlib.sha1(name.encode("utf-8")).hexdigest()

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 from conftest import DATA, read_ledger
 
-import ingest
-import ingest.pipeline as pipeline
-import ingest.store as store_mod
-from ingest.store import Store
-from schemas import LEDGER_COLLECTION
+import lookalike.ingest.pipeline as pipeline
+import lookalike.ingest.store as store_mod
+from lookalike import ingest
+from lookalike.ingest.store import Store
+from lookalike.schemas import LEDGER_COLLECTION
 
 
 def _ledger_rows(model: str, statuses: Counter) -> list:
@@ -107,8 +107,8 @@ def test_the_lite_writer_flushes_every_so_many_photos(tmp_path):
     Lite at most that many photos of log to replay; every committed row is readable after each."""
     import numpy as np
 
-    from ingest.pipeline import ImageResult, Writer
-    from ingest.sources import ImageRecord
+    from lookalike.ingest.pipeline import ImageResult, Writer
+    from lookalike.ingest.sources import ImageRecord
 
     with Store(str(tmp_path / "w.db")) as store:
         store.ensure_collection("dlib", dim=128, source="test")
@@ -134,8 +134,8 @@ def test_the_skip_pass_starts_where_the_work_is_and_misses_nothing(tmp_path):
     """A killed run did mostly a prefix of the source: the pass starts at the first chunk with
     work (found by binary search), then does the chunks before it, so a hole in the prefix (a
     batch in flight at the kill) is still done; every chunk is looked up once."""
-    from ingest.pipeline import _ledger_id, _undone
-    from ingest.sources import ImageRecord
+    from lookalike.ingest.pipeline import _ledger_id, _undone
+    from lookalike.ingest.sources import ImageRecord
 
     records = [ImageRecord(f"/p/{i}.jpg") for i in range(10)]
     done = [0, 1, 3, 4, 5, 8]  # 2 was in flight; 6, 7 and 9 not reached

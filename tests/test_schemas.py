@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import schemas
-from schemas import PROFILES, breadth_max, check_index, get_profile
+from lookalike import schemas
+from lookalike.schemas import PROFILES, breadth_max, check_index, get_profile
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -14,7 +14,7 @@ def test_declared_profiles_are_valid(name):
     assert check_index(p.index_type, p.metric, p.build_params, p.search_params) == []
     # the query path raises the breadth (ef / itopk_size) to k, capped per index: the largest -k
     # still gives a valid search
-    from query.results import TOP_K_MAX
+    from lookalike.query.results import TOP_K_MAX
 
     search = dict(p.search_params)
     for key in ("ef", "itopk_size"):
@@ -32,7 +32,7 @@ def test_gpu_profile_follows_cagra_rules():
     assert 1 <= b["graph_degree"] <= b["intermediate_graph_degree"] <= 1024
     assert 1 <= s["itopk_size"] <= 1024 and s["search_width"] >= 1
     # the largest -k the CLI accepts still fits CAGRA's result limit
-    from query.results import TOP_K_MAX
+    from lookalike.query.results import TOP_K_MAX
 
     assert TOP_K_MAX <= schemas.LIMIT_MAX["GPU_CAGRA"]
 

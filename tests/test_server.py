@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import ingest
-import ingest.store
 from conftest import DATA, wait_for_progress
 from milvus_server import free_port, start_server
+
+import lookalike.ingest.store  # noqa: F401  (ingest.store below)
+from lookalike import ingest
 
 pytestmark = pytest.mark.server
 
@@ -53,8 +53,8 @@ def server_db(milvus_server, request) -> str:
 
 def rows(target: str, model: str = "dlib", vectors: bool = True) -> dict:
     """Every face row (ingest time left out) of a server URI or a Lite .db path, keyed by id."""
-    from ingest.store import Store
-    from schemas import OUTPUT_FIELDS, collection_name
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import OUTPUT_FIELDS, collection_name
 
     fields = [f for f in OUTPUT_FIELDS if f != "ingested_at"] + (["vector"] if vectors else [])
     store = Store(uri=target) if target.startswith("http") else Store(target)
@@ -63,8 +63,8 @@ def rows(target: str, model: str = "dlib", vectors: bool = True) -> dict:
 
 
 def ledger(uri: str) -> dict:
-    from ingest.store import Store
-    from schemas import LEDGER_COLLECTION
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import LEDGER_COLLECTION
 
     with Store(uri=uri) as store:
         return {r["source_path"]: r for r in store.iterate(
@@ -73,8 +73,8 @@ def ledger(uri: str) -> dict:
 
 def count_and_distinct(uri: str, model: str = "dlib") -> tuple:
     """count(*) as the server reports it, and the number of distinct ids it returns."""
-    from ingest.store import Store
-    from schemas import collection_name
+    from lookalike.ingest.store import Store
+    from lookalike.schemas import collection_name
 
     with Store(uri=uri) as store:
         name = collection_name(model)
@@ -85,7 +85,7 @@ def count_and_distinct(uri: str, model: str = "dlib") -> tuple:
 def _known(row: dict) -> dict:
     """A row with unknown attributes as None: Milvus 2.3 has no nullable fields and stores them as
     false beside has_attributes == false (the documented equivalent of Lite's null)."""
-    from schemas import ATTRIBUTES
+    from lookalike.schemas import ATTRIBUTES
 
     out = {f: v for f, v in row.items() if f != "vector"}
     if not out.get("has_attributes", True):
@@ -103,7 +103,7 @@ def same_rows(got: dict, want: dict) -> None:
 
 
 def _cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "query.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lookalike.query.app.cli", *args], capture_output=True, text=True,
                           timeout=kw.pop("timeout", 600), **kw)
 
 
@@ -122,7 +122,7 @@ def server_ingest(milvus_server, settings, tmp_path_factory):
 
 # -- (a) cpu profile --------------------------------------------------------------------------------
 def test_cpu_profile_creates_hnsw_collections(server_db):
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     with Store(uri=server_db) as store:
         assert store.server and store.profile.name == "cpu"  # the default profile of --uri
@@ -171,7 +171,7 @@ def test_kill_9_driver_mid_run_then_resume(server_ingest, server_db, tmp_path):
     wanted = int(rng.integers(8, N - 16))
     args = ["ingest", str(CELEBA), "--limit", str(N), "--uri", server_db, "--workers", "2",
             "--batch-size", "4", "--report", str(tmp_path / "r.txt")]
-    proc = subprocess.Popen([sys.executable, "-m", "query.cli", *args], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.query.app.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         seen, buf = wait_for_progress(proc, N, wanted)
@@ -196,7 +196,7 @@ def test_kill_9_driver_mid_run_then_resume(server_ingest, server_db, tmp_path):
 
 # -- (d) same answers as Lite ---------------------------------------------------------------------------
 def test_filtered_queries_match_a_lite_ingest_of_the_same_images(server_ingest, settings, tmp_path):
-    from query import Searcher
+    from lookalike.query import Searcher
 
     uri, _ = server_ingest
     lite = tmp_path / "lite.db"
@@ -225,7 +225,7 @@ def test_filtered_queries_match_a_lite_ingest_of_the_same_images(server_ingest, 
 
 # -- (e) an existing Dask cluster --------------------------------------------------------------------
 def test_ingest_through_an_existing_dask_scheduler(server_ingest, server_db, tmp_path, settings):
-    from ingest.settings import thread_env
+    from lookalike.ingest.settings import thread_env
 
     bindir = Path(sys.executable).parent
     port = free_port()
@@ -305,7 +305,7 @@ def test_server_killed_mid_run_gives_up_after_bounded_retries_then_resume_comple
         args = ["ingest", str(CELEBA), "--limit", str(N), "--uri", server.uri, "--workers", "2",
                 "--batch-size", "4", "--report", str(tmp_path / "r.txt")]
         env = dict(os.environ, LOOKALIKE_MILVUS_RETRY_SECONDS="10")
-        proc = subprocess.Popen([sys.executable, "-m", "query.cli", *args], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "lookalike.query.app.cli", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
         buf = ""
         while True:

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import ingest
 from conftest import DATA, read_rows
-from ingest.images import load
-from ingest.models import Detector, ModelError, WeightsMissing, face_square, make_embedder
+
+from lookalike import ingest
+from lookalike.ingest.images import load
+from lookalike.ingest.models import Detector, ModelError, WeightsMissing, face_square, make_embedder
 
 GROUP = DATA / "groups" / "photos" / "multiface.jpg"
 
 
 def build_tiny_models(root: Path) -> dict:
-    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel,
-                              Dinov2Config, Dinov2Model)
-
     import torch
+    from transformers import BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
     clip_dir, dino_dir = root / "tiny-clip", root / "tiny-dinov2"
@@ -123,7 +121,7 @@ def test_three_models_side_by_side_through_the_pipeline(tmp_path, tiny_settings)
     s2 = ingest.run(str(src), models="dinov2", layer=2, workers=0, progress=False,
                     settings=tiny_settings.with_(db=str(db)), report=str(tmp_path / "r2.txt"))
     assert s2.models == ["dinov2_l2"] and s2.faces_stored == s.faces_stored
-    from ingest.store import Store, StoreError
+    from lookalike.ingest.store import Store, StoreError
 
     with Store(str(db)) as store:
         assert store.model_source("dinov2_l2") == tiny_settings.dinov2_model
@@ -134,9 +132,9 @@ def test_three_models_side_by_side_through_the_pipeline(tmp_path, tiny_settings)
 
 
 def test_detection_runs_once_per_image_whatever_the_number_of_models(tiny_settings):
-    from ingest.models import get_engine
-    from ingest.pipeline import process_image
-    from ingest.sources import ImageRecord
+    from lookalike.ingest.models import get_engine
+    from lookalike.ingest.pipeline import process_image
+    from lookalike.ingest.sources import ImageRecord
 
     engine = get_engine(tiny_settings, "yunet", ["dlib", "clip", "dinov2"]).load()
     calls = []

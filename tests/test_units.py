@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.settings import DETECTORS, Settings, SettingsError
-from query.errors import EXIT_STORE, EXIT_USAGE, EXIT_WEIGHTS, UsageError, classify
-from query.results import Document, Match, PhotoResult, QueryFace, check_min_quality, check_top_k
+from lookalike.ingest.settings import DETECTORS, Settings, SettingsError
+from lookalike.query.app.errors import EXIT_STORE, EXIT_USAGE, EXIT_WEIGHTS, UsageError, classify
+from lookalike.query.results import Document, Match, PhotoResult, QueryFace, check_min_quality, check_top_k
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -37,22 +37,22 @@ def test_a_bad_setting_is_one_line_naming_it(change, needle):
 
 
 def test_settings_detectors_are_the_models_detectors():
-    from ingest import models
+    from lookalike.ingest import models
 
     assert models.DETECTORS is DETECTORS
 
 
 def test_cli_profile_choices_are_the_declared_profiles():
-    from query.options import PROFILE_NAMES
-    from schemas import PROFILES
+    from lookalike.query.app.options import PROFILE_NAMES
+    from lookalike.schemas import PROFILES
 
     assert set(PROFILE_NAMES) == set(PROFILES)
 
 
 # -- one error table -----------------------------------------------------------------------------
 def test_error_table_gives_exit_code_and_http_status():
-    from ingest.store import StoreError
-    from schemas.filters import FilterError, compile_filter
+    from lookalike.ingest.store import StoreError
+    from lookalike.schemas.filters import FilterError, compile_filter
 
     with pytest.raises(FilterError) as fe:
         compile_filter("Smilng == true")
@@ -65,7 +65,7 @@ def test_error_table_gives_exit_code_and_http_status():
 def test_every_table_entry_names_a_real_exception():
     import importlib
 
-    from query.errors import TABLE
+    from lookalike.query.app.errors import TABLE
 
     for module, name, _ in TABLE:
         cls = getattr(importlib.import_module(module), name)
@@ -74,7 +74,7 @@ def test_every_table_entry_names_a_real_exception():
 
 # -- the command line without a database ---------------------------------------------------------
 def test_cli_help_and_usage_errors(capsys):
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -93,20 +93,20 @@ def test_cli_help_and_usage_errors(capsys):
 
 
 def test_cli_modules_do_not_import_the_cli():
-    """No import cycle: the command modules use query.options and query.errors, never query.cli."""
+    """No import cycle: the command modules use query.app.options and query.app.errors, never query.app.cli."""
     import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "query"
-    for path in root.glob("*.py"):
+    for path in (root / "app").glob("*.py"):
         if path.name == "cli.py":
             continue
         tree = ast.parse(path.read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert "query.cli" not in imported, path.name
+        assert "lookalike.query.app.cli" not in imported, path.name
     search = (root / "search.py").read_text()
-    assert "from query.explain" not in search.split("def search_photo(photo")[0]  # the Searcher does not explain
+    assert "from lookalike.query.explain" not in search.split("def search_photo(photo")[0]  # the Searcher does not explain
 
 
 # -- result models -------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_results_round_trip_through_json(models):
 
 
 def test_unknown_attributes_are_null_and_the_verdict_follows_the_gallery_size():
-    from schemas import VERDICTS
+    from lookalike.schemas import VERDICTS
 
     v = VERDICTS["dlib"]
     small = Match.from_row(1, 0.93, {"id": "a_0", "has_attributes": False}, v, searched=10)
@@ -141,7 +141,7 @@ def test_unknown_attributes_are_null_and_the_verdict_follows_the_gallery_size():
 
 
 def test_option_checks_name_the_python_parameter():
-    from query.results import QueryError
+    from lookalike.query.results import QueryError
 
     assert check_top_k("7") == 7 and check_min_quality(None) == pytest.approx(0.4)
     for bad, fn in (("0", check_top_k), ("x", check_top_k), (2, check_min_quality), ("nan", check_min_quality)):
@@ -151,8 +151,8 @@ def test_option_checks_name_the_python_parameter():
 
 
 def test_python_twins_take_settings_or_keywords_not_both():
-    import ingest
-    from ingest.settings import resolve
+    from lookalike import ingest
+    from lookalike.ingest.settings import resolve
 
     s = resolve(None, db="a.db")
     assert s.db == "a.db" and resolve(s) is s
@@ -165,7 +165,7 @@ def test_python_twins_take_settings_or_keywords_not_both():
 def test_pair_calibration_meets_its_false_accept_rate():
     import numpy as np
 
-    from query.evaluation import verdict_calibration
+    from lookalike.query.evaluation import verdict_calibration
 
     rng = np.random.default_rng(1)
     pos, neg = rng.normal(0.95, 0.01, 500), rng.normal(0.85, 0.02, 2000)
@@ -192,7 +192,7 @@ def _old_batches(todo: list, size: int) -> list:
 def test_batches_do_not_depend_on_how_the_skip_pass_chunks_the_records(n, size, cuts):
     """The skip pass hands the records over in chunks as it finds them: the batches are the same
     as for the whole list at once (the tail in small batches)."""
-    from ingest.pipeline import _batches
+    from lookalike.ingest.pipeline import _batches
 
     items = list(range(n))
     bounds = [0, *sorted(c for c in cuts if c <= n), n]
@@ -203,7 +203,7 @@ def test_batches_do_not_depend_on_how_the_skip_pass_chunks_the_records(n, size, 
 def test_the_skip_pass_hands_over_chunks_as_found_and_raises_its_error_in_the_run():
     import threading
 
-    from ingest.pipeline import _Pending
+    from lookalike.ingest.pipeline import _Pending
 
     gate = threading.Event()
 
@@ -231,7 +231,7 @@ def test_the_skip_pass_hands_over_chunks_as_found_and_raises_its_error_in_the_ru
 def test_the_skip_pass_pauses_once_it_has_found_work_until_the_workers_are_ready():
     import threading
 
-    from ingest.pipeline import _Pending
+    from lookalike.ingest.pipeline import _Pending
 
     went_on = threading.Event()
 
@@ -257,7 +257,7 @@ def test_the_progress_bar_shows_face_counts_in_full():
 
     from tqdm import tqdm
 
-    from ingest.pipeline import IngestSummary, _postfix
+    from lookalike.ingest.pipeline import IngestSummary, _postfix
 
     out = io.StringIO()
     bar = tqdm(total=10, file=out)

@@ -21,16 +21,22 @@ import pytest
 from PIL import Image
 
 fastapi = pytest.importorskip("fastapi")
+from conftest import DATA  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ingest.settings import Settings  # noqa: E402
-from query.results import validate_document  # noqa: E402
-from query.search import Searcher  # noqa: E402
-from query.web import (ATTRIBUTE_GROUPS, MAX_UPLOAD_BYTES, PHOTO_SIDE, WEB_TOP_K_MAX, api_message,  # noqa: E402
-                       create_app, sniff_image)
-from schemas import ATTRIBUTES  # noqa: E402
-
-from conftest import DATA  # noqa: E402
+from lookalike.ingest.settings import Settings  # noqa: E402
+from lookalike.query.app.web import (  # noqa: E402
+    ATTRIBUTE_GROUPS,
+    MAX_UPLOAD_BYTES,
+    PHOTO_SIDE,
+    WEB_TOP_K_MAX,
+    api_message,
+    create_app,
+    sniff_image,
+)
+from lookalike.query.results import validate_document  # noqa: E402
+from lookalike.query.search import Searcher  # noqa: E402
+from lookalike.schemas import ATTRIBUTES  # noqa: E402
 
 PEOPLE = DATA / "people"
 GROUPS = DATA / "groups" / "photos"
@@ -49,8 +55,7 @@ def _faces_range(name: str):
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, deepface_home):
     """(TestClient, app, searcher, db) over a 30-photo sample database."""
-    import ingest
-
+    from lookalike import ingest
     base = tmp_path_factory.mktemp("web_sample")
     src = base / "people"
     n = 0
@@ -108,7 +113,7 @@ def test_sniff_image():
 def test_serve_refuses_missing_db_and_busy_port(tmp_path, capsys):
     import socket
 
-    from query.cli import main
+    from lookalike.query.app.cli import main
 
     assert main(["serve", "--db", str(tmp_path / "nope.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -260,7 +265,7 @@ def test_invalid_filter_names_the_field(web):
 ])
 def test_hostile_filter_is_422_with_the_validators_message(web, expr):
     """What the CLI refuses with one line (exit 2), the API refuses with the same line: never a 500."""
-    from schemas.filters import FilterError, compile_filter
+    from lookalike.schemas.filters import FilterError, compile_filter
 
     with pytest.raises(FilterError) as e:
         compile_filter(expr)
@@ -353,7 +358,7 @@ def test_photo(web):
 
 def test_sheet(web):
     """/api/sheet re-runs the query (nothing is kept between requests) and draws its contact sheet."""
-    from query.render import sheet_size
+    from lookalike.query.render import sheet_size
 
     c = web["client"]
     photo = GROUPS / "obama_and_biden.jpg"
@@ -566,7 +571,7 @@ def test_browser_end_to_end(server, browser, tmp_path):
         page.click("#dl-sheet")
     sheet = Image.open(dl.value.path())
     assert sheet.format == "PNG" and dl.value.suggested_filename == "multiface-lookalike.png"
-    from query.render import sheet_size
+    from lookalike.query.render import sheet_size
     p0 = doc["photos"][0]
     assert sheet.size == sheet_size(p0["width"], p0["height"], len(p0["faces"]), 4)
 

@@ -42,18 +42,18 @@ class ErrorKind:
 # (module, class name) -> kind. The first match wins: subclasses before their bases. UsageError
 # carries its own exit code and is classified before the table is read.
 TABLE = (
-    ("ingest.settings", "SettingsError", ErrorKind(EXIT_USAGE, 400, "bad_setting")),
-    ("schemas.filters", "FilterError", ErrorKind(EXIT_USAGE, 422, "invalid_filter")),
+    ("lookalike.ingest.settings", "SettingsError", ErrorKind(EXIT_USAGE, 400, "bad_setting")),
+    ("lookalike.schemas.filters", "FilterError", ErrorKind(EXIT_USAGE, 422, "invalid_filter")),
     ("schemas", "UnknownName", ErrorKind(EXIT_USAGE, 400, "unknown_model")),
-    ("query.results", "QueryError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
-    ("query.explain", "ExplainError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
-    ("query.evaluation", "EvalError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
-    ("ingest.pipeline", "IngestError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
-    ("ingest.erase", "DeleteError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
-    ("ingest.images", "ImageError", ErrorKind(EXIT_UNREADABLE, 422, "unreadable")),
-    ("ingest.models", "WeightsMissing", ErrorKind(EXIT_WEIGHTS, 503, "weights_missing")),
-    ("ingest.models", "ModelError", ErrorKind(EXIT_WEIGHTS, 503, "model_error")),
-    ("ingest.store", "StoreError", ErrorKind(EXIT_STORE, 503, "store_error")),
+    ("lookalike.query.results", "QueryError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
+    ("lookalike.query.explain", "ExplainError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
+    ("lookalike.query.evaluation", "EvalError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.pipeline", "IngestError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.erase", "DeleteError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.images", "ImageError", ErrorKind(EXIT_UNREADABLE, 422, "unreadable")),
+    ("lookalike.ingest.models", "WeightsMissing", ErrorKind(EXIT_WEIGHTS, 503, "weights_missing")),
+    ("lookalike.ingest.models", "ModelError", ErrorKind(EXIT_WEIGHTS, 503, "model_error")),
+    ("lookalike.ingest.store", "StoreError", ErrorKind(EXIT_STORE, 503, "store_error")),
 )
 
 

@@ -12,8 +12,8 @@ from typing import List, Optional
 
 import click
 
-from query.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify
-from query.options import detector_option, model_source_options, settings_for, storage_options
+from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify
+from lookalike.query.app.options import detector_option, model_source_options, settings_for, storage_options
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -58,7 +58,7 @@ def ingest(source, models, clip_model, dinov2_model, layer, detector, workers, s
     """Ingest a CelebA folder, a folder of images (subfolder = identity) or a text file of paths.
 
     Re-running resumes: images already stored are skipped."""
-    from ingest import run
+    from lookalike.ingest import run
 
     settings = settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
                             clip_model=clip_model, dinov2_model=dinov2_model)
@@ -75,7 +75,7 @@ def ingest(source, models, clip_model, dinov2_model, layer, detector, workers, s
 @storage_options
 def stats(as_json, db, uri, token, profile) -> int:
     """Rows and index of each face collection, and the photos recorded."""
-    from ingest.store import Store
+    from lookalike.ingest.store import Store
 
     s = settings_for(db=db, uri=uri, token=token, profile=profile)
     with Store.from_settings(s) as store:
@@ -98,7 +98,7 @@ def stats(as_json, db, uri, token, profile) -> int:
 @cli.command()
 def fields() -> int:
     """List the fields filters may use."""
-    from schemas import FACE_FIELDS
+    from lookalike.schemas import FACE_FIELDS
 
     for f in FACE_FIELDS:
         click.echo(f"{f.name:<22} {f.kind:<8} {f.doc}")
@@ -106,12 +106,12 @@ def fields() -> int:
 
 
 def _register() -> None:
-    # Each command module imports only query.options and query.errors, never this module.
-    from query.commands import query
-    from query.delete_cli import delete
-    from query.eval_cli import eval_group
-    from query.head_cli import train_head_command
-    from query.web_cli import serve
+    # Each command module imports only query.app.options and query.app.errors, never this module.
+    from lookalike.query.app.commands import query
+    from lookalike.query.app.delete_cli import delete
+    from lookalike.query.app.eval_cli import eval_group
+    from lookalike.query.app.head_cli import train_head_command
+    from lookalike.query.app.web_cli import serve
 
     for command in (query, delete, serve, eval_group, train_head_command):
         cli.add_command(command)

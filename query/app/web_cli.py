@@ -7,8 +7,8 @@ import socket
 
 import click
 
-from query.errors import EXIT_OK, UsageError
-from query.options import detector_option, existing_db, settings_for, storage_options
+from lookalike.query.app.errors import EXIT_OK, UsageError
+from lookalike.query.app.options import detector_option, existing_db, settings_for, storage_options
 
 SERVE_EPILOG = """
 The page is at http://HOST:PORT/ ; the JSON API is documented at /docs (OpenAPI at /openapi.json):
@@ -55,7 +55,7 @@ def serve(host, port, detector, max_upload_mb, no_warm, db, uri, token, profile)
     _check_port_free(host, port)
     import uvicorn
 
-    from query.web import create_app
+    from lookalike.query.app.web import create_app
 
     try:
         public = not ipaddress.ip_address(host).is_loopback

@@ -52,9 +52,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest.settings import Settings
-from query.errors import ErrorKind, UsageError, classify
-from query.results import DEFAULT_TOP_K, DOCUMENT_VERSION, PhotoResult
+from lookalike.ingest.settings import Settings
+from lookalike.query.app.errors import ErrorKind, UsageError, classify
+from lookalike.query.results import DEFAULT_TOP_K, DOCUMENT_VERSION, PhotoResult
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DOCS_ASSETS = "/docs-assets"  # where Swagger UI's and ReDoc's files are served from
@@ -275,7 +275,7 @@ def _thumb_jpeg(path: str, box: Tuple[int, int, int, int]) -> Optional[bytes]:
     """A stored face's crop with a little context (it looks better), or None when unreadable."""
     from PIL import Image
 
-    from query.render import source_crop
+    from lookalike.query.render import source_crop
 
     x, y, w, h = box
     pad = round(0.15 * max(w, h))
@@ -291,7 +291,7 @@ def _photo_jpeg(path: str, box: Tuple[int, int, int, int]) -> Optional[bytes]:
     outlined; None when the file is missing or unreadable."""
     from PIL import Image, ImageDraw
 
-    from ingest.images import ImageError, load
+    from lookalike.ingest.images import ImageError, load
 
     try:
         decoded = load(path)
@@ -352,8 +352,8 @@ class Lookalike:
         self._thumbs: Dict[tuple, bytes] = {}
 
     def open(self, warm: bool) -> None:
-        from query.results import QueryError
-        from query.search import Searcher
+        from lookalike.query.results import QueryError
+        from lookalike.query.search import Searcher
 
         if self._searcher is None:
             self._searcher = Searcher(self.settings, explicit_sources=self.explicit_sources)
@@ -379,7 +379,7 @@ class Lookalike:
     def check_model(self, model: Optional[str]) -> None:
         """Refuse a model without a collection here before anything loads (and before the
         search's own message, written for the command line, could name a CLI flag)."""
-        from schemas import UnknownName
+        from lookalike.schemas import UnknownName
 
         with self.lock:
             present = self.searcher.store.models()
@@ -409,8 +409,8 @@ class Lookalike:
 
     def search(self, image: UploadFile, opts: QueryOptions) -> PhotoResult:
         """Search every face of the upload; the result keeps the decoded photo."""
-        from ingest.images import ImageError
-        from schemas.filters import FilterError, compile_filter
+        from lookalike.ingest.images import ImageError
+        from lookalike.schemas.filters import FilterError, compile_filter
 
         data = self.read_upload(image)
         self.check_model(opts.model)
@@ -497,10 +497,10 @@ def index():
 
 @api.get("/stats", summary="Collections in the database, and the bounds of the query's options")
 def stats(svc: Lookalike = Depends(service)) -> Dict[str, Any]:
-    from ingest.quality import DEFAULT_MIN_QUALITY
-    from query.results import QueryError
-    from schemas import collection_name
-    from schemas.filters import compile_filter
+    from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
+    from lookalike.query.results import QueryError
+    from lookalike.schemas import collection_name
+    from lookalike.schemas.filters import compile_filter
 
     s = svc.searcher
     with svc.lock:
@@ -522,8 +522,8 @@ def stats(svc: Lookalike = Depends(service)) -> Dict[str, Any]:
 
 @api.get("/fields", summary="Fields filters may use, attributes grouped")
 def fields() -> Dict[str, Any]:
-    from schemas import ATTRIBUTES, FACE_FIELDS
-    from schemas.filters import FILTERABLE
+    from lookalike.schemas import ATTRIBUTES, FACE_FIELDS
+    from lookalike.schemas.filters import FILTERABLE
 
     return {"attribute_groups": ATTRIBUTE_GROUPS, "attributes": list(ATTRIBUTES),
             "fields": [{"name": f.name, "kind": f.kind, "doc": f.doc} for f in FACE_FIELDS
@@ -550,7 +550,7 @@ def sheet(image: UploadFile = IMAGE_FILE, opts: QueryOptions = Depends(query_opt
           svc: Lookalike = Depends(service)) -> Response:
     """Runs the query again (the same form as /api/query) and draws it as `lookalike query --out`
     does: the photo with numbered boxes, then a row of matches per face."""
-    from query.render import render_sheet
+    from lookalike.query.render import render_sheet
 
     buf = io.BytesIO()
     render_sheet(svc.search(image, opts)).save(buf, "PNG", compress_level=1)

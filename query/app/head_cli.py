@@ -5,8 +5,8 @@ import json
 
 import click
 
-from query.errors import EXIT_OK, EXIT_USAGE, EXIT_WEIGHTS, UsageError
-from query.options import settings_for, storage_options
+from lookalike.query.app.errors import EXIT_OK, EXIT_USAGE, EXIT_WEIGHTS, UsageError
+from lookalike.query.app.options import settings_for, storage_options
 
 HEAD_EPILOG = """
 what it does:
@@ -47,7 +47,7 @@ ARCHS = ("linear", "mlp")
 def train_head_command(model, holdout, epochs, loss, arch, device, seed, as_json, quiet, db, uri, token,
                        profile) -> int:
     """Train a projection head on the collection's labelled faces (faces_<model>_head)."""
-    from ingest.head import HeadError, train_head
+    from lookalike.ingest.head import HeadError, train_head
 
     try:
         summary = train_head(model, settings=settings_for(db=db, uri=uri, token=token, profile=profile),

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from query.errors import UsageError
+from lookalike.query.app.errors import UsageError
 
 PROFILE_NAMES = ("lite", "lite-hnsw", "cpu", "gpu")  # schemas.PROFILES, without importing it at startup
 
@@ -47,7 +47,7 @@ def detector_option(help_extra: str = "") -> Callable:
 def settings_for(**values: Any):
     """The command's settings: the environment, overridden by the flags given (None: not given).
     A bad value raises SettingsError naming the flag (exit 2)."""
-    from ingest.settings import Settings
+    from lookalike.ingest.settings import Settings
 
     return Settings().with_(**values)
 

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import click
 
-from query.errors import EXIT_OK, UsageError
-from query.options import out_dir, settings_for, storage_options
+from lookalike.query.app.errors import EXIT_OK, UsageError
+from lookalike.query.app.options import out_dir, settings_for, storage_options
 
 LFW_EPILOG = """
 protocol:
@@ -70,8 +70,8 @@ def _common(f):
 
 def _resolve(model: str, detectors: Optional[str], settings):
     """(models, detectors) from --model / --detector, each validated (exit 2 with one line)."""
-    from ingest.models import default_face_model
-    from schemas import get_model
+    from lookalike.ingest.models import default_face_model
+    from lookalike.schemas import get_model
 
     models = []
     for m in (x.strip() for x in str(model).split(",")):
@@ -88,7 +88,7 @@ def _resolve(model: str, detectors: Optional[str], settings):
 
 
 def _emit(as_json: bool, report, text: str, out: Optional[Path], stem: str, extra: List[str]) -> None:
-    from query.evaluation import plot_roc, to_json
+    from lookalike.query.evaluation import plot_roc, to_json
 
     written = []
     if out is not None:
@@ -119,7 +119,7 @@ def eval_group() -> None:
               help="quick look: the first N/2 same-person and N/2 different-person pairs")
 def lfw(pairs, images, model, detectors, as_json, out, quiet, limit) -> int:
     """LFW face verification through the product's detect -> align -> embed path."""
-    from query.evaluation import evaluate_lfw, format_lfw
+    from lookalike.query.evaluation import evaluate_lfw, format_lfw
 
     if not Path(pairs).is_file():
         raise UsageError(f"pairs file {pairs}: no such file" if not Path(pairs).exists() else f"pairs file {pairs}: not a file")
@@ -148,8 +148,8 @@ def lfw(pairs, images, model, detectors, as_json, out, quiet, limit) -> int:
 def retrieval(source, model, detectors, as_json, out, quiet, filter_, faces, workers, limit,
               db, uri, token, profile) -> int:
     """Leave-one-out identity retrieval: Recall@1/5/10 and mAP per model and detector."""
-    from query.evaluation import evaluate_retrieval, format_retrieval
-    from schemas.filters import compile_filter
+    from lookalike.query.evaluation import evaluate_retrieval, format_retrieval
+    from lookalike.schemas.filters import compile_filter
 
     compile_filter(filter_)  # FilterError -> exit 2, before any work
     if not Path(source).exists():
@@ -174,7 +174,7 @@ def retrieval(source, model, detectors, as_json, out, quiet, filter_, faces, wor
 def head(model, as_json, out, db, uri, token, profile) -> int:
     """A trained projection head beside its base model (`lookalike train-head`): Recall@1/5/10 and
     mAP on the held-out photos and identities its file records."""
-    from query.evaluation import evaluate_head, format_head
+    from lookalike.query.evaluation import evaluate_head, format_head
 
     settings = settings_for(db=db, uri=uri, token=token, profile=profile)
     report = evaluate_head(model, settings=settings)

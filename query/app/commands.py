@@ -10,8 +10,8 @@ from typing import List
 
 import click
 
-from query.errors import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, UsageError
-from query.options import detector_option, existing_db, model_source_options, out_dir, settings_for, storage_options
+from lookalike.query.app.errors import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, UsageError
+from lookalike.query.app.options import detector_option, existing_db, model_source_options, out_dir, settings_for, storage_options
 
 QUERY_EPILOG = """
 output:
@@ -47,7 +47,7 @@ photo is processed; the exit code is 4 if any photo was unreadable, else 3 if an
 
 def expand_photos(photos) -> List[str]:
     """Photos as given; a folder stands for the images directly inside it, sorted by name."""
-    from ingest.images import IMAGE_SUFFIXES
+    from lookalike.ingest.images import IMAGE_SUFFIXES
 
     out: List[str] = []
     for p in photos:
@@ -94,11 +94,11 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
           all_faces, detector, as_json, out, explain, method, explain_top, clip_model, dinov2_model, layer,
           db, uri, token, profile) -> int:
     """Find the stored faces most like each face of one or more photos (a folder: its images)."""
-    from ingest.images import ImageError
-    from query.render import format_text, write_outputs
-    from query.results import PhotoResult, check_min_quality
-    from query.search import Searcher
-    from schemas.filters import compile_filter
+    from lookalike.ingest.images import ImageError
+    from lookalike.query.render import format_text, write_outputs
+    from lookalike.query.results import PhotoResult, check_min_quality
+    from lookalike.query.search import Searcher
+    from lookalike.schemas.filters import compile_filter
 
     min_q = 0.0 if all_faces else check_min_quality(min_quality)
     flt = compile_filter(filter_, list(where), list(where_not))  # FilterError -> exit 2
@@ -106,7 +106,7 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
     if explain:
         if not out:
             raise UsageError("--explain needs --out DIR (the explanation panels are written there)")
-        from query.explain import parse_methods
+        from lookalike.query.explain import parse_methods
 
         methods = ",".join(parse_methods(method))
     settings = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
@@ -129,7 +129,7 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
                                               exclude_same_image=exclude_same_image, min_face=min_face,
                                               min_score=min_score, min_quality=min_q, keep_image=bool(out))
                     if methods:
-                        from query.explain import explain_result
+                        from lookalike.query.explain import explain_result
 
                         explain_result(searcher, r, methods, explain_top, out)
                 except ImageError as e:
@@ -152,7 +152,7 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
                                if r.faces_skipped_small else "")
                     click.echo(f"lookalike: {path}: no face found (detector {r.detector}{skipped})", err=True)
     if as_json:
-        from query.results import results_document
+        from lookalike.query.results import results_document
 
         click.echo(json.dumps(results_document(results), indent=2, ensure_ascii=False))
     else:

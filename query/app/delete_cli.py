@@ -5,8 +5,8 @@ import json
 
 import click
 
-from query.errors import EXIT_OK
-from query.options import settings_for, storage_options
+from lookalike.query.app.errors import EXIT_OK
+from lookalike.query.app.options import settings_for, storage_options
 
 DELETE_EPILOG = """
 what is removed:
@@ -49,7 +49,7 @@ exit codes: 0 ok (also when nothing matched), 2 usage (no selector, bad hash, em
 @storage_options
 def delete(image, sha256, identity, dry_run, as_json, db, uri, token, profile) -> int:
     """Erase the faces of an image or a person (every model collection, and the ledger)."""
-    from ingest.erase import delete as erase
+    from lookalike.ingest.erase import delete as erase
 
     summary = erase(image=list(image), sha256=list(sha256), identity=list(identity),
                     settings=settings_for(db=db, uri=uri, token=token, profile=profile), dry_run=dry_run)
