@@ -22,6 +22,7 @@ import numpy as np
 from lookalike.ingest.images import Decoded
 from lookalike.ingest.settings import DETECTORS, Settings  # noqa: F401  (DETECTORS re-exported)
 from lookalike.schemas import MODELS, ModelSpec, get_model
+from lookalike.schemas.errors import ModelUnavailable
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -53,12 +54,14 @@ _SHRINKS_TO = {"yunet": 640}
 MIN_DETECT_SIDE = 10
 
 
-class WeightsMissing(RuntimeError):
+class ModelError(ModelUnavailable):
+    """A model cannot be built or run with this configuration (exit 5, HTTP 503)."""
+
+
+class WeightsMissing(ModelError):
     """Weights absent and not downloadable; str() names the file and where to put it."""
 
-
-class ModelError(RuntimeError):
-    pass
+    api_code = "weights_missing"
 
 
 def _packaged_weights() -> Dict[str, Path]:
