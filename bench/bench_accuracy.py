@@ -39,15 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lookalike.ingest.analysis import Analyzer, nearest_centre  # noqa: E402
 from lookalike.ingest.images import load  # noqa: E402
-from lookalike.ingest.models import get_engine  # noqa: E402
-from lookalike.ingest.quality import DEFAULT_MIN_QUALITY, assess  # noqa: E402
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY  # noqa: E402
 from lookalike.ingest.settings import Settings, default_data_dir  # noqa: E402
 from lookalike.query.evaluation import (  # noqa: E402
     best_threshold,
     format_search_calibration,
     lfw_image,
-    nearest_centre,
     read_pairs,
     search_calibration,
 )
@@ -81,15 +80,16 @@ def largest_rect(dets, w, h):
 
 
 def product(settings):
-    engine = get_engine(settings, "yunet", ["dlib"]).load()
+    analyzer = Analyzer(settings, "yunet", ["dlib"]).load()
+
+    def largest_face(faces, image):
+        return [max(faces, key=lambda f: f.box[2] * f.box[3])] if faces else []
 
     def embed(path, largest):
-        image = load(path)
-        faces = engine.detector.detect(image)
-        if not faces:
+        photo = analyzer.analyse(load(path), select=largest_face if largest else nearest_centre)
+        if not photo.faces:
             return None, None
-        f = max(faces, key=lambda f: f.box[2] * f.box[3]) if largest else nearest_centre(faces, image.width, image.height)
-        return engine.embedders["dlib"].embed(image, [f])[0], assess(image, f).score
+        return photo.faces[0].vectors["dlib"], photo.faces[0].quality.score
     return embed
 
 
@@ -193,8 +193,8 @@ def junk(data, settings, out):
             top, strangers, found, faces, centred = [], 0, 0, 0, []
             for photo in sorted(people):
                 r = s.search_photo(str(data / "groups" / "photos" / photo), top_k=5, min_quality=q)
-                vecs = s.engine(["dlib"]).embedders["dlib"].embed(load(str(data / "groups" / "photos" / photo)),
-                                                                  s.engine(["dlib"]).detector.detect(load(str(data / "groups" / "photos" / photo)))) if r.faces else []
+                path = str(data / "groups" / "photos" / photo)
+                vecs = s.analyzer(["dlib"]).analyse(load(path)).vectors("dlib") if r.faces else []
                 for f, v in zip(r.faces, vecs):
                     faces += 1
                     top += [m.id for m in f.matches]
@@ -227,11 +227,11 @@ def fit_box(data):
 
     det = dlib.get_frontal_face_detector()
     settings = Settings()
-    engine = get_engine(settings, "yunet", ["dlib"]).load()
+    analyzer = Analyzer(settings, "yunet", ["dlib"]).load()
     a = []
     for p in sorted(glob.glob(str(data / "celeba" / "img_celeba" / "*.jpg"))):
         image = load(p)
-        faces = engine.detector.detect(image)
+        faces = [fa.face for fa in analyzer.detect(image).faces]
         hs = list(det(image.rgb, 1))
         if not faces or not hs:
             continue

@@ -266,8 +266,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     first = searcher.search_photo(photo, top_k=k)
     t_cold = time.perf_counter() - t0
-    eng1 = searcher.engine(["dlib"])
-    eng2 = searcher.engine(["dlib"])
+    eng1 = searcher.analyzer(["dlib"]).engine
+    eng2 = searcher.analyzer(["dlib"]).engine
     result["cold"] = {"open_and_load_collection_s": round(t_open, 3), "first_query_s": round(t_cold, 3),
                       "engine_reused": eng1 is eng2, "faces": len(first.faces)}
 
@@ -287,12 +287,9 @@ def main(argv=None) -> int:
         result["warm"][name] = run_scenario(searcher, photo, k, args.reps, out_dir, **kw)
 
     # batched vs per-face search
-    eng = searcher.engine(["dlib"])
     from lookalike.ingest.images import load
 
-    img = load(photo)
-    faces = eng.detector.detect(img)
-    qv = eng.embedders["dlib"].embed(img, faces)
+    qv = searcher.analyzer(["dlib"]).analyse(load(photo)).vectors("dlib")
     batched, single = [], []
     for _ in range(args.reps):
         t = time.perf_counter()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lookalike.schemas import MODELS, PROFILES, get_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,6 +20,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
              "yolov8n", "fastmtcnn")
 DLIB_ENGINES = ("torch", "dlib")
+
+
+# Settings that only say where the faces are stored and how they are written; any other setting
+# may change what a model computes, so models built under one value are never reused under another.
+STORAGE_SETTINGS = frozenset({"db", "uri", "token", "profile", "milvus_retries", "milvus_retry_seconds", "commit_seconds"})
 
 
 class SettingsError(ValueError):
@@ -46,8 +53,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir,
                            validation_alias=AliasChoices("LOOKALIKE_DATA", "data_dir"))
     # transformers models: a hub id or a local directory (from_pretrained takes either)
-    clip_model: str = "openai/clip-vit-base-patch32"
-    dinov2_model: str = "facebook/dinov2-small"
+    # (each a model's `source_setting` in schemas.MODELS, defaulting to its declared source)
+    clip_model: str = MODELS["clip"].default_source
+    dinov2_model: str = MODELS["dinov2"].default_source
     # DeepFace's YuNet default (0.9) misses half the faces of the sample group photos; 0.6 finds
     # the human-checked face counts with no false face on the no-face photos.
     yunet_threshold: float = Field(0.6, gt=0.0, lt=1.0)
@@ -84,8 +92,6 @@ class Settings(BaseSettings):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, v: Optional[str]) -> Optional[str]:
-        from lookalike.schemas import PROFILES
-
         if v is not None and v not in PROFILES:
             raise ValueError(f"unknown index profile '{v}' (known: {', '.join(PROFILES)})")
         return v
@@ -98,6 +104,11 @@ class Settings(BaseSettings):
                              f"a server is --uri http://host:19530")
         return self
 
+    def model_settings(self) -> Tuple[Tuple[str, str], ...]:
+        """Every setting that may change what a model computes: all but STORAGE_SETTINGS (the
+        engine cache key, lookalike.ingest.models.engine)."""
+        return tuple((k, str(v)) for k, v in self.model_dump().items() if k not in STORAGE_SETTINGS)
+
     @property
     def weights_dir(self) -> Path:
         return Path(self.deepface_home).expanduser() / ".deepface" / "weights"
@@ -108,7 +119,8 @@ class Settings(BaseSettings):
         return self.uri or str(self.db)
 
     def model_source(self, base: str) -> str:
-        return {"clip": self.clip_model, "dinov2": self.dinov2_model}[base]
+        """The hub id or folder a model with a configurable source loads (schemas.ModelSpec.source_setting)."""
+        return str(getattr(self, get_model(base).source_setting))
 
     def with_(self, **changes: Any) -> "Settings":
         """A validated copy with these values changed (None leaves a value as it is)."""

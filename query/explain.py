@@ -184,149 +184,19 @@ def _occlusion(embedder, q: np.ndarray, m: np.ndarray, vq: np.ndarray, vm: np.nd
 
 
 # ---------------------------------------------------------------------------------------------
-# Vision transformers (torch)
+# Model-specific methods: each model computes them itself (its gradients, attentions, blocks);
+# these names stay for callers that explain one model directly.
 # ---------------------------------------------------------------------------------------------
-def _vit_pixels(embedder, crops: Sequence[np.ndarray]):
-    return embedder._processor(images=list(crops), return_tensors="pt")["pixel_values"]
-
-
-def _vit_embed(embedder, out):
-    return embedder.pooled(out)
-
-
-def _vit_grid(embedder, pixels) -> Tuple[int, int]:
-    cfg = embedder.config()
-    patch = int(getattr(cfg, "vision_config", cfg).patch_size)
-    return pixels.shape[-2] // patch, pixels.shape[-1] // patch
-
-
 def vit_gradcam(embedder, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM of the query-match cosine similarity on the last (embedding) block's patch tokens;
-    two (gh, gw) maps, not normalised."""
-    import torch
-
-    embedder.load()
-    model = embedder._model
-    pixels = _vit_pixels(embedder, [q, m])
-    gh, gw = _vit_grid(embedder, pixels)
-    with torch.enable_grad():
-        out = model(pixel_values=pixels, output_hidden_states=True)
-        # The patch tokens entering the block the embedding is read from (the last one unless a
-        # layer was chosen): at that block's output only the CLS token reaches the embedding.
-        last = embedder.spec.layer or (len(out.hidden_states) - 1)
-        hidden = out.hidden_states[last - 1]
-        hidden.retain_grad()
-        emb = torch.nn.functional.normalize(_vit_embed(embedder, out).float(), dim=-1)
-        sim = (emb[0] * emb[1]).sum()
-        model.zero_grad(set_to_none=True)
-        sim.backward()
-    tokens = hidden[:, -gh * gw:].detach()  # patch tokens (CLS and any registers first)
-    grads = hidden.grad[:, -gh * gw:]
-    weights = grads.mean(dim=1, keepdim=True)  # per channel
-    cam = torch.relu((weights * tokens).sum(-1)).reshape(2, gh, gw).numpy()
-    return cam[0], cam[1]
-
-
-def _eager(embedder):
-    model = embedder._model
-    if getattr(model.config, "_attn_implementation", "eager") != "eager":
-        model.set_attn_implementation("eager")  # attentions are only returned by eager attention
-    return model
+    return embedder.gradcam(q, m)
 
 
 def vit_attention(embedder, crops: Sequence[np.ndarray]):
-    """(rollout (n, gh, gw), last layer CLS attention per head (n, heads, gh, gw))."""
-    import torch
-
-    embedder.load()
-    model = _eager(embedder)
-    pixels = _vit_pixels(embedder, crops)
-    gh, gw = _vit_grid(embedder, pixels)
-    with torch.inference_mode():
-        out = model(pixel_values=pixels, output_attentions=True)
-    atts = [a.float() for a in out.attentions]  # per layer (n, heads, T, T)
-    n, T = atts[0].shape[0], atts[0].shape[-1]
-    eye = torch.eye(T).expand(n, T, T)
-    roll = eye.clone()
-    for a in atts:
-        a = 0.5 * a.mean(1) + 0.5 * eye
-        a = a / a.sum(-1, keepdim=True)
-        roll = a @ roll
-    rollout = roll[:, 0, -gh * gw:].reshape(n, gh, gw).numpy()
-    heads = atts[-1][:, :, 0, -gh * gw:].reshape(n, atts[-1].shape[1], gh, gw).numpy()
-    return rollout, heads
+    return embedder.attention(crops)
 
 
 def vit_layer_scores(embedder, q: np.ndarray, m: np.ndarray) -> List[float]:
-    """Query-match cosine at each hidden state (0 = patch embeddings), CLS through the final norm."""
-    import torch
-
-    embedder.load()
-    pixels = _vit_pixels(embedder, [q, m])
-    with torch.inference_mode():
-        out = embedder._model(pixel_values=pixels, output_hidden_states=True)
-        scores = []
-        for h in out.hidden_states:
-            v = torch.nn.functional.normalize(embedder._final_norm(h[:, 0]).float(), dim=-1)
-            scores.append(float((v[0] * v[1]).sum()))
-    return scores
-
-
-# ---------------------------------------------------------------------------------------------
-# FaceNet (TensorFlow)
-# ---------------------------------------------------------------------------------------------
-FACENET_STAGES = ("Block35_5_Activation", "Mixed_6a", "Block17_10_Activation", "Mixed_7a",
-                  "Block8_5_Activation")
-
-
-def _keras(embedder):
-    embedder.load()
-    return embedder._model.model
-
-
-def _facenet_submodel(embedder, names: Tuple[str, ...]):
-    cache = embedder.__dict__.setdefault("_explain_submodels", {})
-    if names not in cache:
-        import tensorflow as tf
-
-        km = _keras(embedder)
-        outs = []
-        for n in names:
-            # "last_conv": the last convolutional block, i.e. what InceptionResNetV1 average-pools
-            outs.append(km.get_layer("AvgPool").input if n == "last_conv" else km.get_layer(n).output)
-        cache[names] = tf.keras.Model(inputs=km.inputs, outputs=outs + [km.outputs[0]])
-    return cache[names]
-
-
-def facenet_gradcam(embedder, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    import tensorflow as tf
-
-    sub = _facenet_submodel(embedder, ("last_conv",))
-    x = tf.constant(np.stack([q, m]).astype(np.float32))
-    with tf.GradientTape() as tape:
-        conv, emb = sub(x, training=False)
-        tape.watch(conv)
-        emb = tf.math.l2_normalize(emb, axis=-1)
-        sim = tf.reduce_sum(emb[0] * emb[1])
-    grads = tape.gradient(sim, conv)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
-    return cam[0], cam[1]
-
-
-def facenet_layer_scores(embedder, q: np.ndarray, m: np.ndarray) -> List[float]:
-    import tensorflow as tf
-
-    names = FACENET_STAGES + ("last_conv",)
-    sub = _facenet_submodel(embedder, names)
-    outs = sub(tf.constant(np.stack([q, m]).astype(np.float32)), training=False)
-    scores = []
-    for o in outs[:-1]:
-        v = tf.reduce_mean(o, axis=(1, 2)).numpy()
-        scores.append(float(_unit(v[0]) @ _unit(v[1])))
-    e = outs[-1].numpy()
-    scores.append(float(_unit(e[0]) @ _unit(e[1])))
-    return scores
+    return embedder.layer_scores(q, m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,22 +210,21 @@ def explain_inputs(embedder, method: str, q: np.ndarray, m: np.ndarray) -> Expla
     t0 = time.perf_counter()
     vq, vm = embedder.embed_inputs([q, m])
     ex = Explanation(method, embedder.name, float(vq @ vm), q, m)
-    k = kind_of(embedder)
     Hq, Wq = q.shape[:2]
     Hm, Wm = m.shape[:2]
     if method == "occlusion":
         ex.query_map, ex.match_map = _occlusion(embedder, q, m, vq, vm)
     elif method == "gradcam":
-        cq, cm = (facenet_gradcam if k == "facenet" else vit_gradcam)(embedder, q, m)
+        cq, cm = embedder.gradcam(q, m)
         ex.query_map = _normalise_map(_resize(cq, Hq, Wq))
         ex.match_map = _normalise_map(_resize(cm, Hm, Wm))
     elif method == "attention":
-        roll, heads = vit_attention(embedder, [q, m])
+        roll, heads = embedder.attention([q, m])
         ex.query_map = _normalise_map(_resize(roll[0], Hq, Wq))
         ex.match_map = _normalise_map(_resize(roll[1], Hm, Wm))
         ex.heads = (heads[0], heads[1])
     elif method == "layers":
-        ex.layer_scores = (facenet_layer_scores if k == "facenet" else vit_layer_scores)(embedder, q, m)
+        ex.layer_scores = embedder.layer_scores(q, m)
     else:
         raise ExplainError(f"unknown explanation method {method}")
     ex.seconds = time.perf_counter() - t0
@@ -497,8 +366,7 @@ def match_face(searcher, models: Sequence[str], match, default_detector: str):
 
     image = load(match.source_path)
     det = match.detector if match.detector in DETECTORS else default_detector
-    engine = searcher.engine(list(models), det)
-    faces = engine.detector.detect(image)
+    faces = [fa.face for fa in searcher.analyzer(list(models), det).detect(image).faces]
     best = max(faces, key=lambda f: _iou(f.box, match.box), default=None)
     if best is not None and _iou(best.box, match.box) >= 0.5:
         return image, best
@@ -509,7 +377,7 @@ def match_face(searcher, models: Sequence[str], match, default_detector: str):
                        dbox=(x, y, w, h), aligned_bgr=np.ascontiguousarray(crop))
 
 
-def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str], top: int,
+def explain_photo(searcher, analyzer, image, faces, result, methods: Sequence[str], top: int,
                   out_dir: Optional[str]) -> Tuple[List[str], List[Explanation]]:
     """Explain the top `top` matches of every face of `result` (a PhotoResult being built by
     `Searcher.search_photo`), attach them to the matches, write PNG panels under
@@ -525,7 +393,8 @@ def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str]
     tag = (result.sha256 or "photo")[:10]
     match_cache: Dict[Tuple[str, str], Optional[np.ndarray]] = {}
     for model in result.models:
-        emb = engine.embedders[model]
+        emb = analyzer.model(model)
+        cached = {fa.index: fa.inputs.get(model) for fa in result.analysis.faces} if result.analysis is not None else {}
         usable = []
         for meth in methods:
             why = available(meth, emb)
@@ -536,13 +405,15 @@ def explain_photo(searcher, engine, image, faces, result, methods: Sequence[str]
         if not usable:
             continue
         for qf, face in zip(result.faces, faces):
-            q = emb.model_input(image, face)
+            q = cached.get(face.index)
+            if q is None:
+                q = analyzer.model_input(model, image, face)
             for mt in qf.matches_by_model.get(model, [])[:top]:
                 key = (model, mt.id)
                 if key not in match_cache:
                     try:
                         mimg, mface = match_face(searcher, result.models, mt, result.detector)
-                        match_cache[key] = emb.model_input(mimg, mface)
+                        match_cache[key] = analyzer.model_input(model, mimg, mface)
                     except ImageError as e:  # a moved or deleted source: that match only
                         notes.append(f"match {mt.source_path} cannot be read ({e}); not explained")
                         match_cache[key] = None
@@ -574,8 +445,8 @@ def explain_result(searcher, result, methods: Union[str, Sequence[str]], top: in
         raise ExplainError("explanations need the photo: search with keep_image=True")
     chosen = parse_methods(methods) if isinstance(methods, str) else list(methods)
     t = time.perf_counter()
-    engine = searcher.engine(result.models, result.detector)
-    notes, done = explain_photo(searcher, engine, result.image, result.detected, result, chosen,
+    analyzer = searcher.analyzer(result.models, result.detector)
+    notes, done = explain_photo(searcher, analyzer, result.image, result.detected, result, chosen,
                                 max(0, int(top)), str(out_dir) if out_dir else None)
     result.timings["explain"] = time.perf_counter() - t
     result.notes += [n for n in notes if n not in result.notes]

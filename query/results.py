@@ -201,6 +201,7 @@ class PhotoResult(BaseModel):
     # For the caller's rendering and explanations; never serialised.
     image: Optional[Any] = Field(None, exclude=True, repr=False)  # ingest.images.Decoded
     detected: List[Any] = Field(default_factory=list, exclude=True, repr=False)  # ingest.models.Face
+    analysis: Optional[Any] = Field(None, exclude=True, repr=False)  # ingest.analysis.PhotoAnalysis (keep_image)
     notes: List[str] = Field(default_factory=list, exclude=True, repr=False)
 
     @model_validator(mode="before")

@@ -1,7 +1,7 @@
 """Search the faces of a photo against the stored faces (the read path of `lookalike query`).
 
 Every face of a query photo is detected, aligned and embedded by the same code ingestion uses
-(`ingest.models`, one engine per process via `get_engine`), then all faces of the photo are
+(`lookalike.ingest.analysis.Analyzer`, models built once per process), then all faces of the photo are
 searched in ONE `Store.search` call per model (a batch of query vectors). When a filtered search
 is exact and how wide an ANN search goes: query/policy.py.
 
@@ -15,8 +15,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from lookalike.ingest.analysis import AnalysisError, Analyzer
 from lookalike.ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from lookalike.ingest.quality import DEFAULT_MIN_QUALITY, assess
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
 from lookalike.ingest.settings import Settings, resolve
 from lookalike.ingest.store import Store
 from lookalike.query.policy import (  # noqa: F401  (re-exported: the policy used to live here)
@@ -54,7 +55,7 @@ from lookalike.schemas.filters import CompiledFilter, combine, compile_filter
 # ---------------------------------------------------------------------------------------------
 class Searcher:
     """Holds one Store and searches photos or vectors against it. Models load once per process
-    (`ingest.models.get_engine`); a Searcher can be reused for many photos."""
+    (`lookalike.ingest.analysis.Analyzer`); a Searcher can be reused for many photos."""
 
     def __init__(self, settings: Optional[Settings] = None, store: Optional[Store] = None,
                  exact_max_rows: int = EXACT_MAX_ROWS, ef_max: int = EF_MAX,
@@ -143,32 +144,30 @@ class Searcher:
                 first_filled = first_filled or m
         return first_filled or order[0]
 
-    def engine(self, models: Sequence[str], detector: Optional[str] = None):
-        """The process-wide engine (models load once per process). A transformer model embeds
-        with the weights its collection records, unless the caller chose them explicitly."""
-        from lookalike.ingest.models import get_engine
-
+    def analyzer(self, models: Sequence[str], detector: Optional[str] = None) -> Analyzer:
+        """The photo analysis of these models (models load once per process). A transformer model
+        embeds with the weights its collection records, unless the caller chose them explicitly."""
         key = tuple(models)
         settings = self._engine_settings.get(key)
         if settings is None:
             settings = self.settings
             for m in models:
                 spec = get_model(m)
-                if spec.is_transformer and spec.base not in self.explicit_sources:
+                if spec.source_setting and spec.base not in self.explicit_sources:
                     recorded = self.store.model_source(m)
                     if recorded:
-                        settings = settings.with_(**{f"{spec.base}_model": recorded})
+                        settings = settings.with_(**{spec.source_setting: recorded})
             self._engine_settings[key] = settings
-        engine = get_engine(settings, detector or settings.detector, list(models)).load()
+        analyzer = Analyzer(settings, detector or settings.detector, list(models)).load()
         for m in models:
-            emb: Any = engine.embedders[m]  # a HeadEmbedder where the model is a head
+            emb: Any = analyzer.model(m)  # a HeadEmbedder where the model is a head
             if get_model(m).head_of and (m, emb.head.digest) not in self._heads_checked:
                 from lookalike.ingest.head import check_head
 
                 # the head file must be the one its collection was written with
                 check_head(self.store, emb.head, emb.path)
                 self._heads_checked.add((m, emb.head.digest))
-        return engine
+        return analyzer
 
     def rows(self, model: str) -> int:
         name = collection_name(model)
@@ -387,35 +386,34 @@ class Searcher:
         for m in models:
             self.prefetch([m], flt, extras[m])
         t = time.perf_counter()
-        engine = self.engine(models, det)
+        analyzer = self.analyzer(models, det)
         timings["load_models"] = time.perf_counter() - t  # ~0 once loaded in this process
-        t = time.perf_counter()
-        found = engine.detector.detect(image, min_face=0)
-        faces = [f for f in found if f.size >= min_face]
-        for i, f in enumerate(faces):
-            f.index = i
-        timings["detect"] = time.perf_counter() - t
+        photo = analyzer.detect(image, min_face=min_face)
+        timings["detect"] = photo.timings["detect"]
         res = PhotoResult(path=path, sha256=sha, width=image.width, height=image.height, detector=det,
                           models=list(models), top_k=k, filter=flt.render() if flt else None,
                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
-                          min_quality=q_min, faces_skipped_small=len(found) - len(faces), timings=timings,
-                          image=image if keep_image else None, detected=faces if keep_image else [])
+                          min_quality=q_min, faces_skipped_small=photo.skipped_small, timings=timings,
+                          image=image if keep_image else None, detected=[fa.face for fa in photo.faces] if keep_image else [],
+                          analysis=photo if keep_image else None)
         timings = res.timings  # the model holds a copy of the dict it was given
         mark = q_min or DEFAULT_MIN_QUALITY
-        for f in faces:
-            q = assess(image, f).score
+        for fa in photo.faces:
+            f, q = fa.face, fa.quality.score
             res.faces.append(QueryFace(index=f.index, box=tuple(int(v) for v in f.box), confidence=float(f.confidence),
                                        dbox=tuple(int(v) for v in f.dbox), quality=q, low_quality=q < mark))
         timings["embed"] = timings["search"] = 0.0
-        if not faces:
+        if not photo.faces:
             timings["total"] = time.perf_counter() - t0
             return res
         for m in models:
             t = time.perf_counter()
-            vecs = engine.embedders[m].embed(image, faces)
+            analyzer.embed([photo], [m])
+            if photo.error:
+                raise AnalysisError(f"{path}: {photo.error}")
             timings["embed"] += time.perf_counter() - t
             t = time.perf_counter()
-            matches, info = self.search_vectors(m, vecs, k, flt, extras[m], min_score)
+            matches, info = self.search_vectors(m, photo.vectors(m), k, flt, extras[m], min_score)
             timings["search"] += time.perf_counter() - t
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):

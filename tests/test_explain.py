@@ -199,7 +199,7 @@ def test_plain_query_does_not_import_explain(small_db, tmp_path):
     db = tmp_path / "copy.db"  # Milvus Lite: one process per database; this one holds the original
     shutil.copytree(small_db, db)
     small_db = db
-    code = ("import sys, json; from query.search import search_photo; from query.results import validate_document, results_document\n"
+    code = ("import sys, json; from lookalike.query.search import search_photo; from lookalike.query.results import validate_document, results_document\n"
             f"r = search_photo({str(photo)!r}, db={str(small_db)!r}, top_k=2)\n"
             "d = results_document([r]); assert validate_document(d) == []\n"
             "assert 'lookalike.query.explain' not in sys.modules\n"

@@ -321,10 +321,7 @@ FILTERS = [
 
 @pytest.fixture(scope="session")
 def query_vectors(searcher):
-    eng = searcher.engine(["dlib"])
-    img = load(GROUPS / "t1.jpg")
-    faces = eng.detector.detect(img)
-    return eng.embedders["dlib"].embed(img, faces)
+    return searcher.analyzer(["dlib"]).analyse(load(GROUPS / "t1.jpg")).vectors("dlib")
 
 
 def _brute(rows, q, flt, k):
@@ -708,7 +705,8 @@ def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(setting
     (the crop computed only when a model asks for it); exactly for dlib, nearly for YuNet."""
     from deepface.modules import detection
 
-    from lookalike.ingest.models import _NO_BORDER, _SHRINKS_TO, get_engine
+    from lookalike.ingest.models import get_engine
+    from lookalike.ingest.models.detector import _NO_BORDER, _SHRINKS_TO
 
     det = get_engine(settings, backend, ["dlib"]).detector
     image = load(GROUPS / "multiface.jpg")

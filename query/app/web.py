@@ -363,7 +363,7 @@ class Lookalike:
                     models = self._searcher.resolve_models(None)
                 except QueryError:
                     return  # empty database: the page says so
-                self._searcher.engine(models)
+                self._searcher.analyzer(models)
 
     def close(self) -> None:
         if self.own and self._searcher is not None:

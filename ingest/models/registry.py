@@ -1,0 +1,74 @@
+"""The model registry: each model kind bound to the class that loads and runs it.
+
+A model's data is declared once, in `lookalike.schemas.MODELS` (name, dimension, weights file,
+default source, the setting that overrides the source); its collection, CLI choices and the web's
+list are derived from that declaration, and the class here builds it. Adding a model of a new
+kind is one module with its `Embedder` subclass and one line in `EMBEDDERS` (ingest/README.md,
+"Adding a model").
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+from lookalike.ingest.models.base import Embedder
+from lookalike.ingest.models.deepface import DeepFaceEmbedder
+from lookalike.ingest.models.dlib import DlibEmbedder
+from lookalike.ingest.models.errors import ModelError
+from lookalike.ingest.models.vit import ClipEmbedder, Dinov2Embedder
+from lookalike.ingest.models.weights import provision_weights
+from lookalike.ingest.settings import Settings
+from lookalike.schemas import MODELS, ModelSpec, get_model
+
+Builder = Callable[[ModelSpec, Settings], Embedder]
+
+
+def _head(spec: ModelSpec, settings: Settings) -> Embedder:
+    # `<model>_head`: the base model's embedder, then the database's trained head
+    from lookalike.ingest.head import HeadEmbedder
+
+    return HeadEmbedder(spec, settings)
+
+
+# kind (schemas.ModelSpec.kind) -> the class that builds models of that kind
+EMBEDDERS: Dict[str, Builder] = {
+    "deepface": DeepFaceEmbedder,
+    "dlib": DlibEmbedder,
+    "hf-clip": ClipEmbedder,
+    "hf-dinov2": Dinov2Embedder,
+    "head": _head,
+}
+
+
+def make_embedder(name: str, settings: Settings) -> Embedder:
+    spec = get_model(name)
+    build = EMBEDDERS.get(spec.kind)
+    if build is None:
+        raise ModelError(f"model kind {spec.kind} of {name} is not available")
+    return build(spec, settings)
+
+
+def model_names() -> List[str]:
+    """The models a user can name (`--models`, the web's list), in declaration order."""
+    return list(MODELS)
+
+
+def model_source(name: str, settings: Settings) -> str:
+    """Where a model's weights come from: recorded with its collection so queries match."""
+    spec = get_model(name)
+    if spec.source_setting:
+        return settings.model_source(spec.base)
+    return f"deepface:{spec.deepface_name}"  # fixed weights: the name identifies them
+
+
+def weights_present(name: str, settings: Settings) -> bool:
+    """Whether a model's weights are on this machine, checked without loading anything: the files
+    its class reads (linked in from packages or the sample data where known). Weights known only
+    by loading them (a hub id) count as present."""
+    spec = get_model(name)
+    return all(provision_weights(settings, f) is not None for f in spec.required_files)
+
+
+def default_face_model(settings: Settings) -> str:
+    """FaceNet is the product's face model; where its weights are absent (no download on this
+    machine) fall back to dlib, whose real weights ship in a package."""
+    return "facenet" if weights_present("facenet", settings) else "dlib"
