@@ -203,6 +203,6 @@ def test_transformer_models_run_the_same_code(tmp_path, settings, model):
 
 def test_cli_choices_match_the_library():
     from lookalike.ingest import head
-    from lookalike.query import head_cli
+    from lookalike.query.app import head_cli
 
     assert head_cli.LOSSES == head.LOSSES and head_cli.ARCHS == head.ARCHS

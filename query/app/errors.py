@@ -44,7 +44,7 @@ class ErrorKind:
 TABLE = (
     ("lookalike.ingest.settings", "SettingsError", ErrorKind(EXIT_USAGE, 400, "bad_setting")),
     ("lookalike.schemas.filters", "FilterError", ErrorKind(EXIT_USAGE, 422, "invalid_filter")),
-    ("schemas", "UnknownName", ErrorKind(EXIT_USAGE, 400, "unknown_model")),
+    ("lookalike.schemas", "UnknownName", ErrorKind(EXIT_USAGE, 400, "unknown_model")),
     ("lookalike.query.results", "QueryError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
     ("lookalike.query.explain", "ExplainError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
     ("lookalike.query.evaluation", "EvalError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
