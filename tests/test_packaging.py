@@ -28,6 +28,15 @@ print(lookalike.query.app.__file__)
 """
 
 
+def test_every_package_folder_is_declared():
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"lookalike." + ".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("schemas", "ingest", "query") for p in (ROOT / top).rglob("__init__.py")}
+    assert declared == folders, (sorted(folders - declared), sorted(declared - folders))
+
+
 def test_wheel_installs_under_the_lookalike_namespace(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
