@@ -57,8 +57,9 @@ def test_wheel_installs_under_the_lookalike_namespace(tmp_path):
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(venv), str(wheel)],
-                   check=True, timeout=300, capture_output=True)
+    # --target with --ignore-installed: pip must not uninstall this environment's own (editable) copy
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--target", str(site),
+                    str(wheel)], check=True, timeout=300, capture_output=True)
     r = subprocess.run([str(py), "-c", IMPORT_ALL], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert Path(r.stdout.strip()).is_relative_to(venv), r.stdout
