@@ -47,25 +47,27 @@ def _gallery(root: Path) -> Path:
 
 # pymilvus pings every 10 s; Milvus Lite's gRPC server answered a minute or so of that on an idle
 # connection with a "too_many_pings" GOAWAY, which gRPC's C core logs to stderr (seen after 65 to
-# 80 s idle, never after 50). The idle client runs alongside the module's other tests (it takes no
-# CPU); the last test collects it.
-IDLE_SECONDS = 100
-IDLE_CLIENT = f"""
-import time
+# 80 s idle, never after 50). The idle client holds its connection open, with no sleep of its own,
+# while the module's other tests run (several minutes of ingests and queries); the last test
+# closes its stdin, then it uses the connection once more and says what it saw.
+IDLE_CLIENT = """
+import sys, time
 from lookalike.ingest.store import Store
 from lookalike.schemas import LEDGER_COLLECTION
-with Store({{db!r}}) as store:
+with Store({db!r}) as store:
     store.ensure_ledger()
-    time.sleep({IDLE_SECONDS})
+    t0 = time.monotonic()
+    sys.stdin.read()
     assert store.count(LEDGER_COLLECTION) == 0
+    print(round(time.monotonic() - t0))
 """
 
 
 @pytest.fixture(scope="module", autouse=True)
 def idle_client(tmp_path_factory):
     db = tmp_path_factory.mktemp("idle") / "idle.db"
-    p = subprocess.Popen([sys.executable, "-c", IDLE_CLIENT.format(db=str(db))], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", IDLE_CLIENT.format(db=str(db))], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield p
     if p.poll() is None:
         p.kill()
@@ -261,6 +263,6 @@ def test_embedders_declare_their_explanation_methods(settings):
 
 # -- 4. an idle Milvus Lite connection ---------------------------------------------------------------
 def test_an_idle_lite_connection_says_nothing(idle_client):
-    out, err = idle_client.communicate(timeout=IDLE_SECONDS + 120)
+    out, err = idle_client.communicate("", timeout=120)
     assert idle_client.returncode == 0, err
     assert err == "", err

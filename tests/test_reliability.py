@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -445,14 +446,11 @@ def test_unreachable_server_fails_at_once_with_one_line():
     from lookalike.ingest.store import Store, StoreError
 
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens: connection refused
-    t0 = time.perf_counter()
     with pytest.raises(StoreError) as e:
         Store(None, uri=uri)
-    seconds = time.perf_counter() - t0
     msg = str(e.value)
-    assert "\n" not in msg and uri in msg and "cannot open Milvus" in msg, msg
-    assert seconds < 10, seconds
-    print(f"\nunreachable server refused in {seconds:.2f} s: {msg}")
+    # at once: a refused connection is not worth a retry budget (no "gave up after N attempts")
+    assert "\n" not in msg and uri in msg and "cannot open Milvus" in msg and "attempt" not in msg, msg
 
 
 def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server):
@@ -463,23 +461,19 @@ def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server)
     store.record_images([_ledger_row(1)])
     assert store.count("lookalike_images") == 1
     lite_server.kill()
-    t0 = time.perf_counter()
     with pytest.raises(StoreError) as e:
         store.record_images([_ledger_row(2)])
-    seconds = time.perf_counter() - t0
     msg = str(e.value)
-    # 4 attempts, 0.5 + 1 + 2 s apart
+    # 4 attempts (0.5 + 1 + 2 s apart: the backoff's timing is bench/'s business, not a test's)
     assert "\n" not in msg and lite_server.uri in msg and "gave up after 4 attempts" in msg, msg
-    assert 3.4 <= seconds < 8, seconds
-    # the time budget bounds it too, whatever the number of retries
+    # the time budget bounds it too, whatever the number of retries: a 2-s budget leaves room for
+    # a handful of the doubling waits, far from the 101 attempts the count alone would allow
     store.retries, store.retry_seconds = 100, 2.0
-    t0 = time.perf_counter()
-    with pytest.raises(StoreError, match="unavailable, gave up after"):
+    with pytest.raises(StoreError, match="unavailable, gave up after") as e:
         store.count("lookalike_images")
-    budget_seconds = time.perf_counter() - t0
-    assert 1.9 <= budget_seconds < 5, budget_seconds
+    attempts = int(re.search(r"gave up after (\d+) attempt", str(e.value)).group(1))
+    assert 2 <= attempts <= 5, str(e.value)
     store.close()
-    print(f"\nserver gone: 4 attempts in {seconds:.1f} s; 2-s budget gave up after {budget_seconds:.1f} s")
 
 
 def test_server_back_within_the_retry_budget_loses_nothing(lite_server):
@@ -492,18 +486,14 @@ def test_server_back_within_the_retry_budget_loses_nothing(lite_server):
     lite_server.kill()
     restart = threading.Timer(1.5, lite_server.start)
     restart.start()
-    t0 = time.perf_counter()
     try:
         store.record_images([_ledger_row(2)])  # retried until the server is back
         store.flush(["lookalike_images"])
-        seconds = time.perf_counter() - t0
     finally:
         restart.join()  # then the fixture stops the restarted server
     store.close()
-    with Store(None, uri=lite_server.uri) as fresh:
+    with Store(None, uri=lite_server.uri) as fresh:  # the write went to the restarted server
         assert fresh.count("lookalike_images") == 2
-    assert seconds >= 1.5
-    print(f"\nwrite retried until the server was back: {seconds:.1f} s")
 
 
 def test_only_transient_errors_are_retried(tmp_path):
@@ -526,10 +516,9 @@ def test_only_transient_errors_are_retried(tmp_path):
                 bad()
             assert not transient(e.value), e.value
         # and through the Store: one line at once, no retries
-        t0 = time.perf_counter()
         with pytest.raises(StoreError) as e:
             store.count("lookalike_images", extra_filter="id >>> 3")
-        assert time.perf_counter() - t0 < 0.5 and "attempt" not in str(e.value) and "\n" not in str(e.value)
+        assert "attempt" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unreadable_file_is_reported_and_the_rest_stored(tmp_path, settings):

@@ -268,29 +268,27 @@ def test_ingest_through_an_existing_dask_scheduler(server_ingest, server_db, tmp
 
 
 # -- (f) unreachable and failing servers ------------------------------------------------------------
-def _one_line_error(r: subprocess.CompletedProcess, seconds: float, bound: float) -> str:
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 6, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("lookalike: "), r.stderr
-    assert seconds < bound, f"took {seconds:.1f} s"
     return lines[0]
 
 
 def test_unreachable_server_gives_one_line_and_exit_6(tmp_path):
     port = free_port()  # nothing listens there: connection refused
-    t0 = time.perf_counter()
+    # bounded: the command's own timeouts answer well inside these (a hang would raise TimeoutExpired)
     r = _cli("ingest", str(CELEBA), "--limit", "4", "--uri", f"http://127.0.0.1:{port}", "--workers", "0",
-             "-q", "--report", str(tmp_path / "r.txt"))
-    line = _one_line_error(r, time.perf_counter() - t0, 30)
+             "-q", "--report", str(tmp_path / "r.txt"), timeout=30)
+    line = _one_line_error(r)
     assert f"127.0.0.1:{port}" in line and "cannot open Milvus" in line
     # a port that accepts connections but never answers (a hung server, a wrong service)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        t0 = time.perf_counter()
-        r = _cli("stats", "--uri", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        line = _one_line_error(r, time.perf_counter() - t0, 45)
+        r = _cli("stats", "--uri", f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=45)
+        line = _one_line_error(r)
     assert "cannot open Milvus" in line
 
 
@@ -317,20 +315,16 @@ def test_server_killed_mid_run_gives_up_after_bounded_retries_then_resume_comple
             if got and int(got[-1]) >= 12:
                 break
         server.stop(signal.SIGKILL)
-        t0 = time.perf_counter()
-        try:
-            out, err = proc.communicate(timeout=180)
+        try:  # bounded: the writers' retry budget (10 s a call) ends the run well inside this
+            out, err = proc.communicate(timeout=90)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        waited = time.perf_counter() - t0
         err = buf + err
         assert proc.returncode == 6, (proc.returncode, err[-2000:])
         assert "Traceback" not in err
         last = [ln for ln in err.splitlines() if ln.strip()][-1]
         assert last.startswith("lookalike: ") and "unavailable, gave up after" in last, last
-        assert waited < 90, f"gave up after {waited:.0f} s"
-        print(f"\n[server killed] the run stopped {waited:.1f} s later: {last}")
         server.start()
         r = _cli(*args, "-q")
         assert r.returncode == 0, r.stderr[-2000:]
