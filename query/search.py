@@ -388,32 +388,32 @@ class Searcher:
         t = time.perf_counter()
         analyzer = self.analyzer(models, det)
         timings["load_models"] = time.perf_counter() - t  # ~0 once loaded in this process
-        photo = analyzer.detect(image, min_face=min_face)
-        timings["detect"] = photo.timings["detect"]
+        analysed = analyzer.detect(image, min_face=min_face)
+        timings["detect"] = analysed.timings["detect"]
         res = PhotoResult(path=path, sha256=sha, width=image.width, height=image.height, detector=det,
                           models=list(models), top_k=k, filter=flt.render() if flt else None,
                           exclude_same_image=exclude_same_image, min_face=min_face, min_score=min_score,
-                          min_quality=q_min, faces_skipped_small=photo.skipped_small, timings=timings,
-                          image=image if keep_image else None, detected=[fa.face for fa in photo.faces] if keep_image else [],
-                          analysis=photo if keep_image else None)
+                          min_quality=q_min, faces_skipped_small=analysed.skipped_small, timings=timings,
+                          image=image if keep_image else None, detected=[fa.face for fa in analysed.faces] if keep_image else [],
+                          analysis=analysed if keep_image else None)
         timings = res.timings  # the model holds a copy of the dict it was given
         mark = q_min or DEFAULT_MIN_QUALITY
-        for fa in photo.faces:
+        for fa in analysed.faces:
             f, q = fa.face, fa.quality.score
             res.faces.append(QueryFace(index=f.index, box=tuple(int(v) for v in f.box), confidence=float(f.confidence),
                                        dbox=tuple(int(v) for v in f.dbox), quality=q, low_quality=q < mark))
         timings["embed"] = timings["search"] = 0.0
-        if not photo.faces:
+        if not analysed.faces:
             timings["total"] = time.perf_counter() - t0
             return res
         for m in models:
             t = time.perf_counter()
-            analyzer.embed([photo], [m])
-            if photo.error:
-                raise AnalysisError(f"{path}: {photo.error}")
+            analyzer.embed([analysed], [m])
+            if analysed.error:
+                raise AnalysisError(f"{path}: {analysed.error}")
             timings["embed"] += time.perf_counter() - t
             t = time.perf_counter()
-            matches, info = self.search_vectors(m, photo.vectors(m), k, flt, extras[m], min_score)
+            matches, info = self.search_vectors(m, analysed.vectors(m), k, flt, extras[m], min_score)
             timings["search"] += time.perf_counter() - t
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):
