@@ -74,7 +74,7 @@ def test_provenance_holds_the_held_out_figures(gallery, settings):
         for which in ("base", "head"):
             fig = prov["figures"][key][which]
             assert fig["queries"] > 0 and 0.0 <= fig["map"] <= 1.0 and fig["recall_at_1"] <= fig["recall_at_10"]
-    # query/evaluation.py computes the same figures from the two collections
+    # query/evaluation/head.py computes the same figures from the two collections
     report = evaluate_head("dlib", s)
     for key in ("photos", "identities", "train"):
         for which in ("base", "head"):

@@ -1,4 +1,4 @@
-"""`lookalike eval lfw|retrieval`: accuracy through the product's own path (query/evaluation.py)."""
+"""`lookalike eval lfw|retrieval`: accuracy through the product's own path (query/evaluation/)."""
 from __future__ import annotations
 
 import sys
