@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lookalike.ingest.metrics import retrieval_figures
 from lookalike.ingest.models import Embedder, ModelError, WeightsMissing, make_embedder
 from lookalike.ingest.settings import Settings, resolve
 from lookalike.schemas import OUTPUT_FIELDS, VECTOR_FIELD, collection_name, get_model, head_key
@@ -52,7 +53,6 @@ ARCHS = ("linear", "mlp")
 DEFAULT_LOSS = "triplet"
 DEFAULT_ARCH = "linear"
 DEFAULT_EPOCHS = 30
-RECALL_KS = (1, 5, 10)
 # Collection property of faces_<model>_head: the digest of the head its vectors come from.
 HEAD_PROPERTY = "lookalike.head"
 HEADS_ENV = "LOOKALIKE_HEADS"
@@ -408,36 +408,6 @@ def split(g: Gallery, holdout: float, seed: int) -> Split:
         train += perm[max(0, n_out):]
     return Split(np.asarray(sorted(train), np.int64), np.asarray(sorted(photos), np.int64),
                  np.asarray(sorted(idents), np.int64), sorted(g.names[k] for k in held))
-
-
-def retrieval_figures(X: np.ndarray, identity: np.ndarray, image: np.ndarray, queries: np.ndarray,
-                      ks: Sequence[int] = RECALL_KS, chunk: int = 256) -> Dict[str, Any]:
-    """Each query face ranks every other face of the gallery outside its own image (exact cosine);
-    relevant: the faces of its identity. Recall@k and mAP over the queries that have one
-    (query.evaluation.retrieval_metrics' protocol, restricted to `queries`)."""
-    X = np.asarray(X, dtype=np.float32)
-    first, aps = [], []
-    for a in range(0, len(queries), chunk):
-        qs = np.asarray(queries[a:a + chunk])
-        S = X[qs] @ X.T
-        for row, q in zip(S, qs):
-            same_img = image == image[q]
-            rel_all = (identity == identity[q]) & (identity >= 0) & ~same_img
-            if identity[q] < 0 or not rel_all.any():
-                continue
-            s = row.astype(np.float64)
-            s[same_img] = -np.inf
-            order = np.argsort(-s, kind="stable")
-            order = order[~same_img[order]]
-            hits = np.flatnonzero(rel_all[order])
-            first.append(int(hits[0]) + 1)
-            aps.append(float((np.arange(1, hits.size + 1) / (hits + 1)).mean()))
-    fr = np.asarray(first)
-    out: Dict[str, Any] = {"queries": int(fr.size)}
-    for k in ks:
-        out[f"recall_at_{k}"] = float(np.mean(fr <= k)) if fr.size else None
-    out["map"] = float(np.mean(aps)) if aps else None
-    return out
 
 
 def _sample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
