@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from conftest import DATA, read_ledger
 
-import lookalike.ingest.pipeline as pipeline
+import lookalike.ingest.pipeline.driver as pipeline
 import lookalike.ingest.store as store_mod
 from lookalike import ingest
 from lookalike.ingest.store import Store
@@ -134,7 +134,7 @@ def test_the_skip_pass_starts_where_the_work_is_and_misses_nothing(tmp_path):
     """A killed run did mostly a prefix of the source: the pass starts at the first chunk with
     work (found by binary search), then does the chunks before it, so a hole in the prefix (a
     batch in flight at the kill) is still done; every chunk is looked up once."""
-    from lookalike.ingest.pipeline import _ledger_id, _undone
+    from lookalike.ingest.pipeline.driver import _ledger_id, _undone
     from lookalike.ingest.sources import ImageRecord
 
     records = [ImageRecord(f"/p/{i}.jpg") for i in range(10)]
