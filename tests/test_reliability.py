@@ -667,7 +667,7 @@ def test_hostile_files_cost_one_report_line_each_and_the_good_photos_are_stored(
     rows = read_rows(db, "dlib", with_vectors=False)
     stored = {Path(v["source_path"]).name for v in rows.values()}
     assert stored == set(expect["good"]), stored
-    from lookalike.ingest.pipeline.driver import _ledger_id
+    from lookalike.ingest.pipeline.paths import _ledger_id
     from lookalike.ingest.store import Store
     from lookalike.schemas import LEDGER_COLLECTION
 
@@ -728,7 +728,7 @@ def test_ledger_ids_of_utf8_names_are_those_of_existing_databases():
     wrote (sha1 of the UTF-8 path), and names that differ in any byte get different ids."""
     import hashlib
 
-    from lookalike.ingest.pipeline.driver import _ledger_id, storable
+    from lookalike.ingest.pipeline.paths import _ledger_id, storable
 
     for name in ("/data/people/Tom_Hanks/x.jpg", "/d/Zoë 李/été 2024.jpg", "/d/a\\xe9.jpg"):
         assert _ledger_id("dlib", name) == "dlib:" + hashlib.sha1(name.encode("utf-8")).hexdigest()

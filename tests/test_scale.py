@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from conftest import DATA, read_ledger
 
-import lookalike.ingest.pipeline.driver as pipeline
+import lookalike.ingest.pipeline.runner as runner
 import lookalike.ingest.store as store_mod
 from lookalike import ingest
 from lookalike.ingest.store import Store
@@ -97,7 +97,7 @@ def test_a_finished_source_starts_no_workers(tmp_path, settings, three_photos, m
     def no_cluster(*a, **k):
         raise AssertionError("a Dask cluster was started for a source that is all done")
 
-    monkeypatch.setattr(pipeline, "_run_dask", no_cluster)
+    monkeypatch.setattr(runner, "_run_dask", no_cluster)
     again = ingest.run(str(three_photos), workers=2, progress=False, settings=s)
     assert again.images_skipped == 3 and again.faces_stored == 0
 
@@ -134,7 +134,8 @@ def test_the_skip_pass_starts_where_the_work_is_and_misses_nothing(tmp_path):
     """A killed run did mostly a prefix of the source: the pass starts at the first chunk with
     work (found by binary search), then does the chunks before it, so a hole in the prefix (a
     batch in flight at the kill) is still done; every chunk is looked up once."""
-    from lookalike.ingest.pipeline.driver import _ledger_id, _undone
+    from lookalike.ingest.pipeline.paths import _ledger_id
+    from lookalike.ingest.pipeline.reader import _undone
     from lookalike.ingest.sources import ImageRecord
 
     records = [ImageRecord(f"/p/{i}.jpg") for i in range(10)]

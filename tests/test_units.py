@@ -192,7 +192,7 @@ def _old_batches(todo: list, size: int) -> list:
 def test_batches_do_not_depend_on_how_the_skip_pass_chunks_the_records(n, size, cuts):
     """The skip pass hands the records over in chunks as it finds them: the batches are the same
     as for the whole list at once (the tail in small batches)."""
-    from lookalike.ingest.pipeline.driver import _batches
+    from lookalike.ingest.pipeline.reader import _batches
 
     items = list(range(n))
     bounds = [0, *sorted(c for c in cuts if c <= n), n]
@@ -203,7 +203,7 @@ def test_batches_do_not_depend_on_how_the_skip_pass_chunks_the_records(n, size, 
 def test_the_skip_pass_hands_over_chunks_as_found_and_raises_its_error_in_the_run():
     import threading
 
-    from lookalike.ingest.pipeline.driver import _Pending
+    from lookalike.ingest.pipeline.reader import _Pending
 
     gate = threading.Event()
 
@@ -231,7 +231,7 @@ def test_the_skip_pass_hands_over_chunks_as_found_and_raises_its_error_in_the_ru
 def test_the_skip_pass_pauses_once_it_has_found_work_until_the_workers_are_ready():
     import threading
 
-    from lookalike.ingest.pipeline.driver import _Pending
+    from lookalike.ingest.pipeline.reader import _Pending
 
     went_on = threading.Event()
 
@@ -257,7 +257,8 @@ def test_the_progress_bar_shows_face_counts_in_full():
 
     from tqdm import tqdm
 
-    from lookalike.ingest.pipeline.driver import IngestSummary, _postfix
+    from lookalike.ingest.pipeline import IngestSummary
+    from lookalike.ingest.pipeline.driver import _postfix
 
     out = io.StringIO()
     bar = tqdm(total=10, file=out)

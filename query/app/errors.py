@@ -48,7 +48,7 @@ TABLE = (
     ("lookalike.query.results", "QueryError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
     ("lookalike.query.explain", "ExplainError", ErrorKind(EXIT_USAGE, 400, "bad_option")),
     ("lookalike.query.evaluation", "EvalError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
-    ("lookalike.ingest.pipeline", "IngestError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.pipeline.driver", "IngestError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
     ("lookalike.ingest.erase", "DeleteError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
     ("lookalike.ingest.images", "ImageError", ErrorKind(EXIT_UNREADABLE, 422, "unreadable")),
     ("lookalike.ingest.models", "WeightsMissing", ErrorKind(EXIT_WEIGHTS, 503, "weights_missing")),
