@@ -41,7 +41,7 @@ EMBEDDERS: Dict[str, Builder] = {
 
 def make_embedder(name: str, settings: Settings) -> Embedder:
     spec = get_model(name)
-    build = EMBEDDERS.get(spec.kind)
+    build = EMBEDDERS.get("head" if spec.head_of else spec.kind)  # a head keeps its base's kind
     if build is None:
         raise ModelError(f"model kind {spec.kind} of {name} is not available")
     return build(spec, settings)
