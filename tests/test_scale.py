@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, read_ledger
 
 import lookalike.ingest.pipeline.runner as runner
-import lookalike.ingest.store as store_mod
+import lookalike.ingest.store.collections as store_mod  # where select reads QUERY_LIMIT
 from lookalike import ingest
 from lookalike.ingest.store import Store
 from lookalike.schemas import LEDGER_COLLECTION
