@@ -236,8 +236,7 @@ def recorded_digest(store, key: str) -> Optional[str]:
     name = collection_name(key)
     if not store.has_collection(name):
         return None
-    props = store._call(f"describing {name}", store.client.describe_collection, name).get("properties") or {}
-    return props.get(HEAD_PROPERTY) or None
+    return store.properties(name).get(HEAD_PROPERTY) or None
 
 
 def check_head(store, head: Head, path: Path) -> None:
@@ -306,9 +305,7 @@ def write_collection(store, head: Head, progress: bool = False, batch: int = 100
     Returns the rows written."""
     base, name = collection_name(head.model), collection_name(head.key)
     if store.has_collection(name):
-        store._call(f"dropping {name}", store.client.drop_collection, name)
-        store._loaded.discard(name)  # Store caches: the collection is new
-        store._index_types.pop(name, None)
+        store.drop_collection(name)
     store.ensure_collection(head.key, dim=head.dim, source=store.model_source(head.model))
     fields = [f for f in OUTPUT_FIELDS if f in set(store.field_names(base))] + [VECTOR_FIELD]
     total = store.count(base)
@@ -330,8 +327,7 @@ def write_collection(store, head: Head, progress: bool = False, batch: int = 100
         bar.close()
     store.flush([name])
     store.build_indexes([name])
-    store._call(f"collection {name}", store.client.alter_collection_properties, name,
-                properties={HEAD_PROPERTY: head.digest})
+    store.set_properties(name, {HEAD_PROPERTY: head.digest})
     return written
 
 
@@ -612,8 +608,7 @@ def train_head(model: str = "dlib", *, settings: Optional[Settings] = None, db: 
         raise HeadError(f"--holdout must be in [0, 1), got {holdout!r}")
     dev = _device(device)
     where = settings.uri or settings.db
-    with Store(settings.db, settings.uri, settings.token, settings.profile,
-               retries=settings.milvus_retries, retry_seconds=settings.milvus_retry_seconds) as store:
+    with Store.from_settings(settings) as store:
         if not store.has(spec.name):
             raise HeadError(f"no collection {collection_name(spec.name)} in {where}; ingest first: "
                             f"lookalike ingest SOURCE --models {spec.base}" + (f" --layer {spec.layer}" if spec.layer else ""))
