@@ -132,16 +132,17 @@ def test_three_models_side_by_side_through_the_pipeline(tmp_path, tiny_settings)
 
 
 def test_detection_runs_once_per_image_whatever_the_number_of_models(tiny_settings):
-    from lookalike.ingest.models import get_engine
+    from lookalike.ingest.analysis import Analyzer
     from lookalike.ingest.pipeline import process_image
     from lookalike.ingest.sources import ImageRecord
 
-    engine = get_engine(tiny_settings, "yunet", ["dlib", "clip", "dinov2"]).load()
+    analyzer = Analyzer(tiny_settings, "yunet", ["dlib", "clip", "dinov2"]).load()
+    engine = analyzer.engine
     calls = []
     original = engine.detector.detect
     engine.detector.detect = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
-        res = process_image(engine, ImageRecord(str(GROUP)))
+        res = process_image(analyzer, ImageRecord(str(GROUP)))
     finally:
         engine.detector.detect = original
     assert len(calls) == 1 and set(res.vectors) == {"dlib", "clip", "dinov2"}

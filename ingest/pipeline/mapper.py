@@ -1,19 +1,16 @@
-"""The mapper, run on the workers: read, hash, decode, detect and embed a batch of images with the
-worker's engine, built once per process; on a server (`--uri`) the worker also writes its batch."""
+"""The mapper, run on the workers: read, hash and decode a batch of images, then analyse them
+(lookalike.ingest.analysis, models built once per process); on a server (`--uri`) the worker also writes its batch."""
 from __future__ import annotations
 
 import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
+from lookalike.ingest.analysis import AnalysisError, Analyzer, PhotoAnalysis
 from lookalike.ingest.images import ImageError, decode, read_bytes, sha256_bytes
-from lookalike.ingest.models import Engine, ModelError, WeightsMissing, get_engine
 from lookalike.ingest.pipeline.paths import MAX_PATH_BYTES, storable
 from lookalike.ingest.pipeline.results import BatchResult, ImageResult, _reason
 from lookalike.ingest.pipeline.writer import ServerWriter
-from lookalike.ingest.quality import assess
 from lookalike.ingest.settings import Settings
 from lookalike.ingest.sources import ImageRecord
 from lookalike.ingest.store import Store, StoreError
@@ -27,12 +24,13 @@ def _rss() -> int:
         return 0
 
 
-Inputs = Dict[str, List[np.ndarray]]  # model -> the crop it embeds, one per face
+Prepared = Tuple[ImageResult, Optional[PhotoAnalysis]]
 
 
-def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[ImageResult, Optional[Inputs]]:
-    """Read, hash, decode, detect, and cut every model's crops: everything up to the forward pass.
-    The result is final unless inputs come back (status done, vectors still to fill)."""
+def _prepare(analyzer: Analyzer, record: ImageRecord, min_face: int = 0) -> Prepared:
+    """Read, hash, decode, then the analysis up to the forward pass (faces, quality, every model's
+    crop). The result is final unless an analysis comes back (status done, vectors still to fill).
+    A file that cannot be read or analysed fails alone; a configuration problem stops the run."""
     path = record.path
     if storable(path) != path:
         return ImageResult(path, "", "failed", "file name is not valid UTF-8; rename the file"), None
@@ -55,70 +53,41 @@ def _prepare(engine: Engine, record: ImageRecord, min_face: int = 0) -> Tuple[Im
     except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not stop the run
         return ImageResult(path, sha, "failed", f"cannot decode image: {_reason(e)}"), None
     try:
-        faces = engine.detector.detect(image, min_face=min_face)
-    except (WeightsMissing, ModelError):
-        raise  # configuration problems stop the run
-    except Exception as e:  # noqa: BLE001 - a detector crash on one file must not stop the run
-        return ImageResult(path, sha, "failed", f"face detector failed on this image: {_reason(e)}"), None
-    if not faces:
+        photo = analyzer.prepare(analyzer.detect(image, min_face=min_face))
+    except AnalysisError as e:
+        return ImageResult(path, sha, "failed", str(e)), None
+    if not photo.faces:
         return ImageResult(path, sha, "noface"), None
-    try:
-        inputs = {name: [emb.model_input(image, f) for f in faces] for name, emb in engine.embedders.items()}
-    except (WeightsMissing, ModelError):
-        raise
-    except Exception as e:  # noqa: BLE001
-        return ImageResult(path, sha, "failed", f"embedding error: {_reason(e)}"), None
-    meta = [{"face_index": f.index, "box": f.box, "confidence": f.confidence, "quality": assess(image, f).fields}
-            for f in faces]
-    return ImageResult(path, sha, "done", faces=meta), inputs
+    meta = [{"face_index": fa.index, "box": fa.box, "confidence": fa.face.confidence, "quality": fa.quality.fields}
+            for fa in photo.faces]
+    return ImageResult(path, sha, "done", faces=meta), photo
 
 
-def _inputs(item: Tuple[ImageResult, Optional[Inputs]]) -> Inputs:
-    assert item[1] is not None  # only images with inputs are embedded
-    return item[1]
-
-
-def _embed(engine: Engine, prepared: Sequence[Tuple[ImageResult, Optional[Inputs]]]) -> List[ImageResult]:
-    """One forward pass per model for all faces of all images of a batch: batched, a face costs
-    dlib's ResNet on torch far less than one image at a time (bench/bench_ingest.py, run a1
-    against a; bench/results/ingest.txt). If the batch fails, each image is tried alone so that
-    only the culprit fails."""
-    results = [res for res, _ in prepared]
-    pending = [i for i, (_, inputs) in enumerate(prepared) if inputs is not None]
-    for name, emb in engine.embedders.items():
-        crops = [crop for i in pending for crop in _inputs(prepared[i])[name]]
-        try:
-            vectors = emb.embed_inputs(crops)
-        except (WeightsMissing, ModelError):
-            raise
-        except Exception:  # noqa: BLE001 - isolated below
-            vectors = None
-        offset = 0
-        for i in pending:
-            n = len(_inputs(prepared[i])[name])
-            res = results[i]
-            if vectors is not None:
-                res.vectors[name] = vectors[offset:offset + n]
-            elif res.status == "done":
-                try:
-                    res.vectors[name] = emb.embed_inputs(_inputs(prepared[i])[name])
-                except (WeightsMissing, ModelError):
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    results[i] = ImageResult(res.path, res.sha256, "failed", f"embedding error: {_reason(e)}")
-            offset += n
+def _embed(analyzer: Analyzer, prepared: Sequence[Prepared]) -> List[ImageResult]:
+    """One forward pass per model for all faces of all images of a batch (Analyzer.embed: batched,
+    a photo that fails the batch tried alone); the analyses become the results' vectors."""
+    photos = [photo for _, photo in prepared if photo is not None]
+    analyzer.embed(photos)
+    results = []
+    for res, photo in prepared:
+        if photo is not None:
+            if photo.error:
+                res = ImageResult(res.path, res.sha256, "failed", photo.error)
+            else:
+                res.vectors = {m: photo.vectors(m) for m in analyzer.models}
+        results.append(res)
     return results
 
 
-def process_image(engine: Engine, record: ImageRecord, min_face: int = 0) -> ImageResult:
-    return _embed(engine, [_prepare(engine, record, min_face)])[0]
+def process_image(analyzer: Analyzer, record: ImageRecord, min_face: int = 0) -> ImageResult:
+    return _embed(analyzer, [_prepare(analyzer, record, min_face)])[0]
 
 
 def process_batch(records: Sequence[ImageRecord], settings: Settings, detector: str,
                   models: Sequence[str], min_face: int = 0) -> BatchResult:
     t0 = time.perf_counter()
-    engine = get_engine(settings, detector, models).load()
-    results = _embed(engine, [_prepare(engine, r, min_face) for r in records])
+    analyzer = Analyzer(settings, detector, models).load()
+    results = _embed(analyzer, [_prepare(analyzer, r, min_face) for r in records])
     return BatchResult(results, time.perf_counter() - t0, os.getpid(), _rss())
 
 
@@ -130,7 +99,7 @@ def warm_worker(settings: Settings, detector: str, models: Sequence[str]) -> int
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    get_engine(settings, detector, models).load()
+    Analyzer(settings, detector, models).load()
     return os.getpid()
 
 
