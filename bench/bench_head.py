@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from lookalike.ingest.settings import Settings, default_data_dir
 
-from lookalike.ingest.settings import Settings, default_data_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SETS = (("photos", "held-out photos"), ("identities", "held-out identities"), ("train", "training faces"))
 

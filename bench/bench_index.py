@@ -56,12 +56,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CACHE = ROOT / "bench" / ".cache" / "index"
 RESULTS = ROOT / "bench" / "results"
@@ -132,7 +131,7 @@ def ground_truth(data: Dict[str, np.ndarray], chunk: int = 100_000) -> Dict[str,
     return {f: ids for f, (_, ids) in best.items()} | {f"score:{f}": sc for f, (sc, _) in best.items()}
 
 
-def load_data(n: int, n_queries: int, log) -> Dict[str, np.ndarray]:
+def load_data(n: int, n_queries: int, log) -> Dict[str, Any]:
     CACHE.mkdir(parents=True, exist_ok=True)
     ignore = CACHE.parent / ".gitignore"
     if not ignore.exists():
@@ -149,8 +148,9 @@ def load_data(n: int, n_queries: int, log) -> Dict[str, np.ndarray]:
     t0 = time.perf_counter()
     data = generate(n, n_queries)
     gt = ground_truth(data)
-    np.savez(path, **data)
-    np.savez(gt_path, **gt)
+    # cast: mypy would otherwise match the arrays' ** against savez's allow_pickle: bool
+    np.savez(path, **cast(Dict[str, Any], data))
+    np.savez(gt_path, **cast(Dict[str, Any], gt))
     log(f"generated {n:,} vectors + {n_queries} queries and their exact top-{K} in "
         f"{time.perf_counter() - t0:.1f} s (cached in {path.parent.relative_to(ROOT)})")
     return data | {"gt": gt}
@@ -432,7 +432,9 @@ def run_index(client, backend: str, data, index: str, args, log, meter_pids) -> 
         search_params: Dict[str, Any] = {"nprobe": ch["nprobe"]}
         out["nprobe_sweep"] = ch["sweep"]
     elif index == "HNSW":
-        search_params = {"ef": int(PROFILES["cpu"].search_params["ef"])}
+        ef = PROFILES["cpu"].search_params["ef"]
+        assert isinstance(ef, int), ef
+        search_params = {"ef": ef}
     else:
         search_params = {}
     out["search_params"] = search_params
@@ -463,8 +465,12 @@ def run_backend(backend: str, data, args, log, server: Optional[MilvusServer]) -
         for p in (db, Path(str(db) + ".lock")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         client = MilvusClient(str(db))
-        meter_pids: Callable[[], List[int]] = lambda: []
+        def no_pids() -> List[int]:
+            return []
+
+        meter_pids: Callable[[], List[int]] = no_pids
     else:
+        assert server is not None, "a server backend needs its server"
         client = MilvusClient(uri=server.uri)
         meter_pids = server.pids
     try:

@@ -50,11 +50,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif", ".jfif"}
@@ -72,7 +70,7 @@ def default_data_dir() -> Path:
 
 
 def image_files(folder: Path) -> List[str]:
-    out = []
+    out: List[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if Path(f).suffix.lower() in SUFFIXES)
@@ -323,7 +321,7 @@ def phase_pipeline(args) -> Dict[str, Any]:
     from lookalike.ingest.store import Store
 
     marks: Dict[str, float] = {}
-    cpu: Dict[str, Dict[int, float]] = {}
+    cpu: Dict[str, Dict[Any, float]] = {}  # by pid (start, end) or by thread name (threads_start, threads_end)
     writes = {"n": 0, "seconds": 0.0, "cpu_seconds": 0.0, "flush_seconds": 0.0, "flushes": 0}
     progress: List[tuple] = []  # (perf_counter, images written so far)
 
@@ -373,6 +371,7 @@ def phase_pipeline(args) -> Dict[str, Any]:
 
     def commit(self, *a, **k):
         t = time.perf_counter()
+        assert orig_commit is not None
         r = orig_commit(self, *a, **k)
         if not writing["now"] and "last_write_end" in marks and t > marks["last_write_end"]:
             tail["seconds"] += time.perf_counter() - t
@@ -382,17 +381,19 @@ def phase_pipeline(args) -> Dict[str, Any]:
 
     def close(self, *a, **k):  # the run's one flush, after its last commit: steady-state work too
         t = time.perf_counter()
+        assert orig_close is not None
         r = orig_close(self, *a, **k)
         tail["seconds"] += time.perf_counter() - t
         return r
 
+    # patched in place (cast: mypy forbids assigning to a method) for the run this process times
     if orig_commit is not None:
-        pipeline.Writer.commit = commit
+        cast(Any, pipeline.Writer).commit = commit
     if orig_close is not None:
-        pipeline.Writer.close = close
-    distributed.Client.run = client_run
-    pipeline.Writer.write = write
-    Store.flush = flush
+        cast(Any, pipeline.Writer).close = close
+    cast(Any, distributed.Client).run = client_run
+    cast(Any, pipeline.Writer).write = write
+    cast(Any, Store).flush = flush
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     sampler = Sampler(every=1.0)  # VmHWM is the kernel's own peak; sampling often costs driver CPU
@@ -872,11 +873,14 @@ def render_table(r: Dict[str, Any]) -> str:
     row("a' model-bound, library-default threads", res["a_default_threads"])
     row("a2 two model-bound processes at once (sum)", res["a2"])
     a1 = res["a"]["per_image"]
-    lines.append(f"{'a1 model-bound, embedding image by image':<52}{a1['images_per_second']:>9.2f}{a1['faces_per_second']:>9.2f}{'-':>22}")
+    lines.append(f"{'a1 model-bound, embedding image by image':<52}{a1['images_per_second']:>9.2f}"
+                 f"{a1['faces_per_second']:>9.2f}{'-':>22}")
     a2d = res["a"]["decode_in_loop"]
-    lines.append(f"{'ad model-bound, decoding each image in the loop':<52}{a2d['images_per_second']:>9.2f}{a2d['faces_per_second']:>9.2f}{'-':>22}")
+    lines.append(f"{'ad model-bound, decoding each image in the loop':<52}{a2d['images_per_second']:>9.2f}"
+                 f"{a2d['faces_per_second']:>9.2f}{'-':>22}")
     fm = res["a"]["full_mapper"]
-    lines.append(f"{'a+ + read/sha256/decode (process_batch)':<52}{fm['images_per_second']:>9.2f}{fm['faces_per_second']:>9.2f}{'-':>22}")
+    lines.append(f"{'a+ + read/sha256/decode (process_batch)':<52}{fm['images_per_second']:>9.2f}"
+                 f"{fm['faces_per_second']:>9.2f}{'-':>22}")
     row("b  ingest.run workers=1", res["b"])
     row("c  ingest.run workers=2", res["c"])
     row(f"d  naive represent+insert ({res['d']['detector']} + {res['d']['model']})", res["d"])
@@ -894,7 +898,8 @@ def render_table(r: Dict[str, Any]) -> str:
     lines.append("  per round (a, b, c images/s: b/a, c/b): " + "; ".join(
         f"{x['a']:.1f}, {x['b']:.1f}, {x['c']:.1f}: {x['b/a']:.3f}, {x['c/b']:.3f}" for x in r["per_round"])
         + f"; medians {r['per_round_median']['b/a']:.3f}, {r['per_round_median']['c/b']:.3f}")
-    lines.append(f"  CPU s/image: a {res['a']['cpu_seconds_per_image']:.3f}; a2 {res['a2']['cpu_seconds_per_image']:.3f}; " + "; ".join(
+    lines.append(f"  CPU s/image: a {res['a']['cpu_seconds_per_image']:.3f}; "
+                 f"a2 {res['a2']['cpu_seconds_per_image']:.3f}; " + "; ".join(
         f"{k} workers {res[k]['worker_cpu_seconds_per_image']:.3f} + driver {res[k]['driver_cpu_seconds_per_image']:.3f}"
         for k in ("b", "c")))
     for key in ("b", "c"):

@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache" / "models"
 RESULTS = ROOT / "bench" / "results"
 
@@ -67,7 +67,7 @@ def embed_rates(models: list, paths: list, settings, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     engine = get_engine(settings, "yunet", models).load()
-    faces = []
+    faces: list[tuple[Any, Any]] = []
     for p in paths:
         image = load(p)
         faces.extend((image, f) for f in engine.detector.detect(image))
@@ -126,7 +126,7 @@ def main() -> None:
     settings = Settings(deepface_home=m["home"]).with_(clip_model=m["clip"], dinov2_model=m["dinov2"])
     data = Settings().data_dir
     paths = [str(p) for p in sorted((data / "celeba" / "img_celeba").iterdir())[: args.images]]
-    result = {"machine": f"{platform.node()} {os.cpu_count()} cores", "images": len(paths),
+    result: dict[str, Any] = {"machine": f"{platform.node()} {os.cpu_count()} cores", "images": len(paths),
               "weights": "random, real architectures (speed only)"}
     models = ["facenet", "dlib", "clip", "dinov2"]
     if args.rates_only is not None:  # child process: threads fixed by its environment

@@ -38,7 +38,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
@@ -86,7 +85,8 @@ def synthetic_rows(start: int, n: int, sources: List[tuple]) -> List[Dict[str, A
         path, (x, y, w, h) = sources[j % len(sources)]
         r = {"id": f"{j:064x}_0", "image_sha256": f"{j:064x}", "source_path": path, "face_index": 0,
              "box_x": x, "box_y": y, "box_w": w, "box_h": h, "confidence": 1.0, "detector": "synthetic",
-             "identity": f"s{j % IDENTITIES:04d}", "has_attributes": True, "ingested_at": 0, "face_size": 100, "sharpness": 0.5, "frontal": 1.0, "quality": 1.0,
+             "identity": f"s{j % IDENTITIES:04d}", "has_attributes": True, "ingested_at": 0, "face_size": 100,
+             "sharpness": 0.5, "frontal": 1.0, "quality": 1.0,
              "vector": b["vectors"][i].tolist()}
         r.update({a: bool(b["attrs"][i, k]) for k, a in enumerate(ATTRIBUTES)})
         rows.append(r)
@@ -172,7 +172,7 @@ def tiled_photo(data_dir: Path) -> Path:
     g = data_dir / "groups" / "photos"
     ims = [Image.open(g / n).convert("RGB") for n in ("multiface.jpg", "kit_with_rose.jpg")]
     h = 700
-    ims = [im.resize((round(im.width * h / im.height), h), Image.LANCZOS) for im in ims]
+    ims = [im.resize((round(im.width * h / im.height), h), Image.Resampling.LANCZOS) for im in ims]
     tile = Image.new("RGB", (sum(i.width for i in ims), h))
     x = 0
     for im in ims:
@@ -203,6 +203,7 @@ def run_scenario(searcher, photo, k, reps, out_dir, keep_probes=False, **kw) -> 
         t2 = time.perf_counter()
         runs.append(dict(r.timings, render=t2 - t1, query=t1 - t0, total=t2 - t0))
         last = r
+    assert last is not None, "reps must be at least 1"
     split = {key: med([x[key] for x in runs]) for key in runs[0]}
     return {"faces": len(last.faces), "split_median_s": {k2: round(v, 4) for k2, v in split.items()},
             "totals_s": [round(x["total"], 4) for x in runs],
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
     broad = "Smiling and not Eyeglasses"  # ~25 %
     narrow = 'identity in ["s0001", "s0002", "s0003", "s0004", "s0005"]'  # 0.5 %
     reused = "" if index == "FLAT" else " (probe reused)"  # FLAT searches never probe
-    scenarios = {
+    scenarios: Dict[str, Dict[str, Any]] = {
         "no filter": {},
         f"filter {broad} (~25 %)": {"filter": broad},
         "filter identity in 5 ids (0.5 %)": {"filter": narrow},
@@ -324,13 +325,14 @@ def main(argv=None) -> int:
             (1.0, "has_attributes")]
     recall_rows = []
     profile_ef = int(store.search_params("faces_dlib").get("ef", 0)) or None
-    for sel, expr in sels:
+    for _, expr in sels:  # the selectivity reported is the one measured, mask.mean()
         flt = compile_filter(expr)
+        assert flt is not None
         # the predicate itself, evaluated per row on the fields it uses
         fields = flt.fields()
         mask = np.fromiter((flt.evaluate({
             f: (f"s{ident[j]:04d}" if f == "identity" else True if f == "has_attributes" else bool(attrs[j, col[f]]))
-            for f in fields}) for j in range(args.rows)), dtype=bool, count=args.rows)
+            for f in fields}) for j in range(args.rows)), dtype=np.bool_, count=args.rows)
         sub = np.nonzero(mask)[0]
         scores = q @ vecs[sub].T
         top = np.argsort(-scores, axis=1)[:, :10]

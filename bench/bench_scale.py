@@ -202,7 +202,6 @@ def _share(rows: List[Tuple[int, str]], header: List[str], attr: str) -> float:
 def hooked_cli(log_path: str, argv: List[str]) -> int:
     """`lookalike ARGV` with each commit, the final flush and the index build appended to
     LOG as JSON lines (start and end wall clock, photos, faces)."""
-    sys.path.insert(0, str(ROOT))
     from lookalike.ingest import pipeline
     from lookalike.ingest.store import Store
 
@@ -263,7 +262,9 @@ class Target:
     def __init__(self, db: Optional[Path] = None, uri: Optional[str] = None, disk: Optional[Path] = None,
                  server_pid: Optional[int] = None):
         self.db, self.uri, self.server_pid = db, uri, server_pid
-        self.disk = disk if disk is not None else db
+        disk = disk if disk is not None else db
+        assert disk is not None, "a server target names its data folder (disk)"
+        self.disk: Path = disk
 
     def args(self) -> List[str]:
         return ["--db", str(self.db)] if self.db is not None else ["--uri", str(self.uri)]
@@ -272,11 +273,9 @@ class Target:
         return {"db": str(self.db)} if self.db is not None else {"uri": str(self.uri)}
 
     def store(self):
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
         from lookalike.ingest.store import Store
 
-        return Store(**self.kwargs()) if self.db is not None else Store(db=None, uri=self.uri)
+        return Store(db=str(self.db)) if self.db is not None else Store(db=None, uri=self.uri)
 
     def __str__(self) -> str:
         return str(self.db if self.db is not None else self.uri)
@@ -549,7 +548,6 @@ def commits_per_step(run: Dict[str, Any]) -> None:
 # 3. compare two databases
 # ------------------------------------------------------------------------------------------------
 def read_db(db: Target) -> Dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     from lookalike.schemas import LEDGER_COLLECTION
 
     out: Dict[str, Any] = {"collections": {}, "ledger": {}}
@@ -660,7 +658,7 @@ def compare_reference(db: Target, ref_db: Target, n: int) -> Dict[str, Any]:
         worst = max(worst, float(np.abs(va - vb).max()))
         differ.update(f for f in fields if f != "id" and r[f] != got[i].get(f))
     ref_shas = {r["image_sha256"] for r in ref_ledger.values() if r["status"] == "done"}
-    out = {
+    out: Dict[str, Any] = {
         "reference_photos": len(ref_ledger),
         "whole": {"ledger_rows": len(ledger), "photos": n, "distinct_names": len(by_name),
                   "status": dict(Counter(r["status"] for r in ledger)),
@@ -688,8 +686,8 @@ def compare_reference(db: Target, ref_db: Target, n: int) -> Dict[str, Any]:
 def timed_cli(env: Dict[str, str], args: List[str], label: str) -> Tuple[Dict[str, Any], str]:
     """`lookalike ARGS` in a fresh process (the console script's entry point), timed from outside."""
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", "import sys; from lookalike.query.app.cli import main; sys.exit(main(sys.argv[1:]))",
-                        *args], capture_output=True, text=True, env=env, cwd=str(ROOT))
+    code = "import sys; from lookalike.query.app.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=str(ROOT))
     out = {"what": label, "argv": ["lookalike", *args], "seconds": round(time.perf_counter() - t0, 2),
            "rc": p.returncode}
     if p.returncode != 0:
@@ -793,7 +791,6 @@ class _ignore:
 
 
 def warm_in_process(db: Target, photo: str, flt: str, identity: str, reps: int) -> Dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     from lookalike import ingest
     from lookalike.ingest.settings import resolve
     from lookalike.query import Searcher
@@ -849,7 +846,7 @@ def text_report(res: Dict[str, Any]) -> str:
     L.append(f"photos: {g['photos']:,} from {g['sources']} CelebA sample photos, {g['distinct_sha256']:,} distinct, "
              f"{g['bytes'] / 2**20:,.0f} MiB, " + ("reused" if g.get("reused") else f"made in {g['seconds']} s"))
     L.append("")
-    k = res.get("kill")
+    k: Dict[str, Any] = res.get("kill") or {}
     killed_main = res.get("mode") == "killed and resumed"
     if killed_main:
         r2 = k["resume"]

@@ -21,17 +21,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' server launcher; tests/ is no package
 
 from milvus_server import MilvusServerProcess, ServerUnavailable, server_python  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_once(source: str, limit: int, workers: int, work: Path, uri: str = None, db: str = None) -> dict:
+def run_once(source: str, limit: int, workers: int, work: Path, uri: Optional[str] = None,
+             db: Optional[str] = None) -> dict:
     from lookalike import ingest
     t0 = time.perf_counter()
     s = ingest.run(source, limit=limit, workers=workers, uri=uri, db=db, progress=False,
@@ -58,7 +59,7 @@ def main() -> int:
         try:
             server.start()
         except ServerUnavailable as e:
-            raise SystemExit(str(e))
+            raise SystemExit(str(e)) from e
         print(f"Milvus server at {server.uri} (started in {server.start_seconds:.1f} s)", flush=True)
         for backend, workers in (("lite", 1), ("lite", 2), ("server", 1), ("server", 2)):
             if backend == "server":
@@ -80,11 +81,11 @@ def main() -> int:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    by = {(r["backend"], r["workers"]): r for r in runs}
+    ips = {(r["backend"], r["workers"]): r["pipeline_images_per_second"] for r in runs}
     ratios = {
-        "server 2 writers / 1 writer": by[("server", 2)]["pipeline_images_per_second"] / by[("server", 1)]["pipeline_images_per_second"],
-        "lite 2 workers / 1 worker": by[("lite", 2)]["pipeline_images_per_second"] / by[("lite", 1)]["pipeline_images_per_second"],
-        "server / lite, 2 workers": by[("server", 2)]["pipeline_images_per_second"] / by[("lite", 2)]["pipeline_images_per_second"],
+        "server 2 writers / 1 writer": ips[("server", 2)] / ips[("server", 1)],
+        "lite 2 workers / 1 worker": ips[("lite", 2)] / ips[("lite", 1)],
+        "server / lite, 2 workers": ips[("server", 2)] / ips[("lite", 2)],
     }
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
