@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import pytest
 
@@ -157,6 +157,8 @@ class MilvusServerProcess:
              "1" if self.auto_compaction else "0"],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        out = self.proc.stdout
+        assert out is not None  # stdout=PIPE
         line = b""
         deadline = time.monotonic() + timeout
         while not line.endswith(b"\n"):
@@ -166,9 +168,9 @@ class MilvusServerProcess:
                 raise ServerUnavailable(
                     f"Milvus server did not become healthy in {timeout:.0f} s "
                     f"(base dir {self.base_dir}):\n{self._log_tail()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 1.0))
+            ready, _, _ = select.select([out], [], [], min(left, 1.0))
             if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
+                chunk = os.read(out.fileno(), 4096)
                 if not chunk and self.proc.poll() is None:
                     time.sleep(0.1)
                 line += chunk
@@ -253,7 +255,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _unavailable(message: str):
+def _unavailable(message: str) -> NoReturn:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{message} ({REQUIRE_ENV}=1)", pytrace=False)
     pytest.skip(message)

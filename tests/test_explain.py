@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ GROUP = DATA / "groups" / "photos" / "multiface.jpg"
 def same_identity_pairs(n: int = 20):
     """(query image, same-identity image) pairs from people/, round-robin over identities."""
     per = {d.name: sorted(d.iterdir()) for d in sorted(PEOPLE.iterdir()) if d.is_dir() and len(list(d.iterdir())) >= 4}
-    pairs, i = [], 0
+    pairs: list[tuple[Path, Path]] = []
+    i = 0
     while len(pairs) < n:
         for files in per.values():
             if 2 * i + 1 < len(files) and len(pairs) < n:
@@ -115,6 +117,7 @@ def test_vit_gradcam_attention_layers(tiny_settings, group_faces, key, grid, lay
     for c in (cq, cm):
         assert np.isfinite(c).all() and c.max() > c.min()  # not constant
     ex = X.explain_inputs(emb, "gradcam", q, m)
+    assert ex.query_map is not None and ex.match_map is not None
     assert ex.query_map.shape == ex.match_map.shape == (224, 224)
     assert 0 <= ex.match_map.min() and ex.match_map.max() <= 1 and ex.match_map.std() > 0
     roll, heads = X.vit_attention(emb, [q, m])
@@ -199,7 +202,8 @@ def test_plain_query_does_not_import_explain(small_db, tmp_path):
     db = tmp_path / "copy.db"  # Milvus Lite: one process per database; this one holds the original
     shutil.copytree(small_db, db)
     small_db = db
-    code = ("import sys, json; from lookalike.query.search import search_photo; from lookalike.query.results import validate_document, results_document\n"
+    code = ("import sys, json; from lookalike.query.search import search_photo; "
+            "from lookalike.query.results import validate_document, results_document\n"
             f"r = search_photo({str(photo)!r}, db={str(small_db)!r}, top_k=2)\n"
             "d = results_document([r]); assert validate_document(d) == []\n"
             "assert 'lookalike.query.explain' not in sys.modules\n"

@@ -40,7 +40,7 @@ def test_valid_expressions_compile_and_evaluate(expr, row_true, row_false):
     assert f.evaluate(row_false) is False
     # the rendered expression is itself valid and means the same thing
     again = compile_filter(f.render())
-    assert again.render() == f.render()
+    assert again is not None and again.render() == f.render()
     assert again.evaluate(row_true) and not again.evaluate(row_false)
 
 
@@ -52,12 +52,15 @@ def test_nothing_to_filter_gives_none():
 
 def test_where_shorthands_map_to_the_same_filter():
     f = compile_filter(None, ["Male", "Smiling"], ["Eyeglasses"])
+    assert f is not None
     assert f.render() == ("((has_attributes == true and Male == true) and (has_attributes == true and "
                           "Smiling == true) and (has_attributes == true and Eyeglasses == false))")
     g = compile_filter("Male and Smiling and not Eyeglasses")
+    assert g is not None
     row = {"Male": True, "Smiling": True, "Eyeglasses": False, "has_attributes": True}
     assert f.evaluate(row) and g.evaluate(row)
     both = compile_filter('identity == "7"', ["Male"], ["Bald"])
+    assert both is not None
     assert both.fields() == ["Bald", "Male", "has_attributes", "identity"]
     assert both.evaluate({"identity": "7", "Male": True, "Bald": False, "has_attributes": True})
     assert not both.evaluate({"identity": "7", "Male": True, "Bald": True, "has_attributes": True})
@@ -66,6 +69,7 @@ def test_where_shorthands_map_to_the_same_filter():
 
 def test_template_holds_placeholders_and_params_hold_values():
     f = compile_filter('identity in ["2880", "4262"] and box_w > 40 and Smiling == true')
+    assert f is not None
     assert "2880" not in f.template and "{p0}" in f.template
     # the attribute comparison comes with its has_attributes guard (one more True parameter)
     assert [list(v) if isinstance(v, tuple) else v for v in f.params.values()] == [["2880", "4262"], 40, True, True]
@@ -145,12 +149,14 @@ def test_injection_attempts_are_rejected(expr):
 def test_quoted_values_stay_values():
     # The quote inside the value is escaped by the user; the whole thing is one string value.
     f = compile_filter(r'identity == "x\" or 1==1"')
+    assert f is not None
     assert f.params == {"p0": 'x" or 1==1'}
     assert f.render() == 'identity == "x\\" or 1==1"'
     assert not f.evaluate({"identity": "anything"})
     assert f.evaluate({"identity": 'x" or 1==1'})
     # single quotes work too and are re-encoded with double quotes
     g = compile_filter("identity == 'it''s'") if False else compile_filter("identity == 'a\\'b'")
+    assert g is not None
     assert g.params == {"p0": "a'b"}
     assert g.render() == 'identity == "a\'b"'
 
@@ -159,6 +165,7 @@ def test_quoted_values_stay_values():
 def test_encode_literal_round_trips_through_the_parser(value):
     lit = encode_literal(value)
     f = compile_filter(f"identity == {lit}")
+    assert f is not None
     assert f.params["p0"] == value
     assert f.render() == f"identity == {lit}"
     assert json.loads(lit) == value
@@ -242,6 +249,7 @@ def test_injected_value_matches_nothing_in_milvus(lite_store):
 def test_milvus_agrees_with_evaluate(lite_store, expr):
     store, rows = lite_store
     f = compile_filter(expr)
+    assert f is not None
     want = {r["id"] for r in rows if f.evaluate(r)}
     assert _milvus_ids(store, f) == want
 
@@ -277,6 +285,7 @@ def test_the_deepest_accepted_filter_runs_in_milvus(lite_store):
         groups = f"Smiling {'and' if i % 2 else 'or'} ({groups})"
     for deep in (nots, groups):
         f = compile_filter(deep)
+        assert f is not None
         assert f.render().count("(") - f.render().count(")") == 0
         assert _milvus_ids(store, f) == {r["id"] for r in rows if f.evaluate(r)}
         assert "nested too deeply" in _err(f"not ({deep})")
@@ -290,8 +299,8 @@ def test_literals_out_of_range_never_reach_encode_literal():
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given  # noqa: E402
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
+from hypothesis import settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 _FIELDS = ["Smiling", "Male", "identity", "source_path", "confidence", "face_index", "box_w",
            "ingested_at", "has_attributes", "vector", "Smilng", "inf", "nan"]
@@ -348,7 +357,8 @@ def _one_line_or_valid(expr: str):
         return None
     rendered = f.render()
     rendered.encode("utf-8")  # what Milvus gets is text
-    assert compile_filter(rendered).render() == rendered
+    again = compile_filter(rendered)
+    assert again is not None and again.render() == rendered
     return f
 
 

@@ -37,13 +37,14 @@ def test_exif_orientation_is_applied(settings):
     from lookalike.ingest.models import Detector
 
     upright = Image.open(PORTRAIT).convert("RGB")
-    sideways = upright.transpose(Image.ROTATE_90)  # pixels stored rotated
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # pixels stored rotated
     exif = Image.Exif()
     exif[0x0112] = 6  # display needs a 90° clockwise turn, which undoes ROTATE_90
     d = decode(_bytes(sideways, "JPEG", exif=exif, quality=95))
     assert d.rgb.shape[:2] == (upright.height, upright.width)
     faces = Detector("yunet", settings).detect(d)
     main = max(faces, key=lambda f: f.box[2] * f.box[3])
+    assert main.left_eye is not None and main.right_eye is not None
     (lx, ly), (rx, ry) = main.left_eye, main.right_eye
     assert abs(lx - rx) > 3 * abs(ly - ry)  # eyes side by side: the face is upright
     raw = decode(_bytes(sideways, "JPEG", quality=95))
@@ -86,14 +87,14 @@ def test_large_photos_are_downscaled_and_boxes_map_back(side, fmt, scale):
 
 def _pil_reference(data: bytes) -> np.ndarray:
     """What decode() gave before JPEGs went through OpenCV: PIL all the way."""
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
+    with Image.open(io.BytesIO(data)) as src:
+        w, h = src.size
         s = next((s for s in (8, 4, 2) if max(w, h) >= s * DETAIL_SIDE), 1)
-        im.draft("RGB", (w // s, h // s))
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        src.draft("RGB", (w // s, h // s))
+        im = ImageOps.exif_transpose(src).convert("RGB")
         if max(im.size) > MAX_SIDE:
             r = MAX_SIDE / max(im.size)
-            im = im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.BILINEAR)
+            im = im.resize((max(1, round(im.size[0] * r)), max(1, round(im.size[1] * r))), Image.Resampling.BILINEAR)
         return np.asarray(im)
 
 

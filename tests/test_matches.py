@@ -32,7 +32,7 @@ def test_blur_lowers_sharpness():
     import cv2
 
     rng = np.random.default_rng(0)
-    img = (rng.random((120, 120, 3)) * 255).astype(np.uint8)
+    img: np.ndarray = (rng.random((120, 120, 3)) * 255).astype(np.uint8)
     img = cv2.resize(cv2.resize(img, (30, 30)), (120, 120), interpolation=cv2.INTER_NEAREST)
     blurred = cv2.GaussianBlur(img, (0, 0), 4)
     box = (10, 10, 100, 100)
@@ -44,6 +44,7 @@ def test_blur_lowers_sharpness():
                                   "not (Smiling and Male)", "Smiling in [true, false]"])
 def test_attribute_filters_never_match_unannotated_faces(expr):
     flt = compile_filter(expr)
+    assert flt is not None
     unknown = {a: None for a in ATTRIBUTES} | {"has_attributes": False}
     known = {a: False for a in ATTRIBUTES} | {"has_attributes": True}
     assert not flt.evaluate(unknown)
@@ -54,6 +55,7 @@ def test_attribute_filters_never_match_unannotated_faces(expr):
 
 def test_unannotated_faces_can_still_be_asked_for():
     flt = compile_filter("has_attributes == false")
+    assert flt is not None
     assert flt.evaluate({"has_attributes": False})
     assert flt.render() == "has_attributes == false"
 
@@ -73,7 +75,8 @@ def test_search_threshold_rises_with_the_gallery_and_agrees_with_the_probability
     assert thresholds[-1] <= 0.999
     for n, t in zip(sizes, thresholds):
         assert v.probability(t, n) == pytest.approx(0.5)
-        assert v.probability(t - 0.01, n) < 0.5 < v.probability(t + 0.01, n)
+        below, above = v.probability(t - 0.01, n), v.probability(t + 0.01, n)
+        assert below is not None and above is not None and below < 0.5 < above
     # between two measured points of the impostor tail the threshold lies between theirs
     (t3, f3), (t4, f4) = v.far_curve[-2:]
     assert t3 < v.threshold_for(round(v.fpir / (f3 * f4) ** 0.5)) < t4
@@ -169,10 +172,11 @@ def test_verdict_on_a_group_photo(gallery, settings):
         top = f.matches[0]
         assert top.identity in ("obama", "biden") and top.same_person is True
         for m in f.matches:
+            assert m.same_person_probability is not None  # dlib has a verdict
             assert m.same_person == (m.score >= thr) == (m.same_person_probability >= 0.5)
             assert 0.0 <= m.same_person_probability <= 1.0
             assert all(v is None for v in m.attributes.values())
-        probs = [m.same_person_probability for m in f.matches]
+        probs = [m.same_person_probability for m in f.matches if m.same_person_probability is not None]
         assert probs == sorted(probs, reverse=True)  # monotone in the score
     assert {f.matches[0].identity for f in r.faces} == {"obama", "biden"}
 

@@ -217,8 +217,11 @@ def test_plain_runs_print_the_bar_and_the_summary_only(tmp_path, gallery):
         assert pieces and all(x.startswith("ingest: ") for x in pieces), err
         # the summary, with its "failed" line (broken.jpg)
         assert [ln.split("  ")[0] for ln in out.splitlines()] == list(SUMMARY_KEYS), out
-        stored = int(re.search(r"^faces\s+(\d+) stored", out, re.M).group(1))
-        assert re.search(r"faces=(\d+)", pieces[-1]).group(1) == str(stored), pieces[-1]
+        m = re.search(r"^faces\s+(\d+) stored", out, re.M)
+        assert m, out
+        stored = int(m.group(1))
+        m = re.search(r"faces=(\d+)", pieces[-1])
+        assert m and m.group(1) == str(stored), pieces[-1]
         with Store(str(tmp_path / f"run{i}.db")) as store:
             assert [(s.name, s.rows) for s in store.stats()] == [(collection_name("dlib"), stored)]
         report = [json.loads(x) for x in (tmp_path / f"r{i}.jsonl").read_text().splitlines()]

@@ -356,6 +356,7 @@ def hnsw_store(sample, all_rows):
 @pytest.mark.parametrize("path", ["flat", "probe", "widened"])  # FLAT index; HNSW: exact probe, widened ANN
 def test_filtered_search_matches_brute_force(sample, searcher, hnsw_store, all_rows, query_vectors, expr, path):
     flt = compile_filter(expr)
+    assert flt is not None
     s = searcher if path == "flat" else \
         Searcher(sample["settings"], store=hnsw_store, exact_max_rows=2000 if path == "probe" else 0)
     got, info = s.search_vectors("dlib", query_vectors, 10, flt)
@@ -367,7 +368,7 @@ def test_filtered_search_matches_brute_force(sample, searcher, hnsw_store, all_r
         assert info.filtered_rows == n_keep
         assert info.mode == ("exact" if n_keep else "empty")
     else:
-        assert info.mode == "ann" and info.ef >= 128
+        assert info.mode == "ann" and info.ef is not None and info.ef >= 128
     for g, w in zip(got, want):
         assert [m.id for m in g] == [i for i, _ in w] or \
             np.allclose([m.score for m in g], [s for _, s in w], atol=1e-5)
@@ -381,7 +382,12 @@ def test_flat_index_needs_no_probe(sample, searcher, query_vectors, monkeypatch)
     """On the FLAT lite profile a filtered search is one search call: no probe query."""
     calls = []
     real = searcher.store.query
-    monkeypatch.setattr(searcher.store, "query", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+
+    def query(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(searcher.store, "query", query)
     searcher.prefetch(["dlib"], compile_filter("Smiling"))
     _, info = searcher.search_vectors("dlib", query_vectors, 5, compile_filter("Smiling"))
     assert calls == [] and info.mode == "exact" and searcher.store.index_type("faces_dlib") == "FLAT"
@@ -391,7 +397,12 @@ def test_filter_probe_is_reused_within_a_run(sample, hnsw_store, query_vectors, 
     s = Searcher(sample["settings"], store=hnsw_store)
     calls = []
     real = hnsw_store.query
-    monkeypatch.setattr(hnsw_store, "query", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+
+    def query(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(hnsw_store, "query", query)
     flt = compile_filter("Smiling")
     first, _ = s.search_vectors("dlib", query_vectors, 5, flt)
     again, info = s.search_vectors("dlib", query_vectors, 5, compile_filter("Smiling == true"))
@@ -528,7 +539,7 @@ def test_cli_unreadable_exit_4(sample, tmp_path):
     for photo in (bad, tmp_path / "missing.jpg"):
         p = _cli(sample, photo)
         assert p.returncode == 4, p.stderr
-        lines = [l for l in p.stderr.splitlines() if l.startswith("lookalike:")]
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("lookalike:")]
         assert len(lines) == 1 and str(photo) in lines[0]
 
 
@@ -620,6 +631,7 @@ def test_filtered_recall_at_10_on_20k_synthetic_rows(synthetic):
     modes, report = set(), []
     for sel, expr in SELECTIVITIES:
         flt = compile_filter(expr)
+        assert flt is not None
         mask = np.array([flt.evaluate(r) for r in rows])
         assert abs(mask.mean() - sel) < 0.02, (expr, mask.mean())
         sub = np.nonzero(mask)[0]
@@ -633,6 +645,7 @@ def test_filtered_recall_at_10_on_20k_synthetic_rows(synthetic):
     assert modes == {"exact", "ann"}
     # for comparison: Lite's HNSW with the filter alone at the profile's ef loses neighbours
     flt = compile_filter(_identity_filter(1))
+    assert flt is not None
     raw = store.search("dlib", q, 10, flt, output_fields=["id"], search_params={"ef": 64})
     sub = np.nonzero(np.array([flt.evaluate(r) for r in rows]))[0]
     truth = [set(ids[sub[np.argsort(-(vecs[sub] @ qq))[:10]]]) for qq in q]
@@ -726,6 +739,7 @@ def test_detector_matches_deepface_detect_faces_with_alignment_on_demand(setting
         # ~4 px here), and the same alignment of them
         for f, d in zip(faces, ref):
             fa, tol = d.facial_area, 0.05 * d.facial_area.w + 2
+            assert f.left_eye is not None and f.right_eye is not None
             got = [*f.dbox, *f.left_eye, *f.right_eye]
             want = [max(0, fa.x), max(0, fa.y), fa.w, fa.h, *fa.left_eye, *fa.right_eye]
             assert np.allclose(got, want, atol=tol), (got, want)

@@ -2,6 +2,8 @@
 server), so its declaration is checked against Milvus' documented constraints instead."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import pytest
 
 from lookalike import schemas
@@ -16,10 +18,12 @@ def test_declared_profiles_are_valid(name):
     # still gives a valid search
     from lookalike.query.results import TOP_K_MAX
 
-    search = dict(p.search_params)
+    search: dict[str, Any] = dict(p.search_params)
     for key in ("ef", "itopk_size"):
         if key in search:
-            search[key] = min(max(int(search[key]), TOP_K_MAX), breadth_max(p.index_type))
+            cap = breadth_max(p.index_type)
+            assert cap is not None, p.index_type  # an index with a breadth parameter caps it
+            search[key] = min(max(int(search[key]), TOP_K_MAX), cap)
     assert check_index(p.index_type, p.metric, p.build_params, search, top_k=TOP_K_MAX) == []
     assert p.index_type in p.buildable
 
@@ -28,7 +32,8 @@ def test_gpu_profile_follows_cagra_rules():
     p = get_profile("gpu")
     assert p.index_type == "GPU_CAGRA"
     assert p.metric == "IP"  # GPU indexes take L2/IP, not COSINE: vectors are normalised
-    b, s = p.build_params, p.search_params
+    b: Mapping[str, Any] = p.build_params
+    s: Mapping[str, Any] = p.search_params
     assert 1 <= b["graph_degree"] <= b["intermediate_graph_degree"] <= 1024
     assert 1 <= s["itopk_size"] <= 1024 and s["search_width"] >= 1
     # the largest -k the CLI accepts still fits CAGRA's result limit
@@ -60,5 +65,6 @@ def test_bad_index_declarations_are_named(index_type, metric, build, search, top
 
 def test_search_breadth_is_capped_per_index():
     assert breadth_max("GPU_CAGRA") == 1024
-    assert breadth_max("HNSW") >= 8192
+    hnsw = breadth_max("HNSW")
+    assert hnsw is not None and hnsw >= 8192
     assert breadth_max("FLAT") is None
