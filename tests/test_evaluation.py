@@ -115,6 +115,7 @@ def test_tar_at_far_against_a_hand_computation():
     t = tar_at_far(s, y, 1e-3)
     # floor(1e-3 * 2000) = 2 false accepts allowed: threshold = the 3rd highest negative, 0.9985;
     # accepted (> 0.9985): 0.9992, 0.999, 1.0 -> 3 of the 6 same pairs (NaN: no face, rejected)
+    assert t is not None
     assert t["threshold"] == pytest.approx(0.9985)
     assert t["far"] == pytest.approx(2 / 2000)
     assert t["tar"] == pytest.approx(3 / 6)
@@ -203,7 +204,10 @@ def test_lfw_folds_cross_validated_and_absent_folds_skipped(tmp_path, settings):
     not exist -> 2-fold cross-validation over the folds present, fold 3 listed as skipped."""
     pairs = read_pairs(PAIRS1).pairs
     same, diff = pairs[:300], pairs[300:]
-    fmt = lambda p: f"{p.name_a}\t{p.idx_a}\t{p.idx_b}" if p.same else f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}"
+
+    def fmt(p):
+        return f"{p.name_a}\t{p.idx_a}\t{p.idx_b}" if p.same else f"{p.name_a}\t{p.idx_a}\t{p.name_b}\t{p.idx_b}"
+
     lines = ["3\t10"]
     for k in range(2):
         lines += [fmt(p) for p in same[10 * k:10 * k + 10]] + [fmt(p) for p in diff[10 * k:10 * k + 10]]

@@ -57,7 +57,7 @@ def test_celeba_rows_match_annotations(celeba_db):
     assert len(rows) == sum(r["faces"] for r in ledger.values()) == summary.faces_stored
     assert summary.images_done >= N_CELEBA - 2  # CelebA photos are portraits
     ids, attrs = celeba_annotations()
-    by_image = {}
+    by_image: dict[str, list[dict]] = {}
     for row in rows.values():
         by_image.setdefault(row["image_sha256"], []).append(row)
     for faces in by_image.values():

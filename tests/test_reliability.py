@@ -158,6 +158,7 @@ def test_acknowledged_lite_writes_survive_kill_9_without_a_flush(tmp_path):
     db = tmp_path / "wal.db"
     proc = subprocess.Popen([sys.executable, "-c", _WAL_WRITER, str(db)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None  # PIPE
     try:
         assert proc.stdout.readline().strip() == "acknowledged", proc.stderr.read()[-2000:]
         proc.send_signal(signal.SIGKILL)
@@ -405,19 +406,19 @@ class _LiteServer:
 
     def __init__(self, data_dir: Path):
         self.data_dir, self.port = data_dir, _free_port()
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "_LiteServer":
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
              "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline:
-            assert self.proc.poll() is None, "milvus_lite server exited"
+            assert proc.poll() is None, "milvus_lite server exited"
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self
@@ -471,7 +472,9 @@ def test_server_gone_mid_session_retries_with_backoff_then_one_line(lite_server)
     store.retries, store.retry_seconds = 100, 2.0
     with pytest.raises(StoreError, match="unavailable, gave up after") as e:
         store.count("lookalike_images")
-    attempts = int(re.search(r"gave up after (\d+) attempt", str(e.value)).group(1))
+    m = re.search(r"gave up after (\d+) attempt", str(e.value))
+    assert m, str(e.value)
+    attempts = int(m.group(1))
     assert 2 <= attempts <= 5, str(e.value)
     store.close()
 

@@ -115,7 +115,12 @@ def test_the_lite_writer_flushes_every_so_many_photos(tmp_path):
         store.ensure_ledger()
         flushed = []
         real_flush = store.flush
-        store.flush = lambda names: (flushed.append(sorted(names)), real_flush(names))  # type: ignore[method-assign]
+
+        def flush(names):
+            flushed.append(sorted(names))
+            real_flush(names)
+
+        store.flush = flush  # type: ignore[method-assign]
         paths = [f"/p/{i}.jpg" for i in range(7)]
         writer = Writer(store, ["dlib"], "yunet", {p: ImageRecord(p) for p in paths}, commit_every=0,
                         flush_every=3)
@@ -147,7 +152,12 @@ def test_the_skip_pass_starts_where_the_work_is_and_misses_nothing(tmp_path):
                               "reason": "", "detector": "yunet", "ingested_at": 0} for i in done])
         asked = []
         real = store.ledger_statuses
-        store.ledger_statuses = lambda ids: (asked.append(len(ids)), real(ids))[1]  # type: ignore[method-assign]
+
+        def ledger_statuses(ids):
+            asked.append(len(ids))
+            return real(ids)
+
+        store.ledger_statuses = ledger_statuses  # type: ignore[method-assign]
         got = [[int(r.path[3:-4]) for r in c] for c in _undone(store, records, ["dlib"], {"done", "noface"}, chunk=2)]
         assert got == [[6, 7], [9], [], [2], []]  # from the first chunk with work; the prefix last
         assert sum(asked) == 10

@@ -305,6 +305,7 @@ def test_server_killed_mid_run_gives_up_after_bounded_retries_then_resume_comple
         env = dict(os.environ, LOOKALIKE_MILVUS_RETRY_SECONDS="10")
         proc = subprocess.Popen([sys.executable, "-m", "lookalike.query.app.cli", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+        assert proc.stderr is not None  # PIPE
         buf = ""
         while True:
             ch = proc.stderr.read(1)
@@ -328,8 +329,8 @@ def test_server_killed_mid_run_gives_up_after_bounded_retries_then_resume_comple
         server.start()
         r = _cli(*args, "-q")
         assert r.returncode == 0, r.stderr[-2000:]
-        got = rows(server.uri, vectors=False)
-        assert got == expected
+        stored = rows(server.uri, vectors=False)
+        assert stored == expected
         count, n_ids, distinct = count_and_distinct(server.uri)
         assert count == n_ids == distinct == len(expected)
     finally:
