@@ -28,10 +28,6 @@ Projection at ingest and query time is numpy (`Head.project`): a matrix product 
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,11 +38,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lookalike.ingest.metrics import retrieval_figures
-from lookalike.ingest.models import Embedder, ModelError, WeightsMissing, make_embedder
+from lookalike.ingest.models.head import (  # noqa: F401  (the head as a model; re-exported for callers of the trainer)
+    FORMAT,
+    HEADS_ENV,
+    Head,
+    HeadDeviceError,
+    HeadEmbedder,
+    HeadError,
+    HeadFileError,
+    file_key,
+    head_path,
+    heads_dir,
+)
 from lookalike.ingest.settings import Settings, resolve
 from lookalike.schemas import OUTPUT_FIELDS, VECTOR_FIELD, collection_name, get_model, head_key
 
-FORMAT = "lookalike-head/1"
 LOSSES = ("triplet", "infonce")
 ARCHS = ("linear", "mlp")
 # Chosen on the CelebA sample with dlib (bench/results/head.txt).
@@ -55,113 +61,11 @@ DEFAULT_ARCH = "linear"
 DEFAULT_EPOCHS = 30
 # Collection property of faces_<model>_head: the digest of the head its vectors come from.
 HEAD_PROPERTY = "lookalike.head"
-HEADS_ENV = "LOOKALIKE_HEADS"
 # Queries per evaluated set at most (a random sample beyond): each query ranks the whole gallery.
 MAX_EVAL_QUERIES = 5000
 
 
-class HeadError(ModelError):
-    """A head that cannot be trained, loaded or used as asked; str() is one line."""
 
-
-# ---------------------------------------------------------------------------------------------
-# Where a head lives
-# ---------------------------------------------------------------------------------------------
-def heads_dir(settings: Settings) -> Path:
-    """The folder of a database's heads: $LOOKALIKE_HEADS, else `<db stem>.heads` beside a Lite
-    database, else ~/.cache/lookalike/heads/<server> for a server."""
-    explicit = getattr(settings, "heads_dir", None) or os.environ.get(HEADS_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    if settings.uri:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", settings.uri.split("://")[-1]).strip("_") or "server"
-        return Path.home() / ".cache" / "lookalike" / "heads" / slug
-    db = Path(settings.db).expanduser()
-    return db.with_name(f"{db.stem}.heads")
-
-
-def head_path(settings: Settings, model: str) -> Path:
-    return heads_dir(settings) / f"{head_key(model)}.pt"
-
-
-def file_key(settings: Settings, key: str) -> Tuple[str, int]:
-    """(path, mtime) of the head file behind model key `key` (`dlib_head`): a process-wide engine
-    holding a head follows its database and a retrained file."""
-    path = head_path(settings, get_model(key).head_of)
-    try:
-        return str(path.resolve()), path.stat().st_mtime_ns
-    except OSError:
-        return str(path), 0
-
-
-# ---------------------------------------------------------------------------------------------
-# The head
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Head:
-    model: str  # the base model key whose vectors it projects
-    arch: str
-    dim: int
-    hidden: int
-    state: Dict[str, np.ndarray]  # float32 arrays, torch's state-dict names
-    provenance: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return head_key(self.model)
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the architecture and weights (not of the file: provenance may be rewritten)."""
-        h = hashlib.sha256(f"{FORMAT}|{self.model}|{self.arch}|{self.dim}|{self.hidden}".encode())
-        for k in sorted(self.state):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(self.state[k], dtype=np.float32).tobytes())
-        return h.hexdigest()
-
-    def project(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, dim) L2-normalised head outputs of (n, dim) L2-normalised base vectors: the same
-        arithmetic as the torch module it was trained as."""
-        x = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        if self.arch == "linear":
-            y = x + x @ self.state["branch.weight"].T
-        else:
-            h = np.maximum(x @ self.state["branch.0.weight"].T + self.state["branch.0.bias"], 0.0)
-            y = x + h @ self.state["branch.2.weight"].T
-        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-    def to_bytes(self) -> bytes:
-        import torch
-
-        buf = io.BytesIO()
-        torch.save({"format": FORMAT, "state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
-                                                     for k, v in self.state.items()},
-                    "provenance": self.provenance}, buf)
-        return buf.getvalue()
-
-    def save(self, path: Path) -> None:
-        """Written whole or not at all (a temporary file renamed over the old one)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(self.to_bytes())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> "Head":
-        import torch
-
-        try:
-            blob = torch.load(str(path), map_location="cpu", weights_only=True)
-            prov = dict(blob["provenance"])
-            state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in blob["state_dict"].items()}
-            if blob.get("format") != FORMAT:
-                raise ValueError(f"format {blob.get('format')!r}, expected {FORMAT}")
-            return cls(prov["model"], prov["arch"], int(prov["dim"]), int(prov["hidden"]), state, prov)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise HeadError(f"head file {path}: not a Lookalike head ({why})") from None
 
 
 def _module(arch: str, dim: int, hidden: int):
@@ -170,63 +74,21 @@ def _module(arch: str, dim: int, hidden: int):
     class Residual(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            # layers made in this order so that a seed draws the same initial weights as ever
             if arch == "linear":
-                self.branch = torch.nn.Linear(dim, dim, bias=False)
-                last = self.branch
+                last = torch.nn.Linear(dim, dim, bias=False)
+                branch: torch.nn.Module = last
             else:
-                self.branch = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(),
-                                                  torch.nn.Linear(hidden, dim, bias=False))
-                last = self.branch[2]
+                first = torch.nn.Linear(dim, hidden)
+                last = torch.nn.Linear(hidden, dim, bias=False)
+                branch = torch.nn.Sequential(first, torch.nn.ReLU(), last)
+            self.branch = branch
             torch.nn.init.zeros_(last.weight)  # the identity at the start
 
         def forward(self, x):
             return torch.nn.functional.normalize(x + self.branch(x), dim=1)
 
     return Residual()
-
-
-# ---------------------------------------------------------------------------------------------
-# The head as an embedder: the base model's code, then the head
-# ---------------------------------------------------------------------------------------------
-class HeadEmbedder(Embedder):
-    """`<model>_head`: the base model's embedder (same crops, same forward pass), its normalised
-    vectors through the head file of the database in `settings`."""
-
-    def __init__(self, spec, settings: Settings):
-        super().__init__(spec, settings)
-        self.base = make_embedder(spec.head_of, settings)
-        self.path = head_path(settings, spec.head_of)
-        self.max_forward = self.base.max_forward
-        self.head: Optional[Head] = None
-
-    @property
-    def dim(self) -> int:
-        return self._head().dim
-
-    def _head(self) -> Head:
-        if self.head is None:
-            try:
-                self.head = Head.load(self.path)
-            except FileNotFoundError:
-                raise WeightsMissing(
-                    f"model {self.name}: head file {self.path} not found; train it with `lookalike train-head "
-                    f"--model {self.spec.head_of}` on this database, or set {HEADS_ENV} to the folder holding "
-                    f"{self.path.name}") from None
-            if self.head.model != self.spec.head_of:
-                raise HeadError(f"head file {self.path} is a head of {self.head.model}, not {self.spec.head_of}")
-        return self.head
-
-    def _load(self) -> Any:
-        head = self._head()
-        self.base.load()
-        return head
-
-    def model_input(self, image, face) -> np.ndarray:
-        return self.base.model_input(image, face)
-
-    def _predict_inputs(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        base = self.base._normalised(self.base._predict_inputs(inputs), len(inputs))
-        return self._model.project(base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +105,7 @@ def check_head(store, head: Head, path: Path) -> None:
     """Refuse a head file that is not the one faces_<model>_head was written with."""
     have = recorded_digest(store, head.key)
     if have is not None and have != head.digest:
-        raise HeadError(f"{collection_name(head.key)} holds the vectors of another head than {path}; run "
+        raise HeadFileError(f"{collection_name(head.key)} holds the vectors of another head than {path}; run "
                         f"`lookalike train-head --model {head.model}` again (it rewrites the collection)")
 
 
@@ -258,13 +120,13 @@ def attach_heads(store, settings: Settings, models: Sequence[str], progress: boo
         name = collection_name(head_key(m))
         if not path.is_file():
             if store.has_collection(name):
-                raise HeadError(f"{name} exists but its head file {path} is missing: new faces could not be "
+                raise HeadFileError(f"{name} exists but its head file {path} is missing: new faces could not be "
                                 f"projected into it; put the file back (or set {HEADS_ENV}), or train it again "
                                 f"with `lookalike train-head --model {m}`")
             continue
         head = Head.load(path)
         if head.model != m:
-            raise HeadError(f"head file {path} is a head of {head.model}, not {m}")
+            raise HeadFileError(f"head file {path} is a head of {head.model}, not {m}")
         if store.has_collection(name):
             check_head(store, head, path)
         else:
@@ -513,11 +375,11 @@ def _device(device: str) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise HeadError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
+        raise HeadDeviceError(f"--device {device!r}: {str(e).splitlines()[0]}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HeadError(f"--device {device}: torch sees no CUDA device here (use --device cpu)")
+        raise HeadDeviceError(f"--device {device}: torch sees no CUDA device here (use --device cpu)")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise HeadError(f"--device {device}: torch sees no MPS device here (use --device cpu)")
+        raise HeadDeviceError(f"--device {device}: torch sees no MPS device here (use --device cpu)")
     return str(dev)
 
 

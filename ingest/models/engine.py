@@ -7,6 +7,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 from lookalike.ingest.models.base import Embedder
 from lookalike.ingest.models.detector import Detector
+from lookalike.ingest.models.head import file_key
 from lookalike.ingest.models.registry import make_embedder
 from lookalike.ingest.settings import Settings
 from lookalike.schemas import get_model
@@ -36,8 +37,6 @@ def engine_key(settings: Settings, detector: str, models: Sequence[str]) -> Tupl
     key: Tuple[Any, ...] = (settings.model_settings(), detector, tuple(models))
     heads = [m for m in models if get_model(m).head_of]
     if heads:
-        from lookalike.ingest.head import file_key
-
         key += tuple(file_key(settings, m) for m in heads)
     return key
 

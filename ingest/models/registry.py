@@ -14,6 +14,7 @@ from lookalike.ingest.models.base import Embedder
 from lookalike.ingest.models.deepface import DeepFaceEmbedder
 from lookalike.ingest.models.dlib import DlibEmbedder
 from lookalike.ingest.models.errors import ModelError
+from lookalike.ingest.models.head import HeadEmbedder
 from lookalike.ingest.models.vit import ClipEmbedder, Dinov2Embedder
 from lookalike.ingest.models.weights import provision_weights
 from lookalike.ingest.settings import Settings
@@ -24,9 +25,7 @@ Builder = Callable[[ModelSpec, Settings], Embedder]
 
 def _head(spec: ModelSpec, settings: Settings) -> Embedder:
     # `<model>_head`: the base model's embedder, then the database's trained head
-    from lookalike.ingest.head import HeadEmbedder
-
-    return HeadEmbedder(spec, settings)
+    return HeadEmbedder(spec, settings, make_embedder(spec.head_of, settings))
 
 
 # kind (schemas.ModelSpec.kind) -> the class that builds models of that kind

@@ -9,6 +9,7 @@ import time
 from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
+from lookalike.ingest.head import attach_heads
 from lookalike.ingest.models import default_face_model, make_embedder, model_source
 from lookalike.ingest.pipeline.reader import _batches, _Pending, _undone
 from lookalike.ingest.pipeline.report import _write_report
@@ -96,8 +97,6 @@ def run(
             if store.has(m):
                 store.ensure_collection(m, dim=dims[m], source=model_source(m, settings))
         store.ensure_ledger()
-        from lookalike.ingest.head import attach_heads
-
         heads = attach_heads(store, settings, models_list, progress=progress)  # new faces go through them too
         by_path: Dict[str, ImageRecord] = {}  # the records to do, for the writer
         skip_status = {"done", "noface"} if retry_failed else {"done", "noface", "failed"}

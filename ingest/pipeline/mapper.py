@@ -7,6 +7,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lookalike.ingest.analysis import AnalysisError, Analyzer, PhotoAnalysis
+from lookalike.ingest.head import worker_heads
 from lookalike.ingest.images import ImageError, decode, read_bytes, sha256_bytes
 from lookalike.ingest.pipeline.paths import MAX_PATH_BYTES, storable
 from lookalike.ingest.pipeline.results import BatchResult, ImageResult, _reason
@@ -126,8 +127,6 @@ def process_and_write_batch(records: Sequence[ImageRecord], settings: Settings, 
     it into single images) and stops the run."""
     res = process_batch(records, settings, detector, models, min_face)
     try:
-        from lookalike.ingest.head import worker_heads
-
         ServerWriter(worker_store(settings), models, detector, {r.path: r for r in records},
                      heads=worker_heads(settings, models)).write(res.images)
     except StoreError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from lookalike.ingest.head import head_rows
 from lookalike.ingest.pipeline.paths import _ledger_id, ledger_path, storable
 from lookalike.ingest.pipeline.results import ImageResult
 from lookalike.ingest.sources import ImageRecord
@@ -116,8 +117,6 @@ class Writer:
                 rows.extend(self._face_rows(r, model, ts))
             self.store.upsert_faces(model, rows)
             if model in self.heads:
-                from lookalike.ingest.head import head_rows
-
                 self.store.upsert_faces(self.heads[model].key, head_rows(self.heads[model], rows))
         self.faces_stored += sum(len(r.faces) for r in chosen.values())
         return [{
