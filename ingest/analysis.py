@@ -54,6 +54,7 @@ class PhotoAnalysis:
     image: Decoded
     faces: List[FaceAnalysis]
     skipped_small: int = 0  # faces found but under min_face
+    detected: int = 0  # faces of at least min_face, before a `select` kept some of them
     error: str = ""  # set when a model failed on this photo alone (the faces are then incomplete)
     timings: Dict[str, float] = field(default_factory=dict)  # seconds: detect, embed
 
@@ -96,11 +97,12 @@ class Analyzer:
         kept = [f for f in found if f.size >= min_face]
         for i, f in enumerate(kept):
             f.index = i
-        skipped = len(found) - len(kept)
+        skipped, detected = len(found) - len(kept), len(kept)
         if select is not None:
             kept = select(kept, image)
         faces = [FaceAnalysis(f, assess(image, f)) for f in kept]
-        return PhotoAnalysis(image, faces, skipped_small=skipped, timings={"detect": time.perf_counter() - t})
+        return PhotoAnalysis(image, faces, skipped_small=skipped, detected=detected,
+                             timings={"detect": time.perf_counter() - t})
 
     def prepare(self, photo: PhotoAnalysis, models: Optional[Sequence[str]] = None) -> PhotoAnalysis:
         """Each model's input crop for every face: all the work of a face before the forward pass."""
@@ -187,10 +189,13 @@ class Analyzer:
         return self._embedder(model).embed_inputs(inputs)
 
 
+def centre_face(faces: Sequence[Face], width: int, height: int) -> Face:
+    """The face whose box centre is nearest the centre of a width x height photo (LFW crops are
+    centred on the person)."""
+    cx, cy = width / 2.0, height / 2.0
+    return min(faces, key=lambda f: (f.box[0] + f.box[2] / 2.0 - cx) ** 2 + (f.box[1] + f.box[3] / 2.0 - cy) ** 2)
+
+
 def nearest_centre(faces: List[Face], image: Decoded) -> List[Face]:
-    """The face whose box centre is nearest the photo's centre (LFW crops are centred on the
-    person); a `select` for Analyzer.detect."""
-    if not faces:
-        return []
-    cx, cy = image.width / 2.0, image.height / 2.0
-    return [min(faces, key=lambda f: (f.box[0] + f.box[2] / 2.0 - cx) ** 2 + (f.box[1] + f.box[3] / 2.0 - cy) ** 2)]
+    """A `select` for Analyzer.detect: the face nearest the photo's centre (centre_face)."""
+    return [centre_face(faces, image.width, image.height)] if faces else []
