@@ -1,0 +1,82 @@
+"""The layering rules, read from the source: schemas knows nothing of ingest or query, ingest
+nothing of query, the app (query/app) nothing imports, and no module imports itself back through
+others (an import circle), counting imports made inside functions too."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPS = ("schemas", "ingest", "query")
+
+
+def _modules() -> Dict[str, Path]:
+    out = {}
+    for top in TOPS:
+        for p in (ROOT / top).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out["lookalike." + ".".join(parts)] = p
+    return out
+
+
+def _imports(path: Path, modules: Dict[str, Path]) -> Set[str]:
+    """The project modules a file imports, anywhere in it (a `from pkg import name` that names a
+    submodule counts as importing that submodule)."""
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: List[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                     for a in node.names]
+        found.update(n for n in names if n in modules)
+    return found
+
+
+def _graph() -> Dict[str, Set[str]]:
+    modules = _modules()
+    return {m: _imports(p, modules) - {m} for m, p in modules.items()}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return "app" if parts[1:3] == ["query", "app"] else parts[1]
+
+
+def test_no_module_imports_upwards():
+    rank = {"schemas": 0, "ingest": 1, "query": 2, "app": 3}
+    bad = [(m, d) for m, deps in _graph().items() for d in deps if rank[_layer(d)] > rank[_layer(m)]]
+    assert not bad, bad
+
+
+def test_no_import_circle():
+    graph = _graph()
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+    circles: List[List[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                circles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not circles, "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_the_rules_see_an_import_made_inside_a_function(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from lookalike.query.search import Searcher\n")
+    assert _imports(f, _modules()) == {"lookalike.query.search"}
