@@ -248,7 +248,7 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
             # Durable before we say so (Milvus Lite keeps recent writes in memory); a server is
             # asked to compact, which is what drops deleted rows from its segments.
             store.flush(touched)
-            if store.server:
+            if store.caps.reads_lag_writes:
                 # A Strong read waits until the query nodes have applied the deletes: searches
                 # (Bounded consistency) started after this call returns no longer see the rows.
                 for n in touched:

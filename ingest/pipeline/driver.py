@@ -18,7 +18,7 @@ from lookalike.ingest.pipeline.runner import run_batches
 from lookalike.ingest.pipeline.writer import ServerWriter, Writer
 from lookalike.ingest.settings import Settings, resolve
 from lookalike.ingest.sources import ImageRecord, open_source
-from lookalike.ingest.store import Store, StoreError
+from lookalike.ingest.store import Store, StoreError, capabilities
 from lookalike.schemas import LEDGER_COLLECTION, collection_name, get_model, layer_key
 from lookalike.schemas.errors import UsageError
 
@@ -109,7 +109,7 @@ def run(
         todo = _Pending(partial(_to_do, store, records_list, models_list, skip_status, ledger_rows, by_path))
         if ledger_rows >= len(records_list) * len(models_list):
             todo.wait()
-        writer = (ServerWriter if store.server else Writer)(store, models_list, det, by_path,
+        writer = (ServerWriter if store.caps.workers_write else Writer)(store, models_list, det, by_path,
                                                             commit_every=settings.commit_seconds, heads=heads)
         t0 = time.perf_counter()
         try:
@@ -227,4 +227,4 @@ def _run_batches(todo: _Pending, writer: Writer, summary: IngestSummary, setting
                     min_face, ready)
         failed = False
     finally:
-        batches.close(failed, lite=not settings.uri)
+        batches.close(failed, lite=not capabilities(settings.uri).workers_write)

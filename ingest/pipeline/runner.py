@@ -11,6 +11,7 @@ from lookalike.ingest.pipeline.mapper import process_and_write_batch, process_ba
 from lookalike.ingest.pipeline.results import BatchResult, ImageResult, _reason
 from lookalike.ingest.settings import Settings, pin_threads, thread_env
 from lookalike.ingest.sources import ImageRecord
+from lookalike.ingest.store import capabilities
 
 Done = Callable[[BatchResult], None]  # takes each finished batch, in the driver
 
@@ -32,7 +33,7 @@ def run_batches(batches: Iterator[List[ImageRecord]], done: Done, settings: Sett
 
 def _mapper(settings: Settings):
     """Lite: workers return vectors to the driver, the single writer. Server: workers write."""
-    return process_and_write_batch if settings.uri else process_batch
+    return process_and_write_batch if capabilities(settings.uri).workers_write else process_batch
 
 
 def _run_dask(batches: Iterator[List[ImageRecord]], done, settings: Settings, det: str,
