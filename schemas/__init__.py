@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from lookalike.schemas.errors import UsageError
-
 # --------------------------------------------------------------------------------------------
 # CelebA attributes
 # --------------------------------------------------------------------------------------------
@@ -415,11 +413,11 @@ def _validate_profiles() -> None:
 _validate_profiles()
 
 
-class UnknownName(UsageError, KeyError):
-    """A model or profile name that is not declared (exit 2, HTTP 400). Still a KeyError, as a
-    failed lookup; str() is one line without KeyError's quotes (LookalikeError.__str__)."""
+class UnknownName(KeyError):
+    """A model or profile name that is not declared; str() is one line (no KeyError quotes)."""
 
-    api_code = "unknown_model"
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 # Indexes that compare the query with every row the filter keeps: no probe, no widening, nothing
