@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from lookalike.schemas.errors import UnreadableError
+
 try:  # HEIC/HEIF/AVIF phone photos, when pillow-heif is installed
     import pillow_heif  # type: ignore
 
@@ -55,8 +57,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
                   ".heic", ".heif", ".avif", ".jfif"}
 
 
-class ImageError(ValueError):
-    """An image that cannot be used; str() is a one-line reason."""
+class ImageError(UnreadableError):
+    """An image that cannot be used; str() is a one-line reason (exit 4, HTTP 422)."""
 
 
 @dataclass

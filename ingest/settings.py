@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookalike.schemas import MODELS, PROFILES, get_model
+from lookalike.schemas.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +28,10 @@ DLIB_ENGINES = ("torch", "dlib")
 STORAGE_SETTINGS = frozenset({"db", "uri", "token", "profile", "milvus_retries", "milvus_retry_seconds", "commit_seconds"})
 
 
-class SettingsError(ValueError):
-    """A setting with a value the product cannot use; the message names it (one line)."""
+class SettingsError(UsageError):
+    """A setting with a value the product cannot use; the message names it (one line; exit 2, HTTP 400)."""
+
+    api_code = "bad_setting"
 
 
 def default_data_dir() -> Path:

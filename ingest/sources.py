@@ -12,12 +12,13 @@ from typing import Dict, Iterator, Optional
 
 from lookalike.ingest.images import IMAGE_SUFFIXES
 from lookalike.schemas import ATTRIBUTES, CELEBA_ATTRIBUTE_NAMES, field_for_attribute
+from lookalike.schemas.errors import UsageError
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 
 
-class SourceError(ValueError):
-    pass
+class SourceError(UsageError):
+    """A source that cannot be read as asked: missing, of no known layout, a bad partition (exit 2)."""
 
 
 @dataclass(frozen=True)

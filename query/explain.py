@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lookalike.query.results import ExplanationFile
+from lookalike.schemas.errors import UsageError
 
 METHODS = ("occlusion", "gradcam", "attention", "layers")
 DEFAULT_METHOD = "occlusion"
@@ -54,8 +55,10 @@ DELETE_FRACTION = 0.2
 PANEL_SIDE = 192
 
 
-class ExplainError(ValueError):
-    """A method that cannot explain this model (one line)."""
+class ExplainError(UsageError):
+    """A method that cannot explain this model (one line; exit 2, HTTP 400)."""
+
+    api_code = "bad_option"
 
 
 def parse_methods(method: Optional[str]) -> List[str]:

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_serializer, model_validator
 
 from lookalike.schemas import ATTRIBUTES, VERDICTS, Verdict, get_model
+from lookalike.schemas.errors import UsageError
 
 TOP_K_MAX = 1000
 DEFAULT_TOP_K = 5
@@ -25,8 +26,10 @@ DOCUMENT_VERSION = 1
 Box = Tuple[int, int, int, int]  # x, y, width, height in the photo's upright pixels
 
 
-class QueryError(ValueError):
-    """A query that cannot run as asked (unknown model, missing collection, bad top_k); one line."""
+class QueryError(UsageError):
+    """A query that cannot run as asked (unknown model, missing collection, bad top_k); one line (exit 2, HTTP 400)."""
+
+    api_code = "bad_option"
 
 
 def check_top_k(k: Any, limit: int = TOP_K_MAX) -> int:

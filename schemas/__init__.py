@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from lookalike.schemas.errors import UsageError
+
 # --------------------------------------------------------------------------------------------
 # CelebA attributes
 # --------------------------------------------------------------------------------------------
@@ -413,11 +415,11 @@ def _validate_profiles() -> None:
 _validate_profiles()
 
 
-class UnknownName(KeyError):
-    """A model or profile name that is not declared; str() is one line (no KeyError quotes)."""
+class UnknownName(UsageError, KeyError):
+    """A model or profile name that is not declared (exit 2, HTTP 400). Still a KeyError, as a
+    failed lookup; str() is one line without KeyError's quotes (LookalikeError.__str__)."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+    api_code = "unknown_model"
 
 
 # Indexes that compare the query with every row the filter keeps: no probe, no widening, nothing

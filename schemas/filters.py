@@ -17,10 +17,23 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from lookalike.schemas import ATTRIBUTES, FACE_FIELDS, VECTOR_FIELD
+from lookalike.schemas.errors import UsageError
 
 
-class FilterError(ValueError):
-    """A user filter that cannot be used; the message is one line naming the problem."""
+class FilterError(UsageError):
+    """A user filter that cannot be used; the message is one line naming the problem (exit 2, HTTP 422).
+
+    `field` is the field the problem is about, when there is one, so a caller can point at it
+    (the web page marks that control); `unknown` says the name is no filterable field, and each
+    door adds where its users find the list (the command, the API route)."""
+
+    http_status = 422
+    api_code = "invalid_filter"
+
+    def __init__(self, message: str, *, field: Optional[str] = None, unknown: bool = False):
+        super().__init__(message)
+        self.field = field
+        self.unknown = unknown
 
 
 FILTERABLE: Dict[str, str] = {f.name: f.kind for f in FACE_FIELDS if f.kind != "FLOAT_VECTOR"}
@@ -118,7 +131,7 @@ class BoolOp:
 Node = Union[Cmp, BoolField, Not, BoolOp]
 
 
-def _suggest(name: str) -> str:
+def _unknown_field(name: str) -> FilterError:
     close: List[str] = []
     if len(name) <= 64:  # no field name is longer; difflib's cost grows with the name's length
         close = difflib.get_close_matches(name, list(FILTERABLE), n=4, cutoff=0.5)
@@ -126,9 +139,9 @@ def _suggest(name: str) -> str:
             lowered = {f.lower(): f for f in FILTERABLE}
             close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    shown = _show(str(name))  # one line whatever the name holds (a --where value)
-    return (f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., "
-            f"the 40 CelebA attributes; `lookalike fields` lists them)")
+    shown = _show(str(name))  # one line whatever the name holds (a `where` value)
+    return FilterError(f"unknown field '{shown}' in filter{hint} (fields: identity, source_path, confidence, box_w, ..., "
+                       f"the 40 CelebA attributes)", field=shown, unknown=True)
 
 
 class _Parser:
@@ -219,7 +232,8 @@ class _Parser:
         elif kind == "kw" and value in ("true", "false"):
             v = value == "true"
         else:
-            raise FilterError(f"filter syntax error at column {col}: expected a value for '{field}', found '{_show(value)}'")
+            raise FilterError(f"filter syntax error at column {col}: expected a value for '{field}', found '{_show(value)}'",
+                              field=field)
         v = self.check_type(field, v, col)
         check_literal(field, v, col, value)
         return v
@@ -233,7 +247,8 @@ class _Parser:
         )
         if not ok:
             want = {"BOOL": "true or false", "VARCHAR": "a quoted string"}.get(ftype, "a number")
-            raise FilterError(f"filter type error at column {col}: '{field}' takes {want}, got {_show(repr(v))}")
+            raise FilterError(f"filter type error at column {col}: '{field}' takes {want}, got {_show(repr(v))}",
+                              field=field)
         return v
 
     def comparison(self) -> Node:
@@ -241,31 +256,33 @@ class _Parser:
         if kind != "name":
             raise FilterError(f"filter syntax error at column {col}: expected a field name, found '{_show(name)}'")
         if name == VECTOR_FIELD or name not in FILTERABLE:
-            raise FilterError(_suggest(name))
+            raise _unknown_field(name)
         ftype = FILTERABLE[name]
         tok = self.peek()
         if tok is None or tok[0] not in ("op", "kw") or tok[1] in (")", "and", "or", ","):
             if ftype != "BOOL":
                 raise FilterError(f"filter error at column {col}: '{name}' is not a boolean field; "
-                                  f"compare it, e.g. {name} == ...")
+                                  f"compare it, e.g. {name} == ...", field=name)
             return BoolField(name)
         op = tok[1]
         if op in ("==", "!=", "<", "<=", ">", ">="):
             self.i += 1
             if op not in ("==", "!=") and ftype not in _NUMERIC:
-                raise FilterError(f"filter type error at column {tok[2]}: '{op}' needs a numeric field, '{name}' is {ftype}")
+                raise FilterError(f"filter type error at column {tok[2]}: '{op}' needs a numeric field, '{name}' is {ftype}",
+                                  field=name)
             return Cmp(name, op, self.literal(name))
         if op == "in":
             return self.comparison_in(name)
         if op == "like":
             self.i += 1
             if ftype != "VARCHAR":
-                raise FilterError(f"filter type error at column {tok[2]}: 'like' needs a string field, '{name}' is {ftype}")
+                raise FilterError(f"filter type error at column {tok[2]}: 'like' needs a string field, '{name}' is {ftype}",
+                                  field=name)
             return Cmp(name, "like", self.literal(name))
         if op == "not":  # `field not in [...]`
             self.i += 1
             return Not(self.comparison_in(name))
-        raise FilterError(f"filter syntax error at column {tok[2]}: unexpected '{_show(op)}' after '{name}'")
+        raise FilterError(f"filter syntax error at column {tok[2]}: unexpected '{_show(op)}' after '{name}'", field=name)
 
     def comparison_in(self, name: str) -> Node:
         self.take("kw", "in")
@@ -317,7 +334,7 @@ def check_literal(field: str, value: Any, col: int, text: str) -> None:
     why = literal_problem(value, FILTERABLE.get(field))
     if why:
         what = "filter value out of range" if isinstance(value, (int, float)) else "invalid filter value"
-        raise FilterError(f"{what} at column {col}: {_show(text)} for '{field}' {why}")
+        raise FilterError(f"{what} at column {col}: {_show(text)} for '{field}' {why}", field=field)
 
 
 def encode_literal(value: Any) -> str:
@@ -412,7 +429,7 @@ def _eval(node: Node, row: Dict[str, Any]) -> bool:
 
 def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
                    where_not: Iterable[str] = ()) -> Optional[CompiledFilter]:
-    """Validate a user expression (plus `--where A` / `--where-not B` shorthands) into a filter.
+    """Validate a user expression (plus the `where=[A]` / `where_not=[B]` shorthands) into a filter.
 
     Returns None when there is nothing to filter on. Raises FilterError with a one-line message.
     """
@@ -421,9 +438,9 @@ def compile_filter(expr: Optional[str] = None, where: Iterable[str] = (),
         nodes.append(_Parser(expr).parse())
     for name, negate in [(w, False) for w in where] + [(w, True) for w in where_not]:
         if name not in FILTERABLE:
-            raise FilterError(_suggest(name))
+            raise _unknown_field(name)
         if FILTERABLE[name] != "BOOL":
-            raise FilterError(f"--where/--where-not take boolean fields; '{name}' is {FILTERABLE[name]}")
+            raise FilterError(f"where/where_not take boolean fields; '{name}' is {FILTERABLE[name]}", field=name)
         nodes.append(Cmp(name, "==", not negate))
     if not nodes:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lookalike.ingest.settings import DETECTORS, Settings, SettingsError
-from lookalike.query.app.errors import EXIT_STORE, EXIT_USAGE, EXIT_WEIGHTS, UsageError, classify
+from lookalike.query.app.errors import EXIT_STORE, EXIT_UNREADABLE, EXIT_USAGE, EXIT_WEIGHTS, UsageError, classify
 from lookalike.query.results import Document, Match, PhotoResult, QueryFace, check_min_quality, check_top_k
 
 
@@ -49,7 +49,7 @@ def test_cli_profile_choices_are_the_declared_profiles():
     assert set(PROFILE_NAMES) == set(PROFILES)
 
 
-# -- one error table -----------------------------------------------------------------------------
+# -- errors carry their codes --------------------------------------------------------------------
 def test_error_table_gives_exit_code_and_http_status():
     from lookalike.ingest.store import StoreError
     from lookalike.schemas.filters import FilterError, compile_filter
@@ -58,18 +58,35 @@ def test_error_table_gives_exit_code_and_http_status():
         compile_filter("Smilng == true")
     assert (classify(fe.value).exit_code, classify(fe.value).http_status) == (EXIT_USAGE, 422)
     assert (classify(StoreError("x")).exit_code, classify(StoreError("x")).http_status) == (EXIT_STORE, 503)
-    assert classify(UsageError("x", EXIT_WEIGHTS)).exit_code == EXIT_WEIGHTS
+    assert classify(UsageError("x", exit_code=EXIT_WEIGHTS)).exit_code == EXIT_WEIGHTS
     assert classify(RuntimeError("a bug")) is None  # not a product error: it must show
 
 
-def test_every_table_entry_names_a_real_exception():
+@pytest.mark.parametrize("module, name, kind", [
+    ("lookalike.ingest.settings", "SettingsError", (EXIT_USAGE, 400, "bad_setting")),
+    ("lookalike.schemas.filters", "FilterError", (EXIT_USAGE, 422, "invalid_filter")),
+    ("lookalike.schemas", "UnknownName", (EXIT_USAGE, 400, "unknown_model")),
+    ("lookalike.query.results", "QueryError", (EXIT_USAGE, 400, "bad_option")),
+    ("lookalike.query.explain", "ExplainError", (EXIT_USAGE, 400, "bad_option")),
+    ("lookalike.query.evaluation", "EvalError", (EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.pipeline", "IngestError", (EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.erase", "DeleteError", (EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.sources", "SourceError", (EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.query.app.errors", "UsageError", (EXIT_USAGE, 400, "bad_request")),
+    ("lookalike.ingest.images", "ImageError", (EXIT_UNREADABLE, 422, "unreadable")),
+    ("lookalike.ingest.analysis", "AnalysisError", (EXIT_UNREADABLE, 422, "unreadable")),
+    ("lookalike.ingest.models", "WeightsMissing", (EXIT_WEIGHTS, 503, "weights_missing")),
+    ("lookalike.ingest.models", "ModelError", (EXIT_WEIGHTS, 503, "model_error")),
+    ("lookalike.ingest.store", "StoreError", (EXIT_STORE, 503, "store_error")),
+])
+def test_each_product_error_carries_its_exit_code_http_status_and_api_code(module, name, kind):
+    """What each door answers for each product error: the exception carries it (schemas/errors.py)."""
     import importlib
 
-    from lookalike.query.app.errors import TABLE
+    from lookalike.query.app.errors import ErrorKind
 
-    for module, name, _ in TABLE:
-        cls = getattr(importlib.import_module(module), name)
-        assert issubclass(cls, Exception), (module, name)
+    cls = getattr(importlib.import_module(module), name)
+    assert classify(cls("x")) == ErrorKind(*kind), (module, name)
 
 
 # -- the command line without a database ---------------------------------------------------------

@@ -150,7 +150,7 @@ def test_openapi_documents_the_result_models(web):
     schemas = spec["components"]["schemas"]
     ok = spec["paths"]["/api/query"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/QueryResponse"}
-    assert set(schemas["QueryResponse"]["properties"]) == {"version", "photo", "preview", "seconds"}
+    assert set(schemas["QueryResponse"]["properties"]) == {"version", "photo", "preview", "seconds", "result_id"}
     assert schemas["QueryResponse"]["properties"]["photo"]["$ref"] == "#/components/schemas/PhotoResult"
     for name in ("PhotoResult", "QueryFace", "Match", "SearchInfo"):
         assert name in schemas, name
@@ -242,6 +242,23 @@ def test_filters_where_and_expression(web):
     r = c.post("/api/query", files={"image": ("k.jpg", photo.read_bytes())},
                data={"where_not": ["Smiling"], "k": "4"})
     assert r.status_code == 200 and all(f["matches"] == [] for f in r.json()["photo"]["faces"])
+
+
+def test_where_is_honoured_beside_a_filter_expression(web):
+    """where / where_not and an expression: the search applies all of them (as the CLI's --filter
+    with --where / --where-not), and says so in the result."""
+    c = web["client"]
+    photo = (GROUPS / "kit_with_rose.jpg").read_bytes()
+    expr = 'identity == "kit_harington"'
+    r = c.post("/api/query", files={"image": ("k.jpg", photo)}, data={"filter": expr, "where_not": ["has_attributes"]})
+    assert r.status_code == 200, r.text
+    doc = r.json()["photo"]
+    assert doc["filter"] == f'({expr} and has_attributes == false)'
+    assert doc["faces"] and all(m["identity"] == "kit_harington" for f in doc["faces"] for m in f["matches"])
+    assert any(f["matches"] for f in doc["faces"])
+    r = c.post("/api/query", files={"image": ("k.jpg", photo)}, data={"filter": expr, "where": ["has_attributes"]})
+    assert r.status_code == 200 and r.json()["photo"]["filter"] == f'({expr} and has_attributes == true)'
+    assert all(f["matches"] == [] for f in r.json()["photo"]["faces"])  # no face here has CelebA attributes
 
 
 def test_invalid_filter_names_the_field(web):
@@ -356,24 +373,58 @@ def test_photo(web):
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", url
 
 
-def test_sheet(web):
-    """/api/sheet re-runs the query (nothing is kept between requests) and draws its contact sheet."""
+def test_sheet_is_drawn_from_the_search_already_run(web, monkeypatch):
+    """/api/sheet draws the contact sheet of a result /api/query kept, without searching again."""
     from lookalike.query.render import sheet_size
 
-    c = web["client"]
+    c, searcher = web["client"], web["searcher"]
+    calls = []
+    search_photo = searcher.search_photo
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return search_photo(*a, **kw)
+
+    monkeypatch.setattr(searcher, "search_photo", counted)
     photo = GROUPS / "obama_and_biden.jpg"
-    doc = _post(c, photo, k="3").json()["photo"]
-    r = c.post("/api/sheet", files={"image": (photo.name, photo.read_bytes())}, data={"k": "3"})
+    answer = _post(c, photo, k="3", where_not=["has_attributes"]).json()
+    doc = answer["photo"]
+    assert len(calls) == 1
+    r = c.post("/api/sheet", data={"result_id": answer["result_id"]})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert len(calls) == 1  # drawn from the kept result: no second search
     im = Image.open(io.BytesIO(r.content))
     assert im.size == sheet_size(doc["width"], doc["height"], len(doc["faces"]), 3)
-    r = c.post("/api/sheet", files={"image": (photo.name, photo.read_bytes())}, data={"k": "500"})
-    assert r.status_code == 422 and r.json()["error"]["message"].startswith("k:")
+    # the kept result still points at the match files (the answer's paths are cut to file names)
+    kept, _ = web["app"].state.lookalike.kept.get(answer["result_id"])
+    assert all("/" in m.source_path for f in kept.faces for m in f.matches) and kept.image is None
+    for token in ("nope", "", "x" * 22):
+        r = c.post("/api/sheet", data={"result_id": token})
+        assert r.status_code in (404, 422) and r.json()["error"]["code"] in ("not_found", "invalid_request"), token
+    assert len(calls) == 1
+
+
+def test_kept_results_are_bounded_in_number_and_bytes():
+    from lookalike.query.app.kept import KeptResults
+    from lookalike.query.results import PhotoResult
+
+    def result(i):
+        return PhotoResult(path=f"p{i}.jpg", sha256="", width=1, height=1, detector="yunet", models=["dlib"], top_k=1)
+
+    kept = KeptResults(count=3, max_bytes=100)
+    tokens = [kept.put(result(i), b"x" * 10) for i in range(5)]
+    newest = kept.get(tokens[4])
+    assert len(kept) == 3 and kept.get(tokens[0]) is None and newest is not None and newest[0].path == "p4.jpg"
+    big = kept.put(result(5), b"x" * 95)  # over the byte bound with any other: the older ones go
+    assert len(kept) == 1 and kept.bytes == 95 and kept.get(big) is not None
+    huge = kept.put(result(6), b"x" * 1000)  # the newest is kept whatever its size
+    assert len(kept) == 1 and kept.get(huge) is not None and kept.get(big) is None
+    assert len(set(tokens)) == 5 and all(len(t) >= 16 for t in tokens)  # random, unguessable keys
 
 
 def test_api_errors_name_the_apis_fields(web):
-    """Messages from validators shared with the CLI are reworded for the API: no CLI flag, the
-    field the request used named."""
+    """Messages from validators shared with the CLI name no CLI flag, and a filter error names
+    the field the request used."""
     c = web["client"]
     photo = (GROUPS / "couple.jpg").read_bytes()
     cases = [
@@ -402,8 +453,9 @@ def test_api_errors_name_the_apis_fields(web):
 
 
 def test_api_message():
-    assert api_message("top_k must be between 1 and 1000, got 0") == "k must be between 1 and 1000, got 0"
-    assert api_message("use -k/--top-k or --min-quality") == "use k or min_quality"
+    """The API leaves the database's folder out of a product error's message (and rewords nothing
+    else: the messages are written for both doors)."""
+    assert api_message("use top_k or min_quality") == "use top_k or min_quality"
     assert api_message("cannot write /srv/x/look.db: disk full", "/srv/x/look.db") == "cannot write look.db: disk full"
 
 
@@ -519,7 +571,7 @@ def _page(browser, server, width, height):
 
 
 @needs_chromium
-def test_browser_end_to_end(server, browser, tmp_path):
+def test_browser_end_to_end(web, server, browser, tmp_path):
     photo = GROUPS / "multiface.jpg"
     lo, hi = _faces_range(photo.name)
     page = _page(browser, server, 1360, 900)
@@ -574,6 +626,11 @@ def test_browser_end_to_end(server, browser, tmp_path):
     from lookalike.query.render import sheet_size
     p0 = doc["photos"][0]
     assert sheet.size == sheet_size(p0["width"], p0["height"], len(p0["faces"]), 4)
+    # a result the server no longer keeps: the page searches again and draws that
+    web["app"].state.lookalike.kept.clear()
+    with page.expect_download(timeout=60_000) as dl:
+        page.click("#dl-sheet")
+    assert Image.open(dl.value.path()).size == sheet.size
 
     # k beyond the bound: the API's message is shown and the field marked
     page.fill("#k", "500")

@@ -1,7 +1,8 @@
 """`lookalike`: a thin click layer over the Python API; every command has a Python twin
 (`ingest.run`, `query.search_photo`, `ingest.delete`, `query.evaluation.evaluate_*`, ...).
 
-Errors become exit codes through one table (query/errors.py), which the web app shares.
+Errors carry their exit codes (schemas/errors.py, read by query/app/errors.py), as they carry the
+web app's HTTP statuses.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import List, Optional
 
 import click
 
-from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify
+from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify, door_message
 from lookalike.query.app.options import detector_option, model_source_options, settings_for, storage_options
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -121,7 +122,7 @@ _register()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run `lookalike ARGS`; returns the exit code (query/errors.py)."""
+    """Run `lookalike ARGS`; returns the exit code (query/app/errors.py)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         rv = cli.main(args=argv, prog_name="lookalike", standalone_mode=False)
@@ -139,11 +140,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         click.echo("lookalike: interrupted", err=True)
         return EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - the table decides what is a product error
+    except Exception as e:  # noqa: BLE001 - a product error says so (LookalikeError); anything else is a bug
         kind = classify(e)
         if kind is None:
             raise
-        click.echo(f"lookalike: {e}", err=True)
+        click.echo(f"lookalike: {door_message(e, 'cli')}", err=True)
         return kind.exit_code
     return rv if isinstance(rv, int) else EXIT_OK
 

@@ -54,7 +54,7 @@ def train_head_command(model, holdout, epochs, loss, arch, device, seed, as_json
                              holdout=holdout, epochs=epochs, loss=loss, arch=arch, device=device, seed=seed,
                              progress=not quiet)
     except HeadError as e:
-        raise UsageError(str(e), EXIT_WEIGHTS if str(e).startswith("--device") else EXIT_USAGE) from None
+        raise UsageError(str(e), exit_code=EXIT_WEIGHTS if str(e).startswith("--device") else EXIT_USAGE) from None
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

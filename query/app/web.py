@@ -10,15 +10,16 @@ from here, so the page works offline; OpenAPI at /openapi.json):
     GET  /                         the page (query/static/index.html; app.css, app.js under /static)
     POST /api/query                multipart: image + model, k, filter, where[], where_not[],
                                    exclude_same_image, min_quality -> QueryResponse
-    POST /api/sheet                the same form -> the contact sheet (PNG) of that query
+    POST /api/sheet                result_id (from /api/query) -> the contact sheet (PNG) of that search
     GET  /api/stats                collections (rows, dim, index), models, default model, bounds
     GET  /api/fields               attribute groups for the filter UI, filterable fields
     GET  /api/thumb/{model}/{id}   JPEG crop of a stored face, looked up by primary key
     GET  /api/photo/{model}/{id}   JPEG of a stored face's whole source photo, the face outlined
 
 Server paths are not disclosed: a match's `source_path` is the file's name only, and its photo is
-fetched by face id (GET /api/photo). The contact sheet re-runs the query rather than keeping
-anything per user: the search is deterministic, and the server holds no state between requests.
+fetched by face id (GET /api/photo). The contact sheet is drawn from the search already run: the
+server keeps its last results, bounded in number and bytes, each under a random token
+(query/app/kept.py); a sheet asked for after its result went is a 404, and the page searches again.
 
 Security: the client never sends a path. An upload is checked for size (413, counted while the
 body streams in, so a lying or absent Content-Length does not help) and for an image signature
@@ -27,9 +28,9 @@ through schemas.filters.compile_filter (inside Searcher.search_photo). Thumbnail
 read from the `source_path` of the row whose primary key is asked for: only files the collection
 points to are ever opened. Model names are checked against the database's collections.
 
-Errors: a product exception (query/errors.py's table) becomes {"error": {"code", "message"}}
-with the table's HTTP status in one place (_ClassifiedRoute); the app's own refusals (413, 415,
-404) are ApiError. Messages name the API's fields, never the CLI's flags.
+Errors (query/app/web_errors.py): a product exception becomes {"error": {"code", "message"}}
+with the HTTP status and code it carries (schemas/errors.py), in one place (ClassifiedRoute); the
+app's own refusals (413, 415, 404) are ApiError. Messages are the product's, written for both doors.
 """
 from __future__ import annotations
 
@@ -42,18 +43,24 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lookalike.ingest.settings import Settings
-from lookalike.query.app.errors import ErrorKind, UsageError, classify
+from lookalike.query.app.errors import UsageError
+from lookalike.query.app.kept import KEPT_RESULTS, KeptResults
+from lookalike.query.app.web_errors import (  # noqa: F401  (api_message: re-exported, tests use it)
+    ApiError,
+    BodyLimit,
+    ClassifiedRoute,
+    api_message,
+    install_error_handlers,
+    too_large,
+)
 from lookalike.query.results import DEFAULT_TOP_K, DOCUMENT_VERSION, PhotoResult
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -92,14 +99,6 @@ _MAGIC = [
 ]
 _FTYP_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 
-# The shared validators word their messages for the command line; the API's names differ.
-_CLI_WORDS = (
-    ("--where/--where-not", "where/where_not"), ("-k/--top-k", "k"), ("--top-k", "k"), ("top_k", "k"),
-    ("--min-quality", "min_quality"), ("--models", "model"), ("--model", "model"),
-    ("--filter", "filter"), ("`lookalike fields`", "GET /api/fields"),
-)
-
-
 def sniff_image(head: bytes) -> Optional[str]:
     """The image format named by a file's first bytes, or None when it is not one we decode."""
     for off, sig, name in _MAGIC:
@@ -115,128 +114,6 @@ def sniff_image(head: bytes) -> Optional[str]:
 def file_name(path: str) -> str:
     """The last part of a path (either separator): what the API shows of a server path."""
     return re.split(r"[\\/]", path or "")[-1]
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------------------------
-class ApiError(Exception):
-    """A refusal of the web app's own (size, type, no such face, starting): its HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-def _too_large(limit: int) -> str:
-    return f"upload larger than {limit // (1024 * 1024)} MB"
-
-
-def api_message(message: str, db: Optional[str] = None) -> str:
-    """A product error's message for the API: CLI flags renamed to the API's fields, and the
-    database's folder left out."""
-    for cli, api in _CLI_WORDS:
-        message = message.replace(cli, api)
-    if db:
-        for shown in {str(Path(db).resolve()), db}:
-            message = message.replace(shown, Path(db).name)
-    return message
-
-
-def _field_of(message: str) -> Optional[str]:
-    """The field a filter error names, for the page to highlight."""
-    m = re.search(r"unknown field '([^']*)'", message) or re.search(r"'([A-Za-z_][A-Za-z0-9_]*)'", message)
-    return m.group(1) if m else None
-
-
-def product_error(exc: BaseException, kind: ErrorKind, db: Optional[str] = None) -> JSONResponse:
-    """The API's answer to a product exception, with the status query/errors.py gives it."""
-    message = api_message(str(exc), db)
-    extra = {"field": _field_of(message)} if kind.api_code == "invalid_filter" else {}
-    return _error(kind.http_status, kind.api_code, message, **extra)
-
-
-class _ClassifiedRoute(APIRoute):
-    """A route whose product exceptions answer through query/errors.py's one table; anything
-    the table does not know (a bug) propagates as a 500."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def classified(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as e:  # noqa: BLE001 - the shared table decides, else re-raised
-                kind = classify(e)
-                if kind is None:
-                    raise
-                svc = getattr(request.app.state, "lookalike", None)
-                return product_error(e, kind, svc.settings.db if svc and not svc.settings.uri else None)
-
-        return classified
-
-
-def _install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
-    async def api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
-
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 413:
-            return _error(413, "too_large", _too_large(max_upload_bytes))
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    async def validation_error(request: Request, exc: RequestValidationError):
-        parts, fields = [], []
-        for e in exc.errors():
-            loc = [str(x) for x in e.get("loc", ())[1:]]
-            parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg')}")
-            fields.append(loc[0] if loc else None)
-        extra = {"field": fields[0]} if fields and fields[0] else {}
-        return _error(422, "invalid_request", "; ".join(parts) or "invalid request", **extra)
-
-    # Starlette types handlers for Exception; each of these takes its own subclass.
-    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
-
-
-class _BodyLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes with 413, from Content-Length
-    when given, else while the body streams in (chunked uploads)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        cl = headers.get(b"content-length")
-        if cl is not None:
-            try:
-                n = int(cl)
-            except ValueError:
-                return await _error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
-            if n > self.limit:
-                return await _error(413, "too_large", _too_large(self.limit))(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    # raised inside the route's body parsing: FastAPI re-raises its HTTPException
-                    raise HTTPException(413, "too_large")
-            return msg
-
-        return await self.app(scope, limited, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,10 +216,10 @@ IMAGE_FILE = File(..., description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF, 
 
 class Lookalike:
     """The app's state: settings, the one Searcher and its lock (Milvus Lite: one client per
-    process), the thumbnail cache and the upload limit."""
+    process), the thumbnail cache, the last results (for their sheets) and the upload limit."""
 
     def __init__(self, settings: Settings, searcher=None, explicit_sources=(),
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES):
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, kept: Optional[KeptResults] = None):
         self.settings = settings
         self._searcher = searcher
         self.own = searcher is None
@@ -350,6 +227,7 @@ class Lookalike:
         self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()
         self._thumbs: Dict[tuple, bytes] = {}
+        self.kept = kept if kept is not None else KeptResults()
 
     def open(self, warm: bool) -> None:
         from lookalike.query.results import QueryError
@@ -398,7 +276,7 @@ class Lookalike:
         size = f.tell()
         f.seek(0)
         if size > self.max_upload_bytes:  # the middleware bounds the body; this, the file itself
-            raise ApiError(413, "too_large", _too_large(self.max_upload_bytes))
+            raise ApiError(413, "too_large", too_large(self.max_upload_bytes))
         if size == 0:
             raise ApiError(422, "unreadable", "empty file (0 bytes)")
         if sniff_image(f.read(32)) is None:
@@ -407,8 +285,8 @@ class Lookalike:
         f.seek(0)
         return f.read()
 
-    def search(self, image: UploadFile, opts: QueryOptions) -> PhotoResult:
-        """Search every face of the upload; the result keeps the decoded photo."""
+    def search(self, image: UploadFile, opts: QueryOptions) -> Tuple[PhotoResult, bytes]:
+        """Search every face of the upload: (the result, which keeps the decoded photo; the upload's bytes)."""
         from lookalike.ingest.images import ImageError
         from lookalike.schemas.filters import FilterError, compile_filter
 
@@ -417,14 +295,15 @@ class Lookalike:
         flt = compile_filter(opts.filter or None, opts.where, opts.where_not)
         if flt is not None and HIDDEN_FIELDS & set(flt.fields()):
             # Server paths stay on the server: a filter on them could probe its folders blind.
-            raise FilterError(f"{sorted(HIDDEN_FIELDS & set(flt.fields()))[0]}: not filterable through the web API")
+            hidden = sorted(HIDDEN_FIELDS & set(flt.fields()))[0]
+            raise FilterError(f"{hidden}: not filterable through the web API", field=hidden)
         name = _display_name(image.filename)  # only displayed
         try:
-            with self.lock:
-                return self.searcher.search_photo(
-                    data, name=name, model=opts.model or None, top_k=opts.k, filter=flt,
-                    where=opts.where, where_not=opts.where_not, exclude_same_image=opts.exclude_same_image,
-                    keep_image=True, min_quality=opts.min_quality)
+            with self.lock:  # flt holds where / where_not too
+                r = self.searcher.search_photo(data, name=name, model=opts.model or None, top_k=opts.k, filter=flt,
+                                               exclude_same_image=opts.exclude_same_image, keep_image=True,
+                                               min_quality=opts.min_quality)
+            return r, data
         except ImageError as e:  # "<name>: reason" -> the reason
             msg = str(e)
             msg = msg[len(name):].lstrip(": ") if msg.startswith(name) else msg
@@ -476,6 +355,8 @@ class QueryResponse(BaseModel):
     preview: Optional[str] = Field(None, description=f"the decoded photo (longest side at most {PREVIEW_SIDE} "
                                                      "px) as a JPEG data URL; face boxes are in its proportions")
     seconds: float = Field(description="server time for this request")
+    result_id: str = Field(description="this search's token for POST /api/sheet (the server keeps its last "
+                                       f"{KEPT_RESULTS} results at most)")
 
 
 _QUERY_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {400: {"description": "bad option (unknown model, empty database)"},
@@ -487,7 +368,7 @@ _JPEG: Dict[Union[int, str], Dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such face, or its file is unreadable"}}
 
 page = APIRouter()
-api = APIRouter(prefix="/api", tags=["api"], route_class=_ClassifiedRoute)
+api = APIRouter(prefix="/api", tags=["api"], route_class=ClassifiedRoute)
 
 
 @page.get("/", include_in_schema=False)
@@ -535,25 +416,32 @@ def fields() -> Dict[str, Any]:
 def query(image: UploadFile = IMAGE_FILE, opts: QueryOptions = Depends(query_options),
           svc: Lookalike = Depends(service)) -> QueryResponse:
     t0 = time.perf_counter()
-    r = svc.search(image, opts)
+    r, data = svc.search(image, opts)
+    result_id = svc.kept.put(r, data)  # before the paths below are cut: the sheet reads the match files
     preview = _preview(r.image) if r.image is not None else None
     for f in r.faces:
         for ms in f.matches_by_model.values():
             for m in ms:
                 m.source_path = file_name(m.source_path)
-    return QueryResponse(photo=r, preview=preview, seconds=round(time.perf_counter() - t0, 4))
+    return QueryResponse(photo=r, preview=preview, seconds=round(time.perf_counter() - t0, 4), result_id=result_id)
 
 
-@api.post("/sheet", summary="The contact sheet (PNG) of a query", response_class=Response,
-          responses={200: {"content": {"image/png": {}}}, **_QUERY_ERRORS})
-def sheet(image: UploadFile = IMAGE_FILE, opts: QueryOptions = Depends(query_options),
+@api.post("/sheet", summary="The contact sheet (PNG) of a search already run", response_class=Response,
+          responses={200: {"content": {"image/png": {}}},
+                     404: {"description": "no such result kept (the server keeps its last results): search again"}})
+def sheet(result_id: str = Form(..., description="`result_id` of a POST /api/query answer"),
           svc: Lookalike = Depends(service)) -> Response:
-    """Runs the query again (the same form as /api/query) and draws it as `lookalike query --out`
-    does: the photo with numbered boxes, then a row of matches per face."""
+    """Draws a search's result as `lookalike query --out` does (the photo with numbered boxes,
+    then a row of matches per face), without searching again."""
+    from lookalike.ingest.images import decode
     from lookalike.query.render import render_sheet
 
+    kept = svc.kept.get(result_id)
+    if kept is None:
+        raise ApiError(404, "not_found", "this search's result is no longer kept: search again")
+    result, data = kept
     buf = io.BytesIO()
-    render_sheet(svc.search(image, opts)).save(buf, "PNG", compress_level=1)
+    render_sheet(result, image=decode(data)).save(buf, "PNG", compress_level=1)
     return Response(buf.getvalue(), media_type="image/png")
 
 
@@ -600,8 +488,8 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
                          description="Find the stored faces most like each face of a photo. The same "
                                      "Python API as `lookalike query` (query.search.Searcher).")
     app.state.lookalike = svc
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
-    _install_error_handlers(app, max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
+    install_error_handlers(app, max_upload_bytes)
     app.include_router(page)
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

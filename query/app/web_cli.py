@@ -16,7 +16,7 @@ The page is at http://HOST:PORT/ ; the JSON API is documented at /docs (OpenAPI 
   GET  /api/stats                 collections, models
   GET  /api/thumb/MODEL/FACE_ID   JPEG crop of a stored face
   GET  /api/photo/MODEL/FACE_ID   the stored face's whole photo (JPEG, the face outlined)
-  POST /api/sheet                 the same form as /api/query: the contact sheet (PNG)
+  POST /api/sheet                 result_id (from /api/query): that search's contact sheet (PNG)
 Server paths never leave the server: a match's source_path is its file name.
 
 

@@ -233,7 +233,7 @@
     try {
       const r = await fetch("/api/query", { method: "POST", body: fd, signal: ctrl.signal });
       const doc = await jsonOrThrow(r);
-      state.lastForm = fd;  // the sheet is drawn by re-running this very query
+      state.lastForm = fd;  // to search again if the server no longer keeps this result for its sheet
       show(doc);
     } catch (e) {
       if (e.name === "AbortError") return;
@@ -419,7 +419,16 @@
     b.disabled = true;
     b.textContent = "Drawing…";
     try {
-      const r = await fetch("/api/sheet", { method: "POST", body: state.lastForm });
+      const sheet = () => {
+        const fd = new FormData();
+        fd.append("result_id", state.lastResult.result_id);
+        return fetch("/api/sheet", { method: "POST", body: fd });
+      };
+      let r = await sheet();
+      if (r.status === 404) {  // the server keeps its last results only: search again, then draw that
+        state.lastResult.result_id = (await jsonOrThrow(await fetch("/api/query", { method: "POST", body: state.lastForm }))).result_id;
+        r = await sheet();
+      }
       if (!r.ok) await jsonOrThrow(r);
       download(await r.blob(), `${stem()}-lookalike.png`);
     } catch (e) {
