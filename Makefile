@@ -54,8 +54,7 @@ check: setup
 	$(VENV)/bin/ruff check schemas ingest query tests bench
 	@mkdir -p $(TYPECHECK)/lookalike && for d in schemas ingest query; do ln -sfn ../../../$$d $(TYPECHECK)/lookalike/$$d; done
 	$(MYPY) -p lookalike
-	# test_units.py and test_web.py: their typing fixes land with the error/web change still in progress
-	$(MYPY) tests bench --exclude 'tests/test_(units|web)\.py$$'
+	$(MYPY) tests bench
 	LOOKALIKE_DATA=/nonexistent LOOKALIKE_REQUIRE_DATA= $(PY) -m pytest -q -p no:cacheprovider tests/test_units.py tests/test_schemas.py tests/test_filters.py
 
 bench: setup

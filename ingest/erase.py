@@ -29,13 +29,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 from lookalike.ingest.settings import Settings, resolve
 from lookalike.schemas import LEDGER_COLLECTION
+from lookalike.schemas.errors import UsageError
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 IDENTITY_MAX = 256  # schemas: identity VARCHAR(256)
 
 
-class DeleteError(ValueError):
-    """A delete that cannot run as asked (no selector, bad hash, missing database); one line."""
+class DeleteError(UsageError):
+    """A delete that cannot run as asked (no selector, bad hash, missing database); one line, exit 2."""
 
 
 @dataclass

@@ -33,7 +33,14 @@ def test_a_bad_setting_is_one_line_naming_it(change, needle):
     with pytest.raises(SettingsError) as e:
         Settings().with_(**change)
     assert needle in str(e.value) and "\n" not in str(e.value)
-    assert classify(e.value).exit_code == EXIT_USAGE
+    assert _kind(e.value).exit_code == EXIT_USAGE
+
+
+def _kind(exc: BaseException):
+    """classify() of a product error: never None."""
+    kind = classify(exc)
+    assert kind is not None, f"{type(exc).__name__} is not classified as a product error"
+    return kind
 
 
 def test_settings_detectors_are_the_models_detectors():
@@ -49,6 +56,23 @@ def test_cli_profile_choices_are_the_declared_profiles():
     assert set(PROFILE_NAMES) == set(PROFILES)
 
 
+@pytest.mark.parametrize("command", ["ingest", "query"])
+def test_cli_model_lists_and_source_flags_come_from_the_model_declaration(command):
+    """Adding a model to schemas.MODELS adds it to --models/--model and, where its weights are named
+    by a hub id or folder, adds its --<source setting> flag: no hand-kept list."""
+    from click.testing import CliRunner
+
+    from lookalike.query.app.cli import cli
+    from lookalike.schemas import MODELS
+
+    out = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=400).output.split())
+    assert all(name in out for name in MODELS), out
+    for spec in MODELS.values():
+        if spec.source_setting:
+            assert f"--{spec.source_setting.replace('_', '-')} ID_OR_DIR" in out
+            assert spec.default_source in out
+
+
 # -- errors carry their codes --------------------------------------------------------------------
 def test_error_table_gives_exit_code_and_http_status():
     from lookalike.ingest.store import StoreError
@@ -56,9 +80,9 @@ def test_error_table_gives_exit_code_and_http_status():
 
     with pytest.raises(FilterError) as fe:
         compile_filter("Smilng == true")
-    assert (classify(fe.value).exit_code, classify(fe.value).http_status) == (EXIT_USAGE, 422)
-    assert (classify(StoreError("x")).exit_code, classify(StoreError("x")).http_status) == (EXIT_STORE, 503)
-    assert classify(UsageError("x", exit_code=EXIT_WEIGHTS)).exit_code == EXIT_WEIGHTS
+    assert (_kind(fe.value).exit_code, _kind(fe.value).http_status) == (EXIT_USAGE, 422)
+    assert (_kind(StoreError("x")).exit_code, _kind(StoreError("x")).http_status) == (EXIT_STORE, 503)
+    assert _kind(UsageError("x", exit_code=EXIT_WEIGHTS)).exit_code == EXIT_WEIGHTS
     assert classify(RuntimeError("a bug")) is None  # not a product error: it must show
 
 
@@ -154,6 +178,7 @@ def test_unknown_attributes_are_null_and_the_verdict_follows_the_gallery_size():
     large = Match.from_row(1, 0.93, {"id": "a_0", "has_attributes": False}, v, searched=100_000)
     assert all(val is None for val in small.attributes.values())
     assert small.same_person is True and large.same_person is False
+    assert small.same_person_probability is not None and large.same_person_probability is not None
     assert small.same_person_probability > 0.5 > large.same_person_probability
 
 
@@ -187,6 +212,7 @@ def test_pair_calibration_meets_its_false_accept_rate():
     rng = np.random.default_rng(1)
     pos, neg = rng.normal(0.95, 0.01, 500), rng.normal(0.85, 0.02, 2000)
     cal = verdict_calibration(np.concatenate([pos, neg]), [True] * 500 + [False] * 2000, far=0.01)
+    assert cal is not None
     assert cal["far"] <= 0.01 and cal["tar"] > 0.95
     a, b = cal["logistic"]
     assert a > 0 and 0.85 < -b / a < 0.95  # P(same) = 50 % between the two populations

@@ -79,6 +79,7 @@ def web(tmp_path_factory, deepface_home):
 
 def _post(client, path: Path | None = None, data: bytes | None = None, name: str | None = None, **form):
     if data is None:
+        assert path is not None, "give a path or the bytes"
         data = path.read_bytes()
     files = {"image": (name or (path.name if path else "photo.jpg"), data, "application/octet-stream")}
     return client.post("/api/query", files=files, data=form)

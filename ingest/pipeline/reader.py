@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, TypeVar
 
 from lookalike.ingest.pipeline.paths import _ledger_id
 from lookalike.ingest.sources import ImageRecord
 from lookalike.ingest.store import Store
 
+T = TypeVar("T")  # what is batched: image records (tests batch plain numbers)
 
-def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
-    buf: List[Any] = []
+
+def _chunks(items: Iterable[T], n: int) -> Iterator[List[T]]:
+    buf: List[T] = []
     for x in items:
         buf.append(x)
         if len(buf) >= n:
@@ -22,14 +24,14 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
         yield buf
 
 
-def _batches(chunks: Iterable[Sequence[ImageRecord]], size: int) -> Iterator[List[ImageRecord]]:
+def _batches(chunks: Iterable[Sequence[T]], size: int) -> Iterator[List[T]]:
     """Batches of `size` images, the last 4 x size images in batches of at most 8: a run ends when
     its last worker does, and with full batches the others would wait up to a batch's time for it
     (smaller than 8, a batch's faces make forward passes too small to be efficient). The images
     come in chunks, possibly over time (the skip pass): a batch leaves as soon as it cannot be
     part of the last 4 x size."""
     size = max(1, size)
-    buf: List[ImageRecord] = []
+    buf: List[T] = []
     for chunk in chunks:
         buf.extend(chunk)
         ready = (len(buf) - 4 * size) // size * size

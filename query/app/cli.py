@@ -14,7 +14,7 @@ from typing import List, Optional
 import click
 
 from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify, door_message
-from lookalike.query.app.options import detector_option, model_source_options, settings_for, storage_options
+from lookalike.query.app.options import detector_option, model_list, model_source_options, settings_for, storage_options
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -34,8 +34,7 @@ def cli() -> None:
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("source")
 @click.option("--models", default="auto", show_default=True,
-              help="comma-separated: facenet, facenet512, dlib, clip, dinov2 (auto: facenet when its "
-                   "weights are present, else dlib)")
+              help=f"comma-separated: {model_list()} (auto: facenet when its weights are present, else dlib)")
 @model_source_options
 @detector_option()
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
@@ -54,15 +53,14 @@ def cli() -> None:
               help="run report (default ingest-report.jsonl: a summary line, then one record per failed file)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @storage_options
-def ingest(source, models, clip_model, dinov2_model, layer, detector, workers, scheduler, limit, partition,
-           celeba_images, batch_size, min_face, retry_failed, report, quiet, db, uri, token, profile) -> int:
+def ingest(source, models, layer, detector, workers, scheduler, limit, partition, celeba_images, batch_size,
+           min_face, retry_failed, report, quiet, db, uri, token, profile, **sources) -> int:
     """Ingest a CelebA folder, a folder of images (subfolder = identity) or a text file of paths.
 
     Re-running resumes: images already stored are skipped."""
     from lookalike.ingest import run
 
-    settings = settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
-                            clip_model=clip_model, dinov2_model=dinov2_model)
+    settings = settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector, **sources)
     summary = run(source, models=models, layer=layer, workers=workers, scheduler=scheduler, limit=limit,
                   partition=partition, celeba_images=celeba_images, batch_size=batch_size, min_face=min_face,
                   retry_failed=retry_failed, report=report, progress=not quiet, settings=settings)

@@ -11,7 +11,16 @@ from typing import List
 import click
 
 from lookalike.query.app.errors import EXIT_NOFACE, EXIT_OK, EXIT_UNREADABLE, UsageError
-from lookalike.query.app.options import detector_option, existing_db, model_source_options, out_dir, settings_for, storage_options
+from lookalike.query.app.options import (
+    detector_option,
+    existing_db,
+    model_list,
+    model_source_options,
+    out_dir,
+    settings_for,
+    sources_given,
+    storage_options,
+)
 
 QUERY_EPILOG = """
 output:
@@ -66,7 +75,7 @@ def expand_photos(photos) -> List[str]:
 @click.argument("photos", nargs=-1, required=True, metavar="PHOTO_OR_FOLDER...")
 @click.option("-k", "--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="matches per face")
 @click.option("--model", default=None,
-              help="collection to search: dlib, facenet, clip, dinov2, <model>_l<N>, a comma list, or 'all' "
+              help=f"collection to search: {model_list()}, <model>_l<N>, <model>_head, a comma list, or 'all' "
                    "(default: the first of facenet, dlib the database holds)")
 @click.option("--filter", "filter_", default=None, metavar="EXPR", help="filter expression on stored faces")
 @click.option("--where", multiple=True, metavar="FIELD", help="only faces where boolean FIELD is true (repeatable)")
@@ -91,8 +100,8 @@ def expand_photos(photos) -> List[str]:
 @model_source_options
 @storage_options
 def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, min_face, min_score, min_quality,
-          all_faces, detector, as_json, out, explain, method, explain_top, clip_model, dinov2_model, layer,
-          db, uri, token, profile) -> int:
+          all_faces, detector, as_json, out, explain, method, explain_top, layer, db, uri, token, profile,
+          **sources) -> int:
     """Find the stored faces most like each face of one or more photos (a folder: its images)."""
     from lookalike.ingest.images import ImageError
     from lookalike.query.render import format_text, write_outputs
@@ -110,14 +119,14 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
 
         methods = ",".join(parse_methods(method))
     settings = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector,
-                                        clip_model=clip_model, dinov2_model=dinov2_model))
+                                        **sources))
     paths = expand_photos(photos)
     if out:
         out_dir(out)
     results: list = []
     notes: list = []
     worst = EXIT_OK
-    explicit = [b for b, v in (("clip", clip_model), ("dinov2", dinov2_model)) if v]
+    explicit = sources_given(sources)
     show_bar = len(paths) > 1 and sys.stderr.isatty()
     with Searcher(settings, explicit_sources=explicit) as searcher:
         models = searcher.resolve_models(model, layer)

@@ -7,7 +7,6 @@ itself is where its users find the list of filterable fields (`door_message`).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -36,21 +35,10 @@ class ErrorKind:
     api_code: str  # the web API's machine-readable error code
 
 
-# Product errors that do not derive from LookalikeError yet, named by module so that classifying
-# never imports one; each entry goes when its class derives from its kind.
-_NOT_YET_CONVERTED = (
-    ("lookalike.ingest.erase", "DeleteError", ErrorKind(EXIT_USAGE, 400, "bad_request")),
-)
-
-
 def classify(exc: BaseException) -> Optional[ErrorKind]:
     """The kind of a product exception, or None for anything else (a bug: let it show)."""
     if isinstance(exc, LookalikeError):
         return ErrorKind(exc.exit_code, exc.http_status, exc.api_code)
-    for module, name, kind in _NOT_YET_CONVERTED:
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and isinstance(exc, cls):
-            return kind
     return None
 
 

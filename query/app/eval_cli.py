@@ -8,7 +8,7 @@ from typing import List, Optional
 import click
 
 from lookalike.query.app.errors import EXIT_OK, UsageError
-from lookalike.query.app.options import out_dir, settings_for, storage_options
+from lookalike.query.app.options import model_list, out_dir, settings_for, storage_options
 
 LFW_EPILOG = """
 protocol:
@@ -55,7 +55,7 @@ exit codes: 0 ok, 2 usage (bad source, invalid filter, unknown model or detector
 def _common(f):
     for opt in reversed([
         click.option("--model", default="auto", show_default=True, metavar="MODELS",
-                     help="comma-separated models (dlib, facenet, ...); auto: facenet when its weights are "
+                     help=f"comma-separated models ({model_list()}); auto: facenet when its weights are "
                           "present, else dlib"),
         click.option("--detector", "detectors", default=None, metavar="DETECTORS",
                      help="comma-separated detector backends, one evaluation each (default yunet, or "

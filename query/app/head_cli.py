@@ -5,7 +5,7 @@ import json
 
 import click
 
-from lookalike.query.app.errors import EXIT_OK, EXIT_USAGE, EXIT_WEIGHTS, UsageError
+from lookalike.query.app.errors import EXIT_OK
 from lookalike.query.app.options import settings_for, storage_options
 
 HEAD_EPILOG = """
@@ -47,14 +47,12 @@ ARCHS = ("linear", "mlp")
 def train_head_command(model, holdout, epochs, loss, arch, device, seed, as_json, quiet, db, uri, token,
                        profile) -> int:
     """Train a projection head on the collection's labelled faces (faces_<model>_head)."""
-    from lookalike.ingest.head import HeadError, train_head
+    from lookalike.ingest.head import train_head
 
-    try:
-        summary = train_head(model, settings=settings_for(db=db, uri=uri, token=token, profile=profile),
-                             holdout=holdout, epochs=epochs, loss=loss, arch=arch, device=device, seed=seed,
-                             progress=not quiet)
-    except HeadError as e:
-        raise UsageError(str(e), exit_code=EXIT_WEIGHTS if str(e).startswith("--device") else EXIT_USAGE) from None
+    # A HeadError carries its own exit code (a bad option 2, a missing device 5); main() prints its line.
+    summary = train_head(model, settings=settings_for(db=db, uri=uri, token=token, profile=profile),
+                         holdout=holdout, epochs=epochs, loss=loss, arch=arch, device=device, seed=seed,
+                         progress=not quiet)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

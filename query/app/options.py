@@ -7,8 +7,21 @@ from typing import Any, Callable, Optional
 import click
 
 from lookalike.query.app.errors import UsageError
+from lookalike.schemas import MODELS, PROFILES
 
-PROFILE_NAMES = ("lite", "lite-hnsw", "cpu", "gpu")  # schemas.PROFILES, without importing it at startup
+PROFILE_NAMES = tuple(PROFILES)
+MODEL_NAMES = tuple(MODELS)  # the declared models, in declaration order: the choices every --model(s) lists
+# settings naming a model's weights by hub id or folder (ModelSpec.source_setting): one --<setting> each
+SOURCE_SETTINGS = {spec.source_setting: spec for spec in MODELS.values() if spec.source_setting}
+
+
+def model_list(sep: str = ", ") -> str:
+    return sep.join(MODEL_NAMES)
+
+
+def sources_given(sources: dict) -> list:
+    """The models whose weights a --<model>-model flag named (their collections must match it)."""
+    return [SOURCE_SETTINGS[k].name for k, v in sources.items() if k in SOURCE_SETTINGS and v]
 
 
 def storage_options(f: Callable) -> Callable:
@@ -26,15 +39,15 @@ def storage_options(f: Callable) -> Callable:
 
 
 def model_source_options(f: Callable) -> Callable:
-    """--clip-model / --dinov2-model / --layer."""
-    for opt in reversed([
-        click.option("--clip-model", default=None, metavar="ID_OR_DIR",
-                     help="CLIP model id or local directory (default openai/clip-vit-base-patch32, 512-d)"),
-        click.option("--dinov2-model", default=None, metavar="ID_OR_DIR",
-                     help="DINOv2 model id or local directory (default facebook/dinov2-small, 384-d)"),
-        click.option("--layer", type=click.IntRange(0), default=None, metavar="N",
-                     help="features of block N of the transformer models, in faces_<model>_l<N>"),
-    ]):
+    """--<model>-model for each declared model with a source setting (--clip-model, --dinov2-model),
+    passed to the command under the setting's name; and --layer."""
+    opts = [click.option(f"--{setting.replace('_', '-')}", setting, default=None, metavar="ID_OR_DIR",
+                         help=f"{spec.name} model id or local directory (default {spec.default_source}, "
+                              f"{spec.dim}-d)")
+            for setting, spec in SOURCE_SETTINGS.items()]
+    opts.append(click.option("--layer", type=click.IntRange(0), default=None, metavar="N",
+                             help="features of block N of the transformer models, in faces_<model>_l<N>"))
+    for opt in reversed(opts):
         f = opt(f)
     return f
 
