@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     dlib_engine: str = "torch"
     # Learned projection heads (ingest/head.py): default `<db stem>.heads/` beside a Lite database.
     heads_dir: Optional[str] = Field(None, validation_alias=AliasChoices("LOOKALIKE_HEADS", "heads_dir"))
+    # The Hugging Face hub transformers would download from (its own variable): probed before a
+    # download so that an offline machine gets one line at once, not minutes of retries.
+    hf_endpoint: str = Field("https://huggingface.co", validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"))
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -166,6 +169,15 @@ def pin_threads(n: int = 1) -> None:
     processes are started with.
     """
     os.environ.update(thread_env(n))
+
+
+def pinned_threads() -> int:
+    """The threads this process was pinned to (pin_threads / a Dask worker's environment), 0 if none:
+    a process-wide setting of the runtime, set before the models load, not a per-call one."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0") or 0))
+    except ValueError:
+        return 0
 
 
 def thread_env(n: int = 1) -> dict:

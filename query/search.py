@@ -60,7 +60,7 @@ class Searcher:
     def __init__(self, settings: Optional[Settings] = None, store: Optional[Store] = None,
                  exact_max_rows: int = EXACT_MAX_ROWS, ef_max: int = EF_MAX,
                  explicit_sources: Iterable[str] = ()):
-        self.settings = settings or Settings()
+        self.settings = resolve(settings)
         # transformer bases ("clip", "dinov2") whose weights the caller chose (--clip-model ...)
         self.explicit_sources = set(explicit_sources)
         self._own_store = store is None

@@ -80,3 +80,49 @@ def test_the_rules_see_an_import_made_inside_a_function(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from lookalike.query.search import Searcher\n")
     assert _imports(f, _modules()) == {"lookalike.query.search"}
+
+
+# The modules that read the environment: the settings (LOOKALIKE_*, and the variables of the
+# libraries the settings stand in for) and the CLI's option layer, which builds the settings.
+ENV_READERS = {"lookalike.ingest.settings"}
+SETTINGS_BUILDERS = {"lookalike.ingest.settings", "lookalike.query.app.options"}
+
+
+def _env_reads_and_settings_built(path: Path) -> List[str]:
+    """`os.environ.get(...)`, `os.getenv(...)`, `os.environ[...]` read, `"X" in os.environ`, and
+    `Settings()` built: where in the file (writes for third-party libraries are not reads)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        text = ast.unparse(node) if isinstance(node, (ast.Call, ast.Subscript, ast.Compare)) else ""
+        if isinstance(node, ast.Call) and (text.startswith(("os.environ.get(", "os.getenv("))):
+            found.append(f"{node.lineno}: {text[:60]}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and text.startswith("os.environ["):
+            found.append(f"{node.lineno}: {text[:60]}")
+        elif isinstance(node, ast.Compare) and "os.environ" in text and isinstance(node.ops[0], (ast.In, ast.NotIn)):
+            found.append(f"{node.lineno}: {text[:60]}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Settings":
+            found.append(f"{node.lineno}: Settings(...)")
+    return found
+
+
+def test_the_environment_is_read_only_by_the_settings():
+    """One Settings, built at the entry point and passed down: no module reads the environment
+    but the settings, and only the settings module and the CLI's option layer build a Settings
+    (the Python API's entry points take one, or resolve() builds it)."""
+    bad = {}
+    for module, path in _modules().items():
+        hits = _env_reads_and_settings_built(path)
+        if module in ENV_READERS:
+            continue
+        if module in SETTINGS_BUILDERS:
+            hits = [h for h in hits if not h.endswith("Settings(...)")]
+        if hits:
+            bad[module] = hits
+    assert not bad, bad
+
+
+def test_the_environment_check_finds_a_read(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nx = os.environ.get('HOME')\ny = os.environ['A']\nos.environ['B'] = '1'\n"
+                     "z = 'C' in os.environ\ns = Settings()\n")
+    assert [h.split(":")[0] for h in _env_reads_and_settings_built(probe)] == ["2", "3", "5", "6"]

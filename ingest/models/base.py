@@ -2,7 +2,6 @@
 process, `model_input` per face, `_predict_inputs` per batch, typed float32 output)."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Sequence, Tuple
 
@@ -11,7 +10,7 @@ import numpy as np
 from lookalike.ingest.images import Decoded
 from lookalike.ingest.models.detector import Face
 from lookalike.ingest.models.errors import ModelError, WeightsMissing  # noqa: F401  (re-exported)
-from lookalike.ingest.settings import Settings
+from lookalike.ingest.settings import Settings, pinned_threads
 from lookalike.schemas import ModelSpec
 
 
@@ -100,6 +99,6 @@ def torch_threads() -> None:
     default (all cores) elsewhere, e.g. for a query's batch of faces."""
     import torch
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    threads = pinned_threads()
     if threads > 0:
         torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ from lookalike.schemas import get_model, head_key
 from lookalike.schemas.errors import EXIT_WEIGHTS, LookalikeError
 
 FORMAT = "lookalike-head/1"
-HEADS_ENV = "LOOKALIKE_HEADS"
+HEADS_ENV = "LOOKALIKE_HEADS"  # Settings.heads_dir, named in messages
 
 
 class HeadError(LookalikeError, ValueError):
@@ -54,9 +54,8 @@ class HeadDeviceError(HeadError):
 def heads_dir(settings: Settings) -> Path:
     """The folder of a database's heads: $LOOKALIKE_HEADS, else `<db stem>.heads` beside a Lite
     database, else ~/.cache/lookalike/heads/<server> for a server."""
-    explicit = getattr(settings, "heads_dir", None) or os.environ.get(HEADS_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
+    if settings.heads_dir:
+        return Path(settings.heads_dir).expanduser()
     if settings.uri:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", settings.uri.split("://")[-1]).strip("_") or "server"
         return Path.home() / ".cache" / "lookalike" / "heads" / slug

@@ -2,7 +2,6 @@
 square with a margin."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
@@ -43,10 +42,10 @@ def face_square(image: Decoded, face: Face, size: int = CROP_SIZE, margin: float
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     import socket
 
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host = endpoint.split("://")[-1].split("/")[0]
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -85,7 +84,7 @@ class TransformerEmbedder(Embedder):
             if Path(self.source).expanduser().exists():
                 raise ModelError(f"model {self.name}: {self.source} holds no loadable {self.spec.base} model "
                                  f"(expected config.json, weights and preprocessor_config.json)") from None
-            if not _hub_reachable():
+            if not _hub_reachable(self.settings.hf_endpoint):
                 raise WeightsMissing(
                     f"model {self.name}: '{self.source}' is not in the local Hugging Face cache and the hub "
                     f"cannot be reached; download it on a connected machine (huggingface-cli download "

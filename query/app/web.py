@@ -50,7 +50,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from lookalike.ingest.settings import Settings
+from lookalike.ingest.settings import Settings, resolve
 from lookalike.query.app.errors import UsageError
 from lookalike.query.app.kept import KEPT_RESULTS, KeptResults
 from lookalike.query.app.web_errors import (  # noqa: F401  (api_message: re-exported, tests use it)
@@ -470,7 +470,7 @@ def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool
     default model's detector and embedder at startup, so the first query is as fast as the rest."""
     from fastapi_offline import FastAPIOffline
 
-    svc = Lookalike(settings or Settings(), searcher, explicit_sources, max_upload_bytes)
+    svc = Lookalike(resolve(settings), searcher, explicit_sources, max_upload_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

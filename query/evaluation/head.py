@@ -21,11 +21,11 @@ def evaluate_head(model: str = "dlib", settings=None, store=None) -> Dict[str, A
     exact, `retrieval_metrics`), once with the base collection's vectors and once with the head
     collection's. Returns the report dict (`format_head` prints it)."""
     from lookalike.ingest.head import Head, head_path
-    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.settings import resolve
     from lookalike.ingest.store import Store
     from lookalike.schemas import collection_name, head_key
 
-    settings = settings or Settings()
+    settings = resolve(settings)
     path = head_path(settings, model)
     if not path.is_file():
         raise EvalError(f"no head file {path}: train it with lookalike train-head --model {model}")

@@ -174,9 +174,9 @@ def evaluate_lfw(pairs_path: str, images: str, models: Sequence[str] = ("dlib",)
 
     `limit`: a quick look at N pairs: the file's first N/2 same-person and first N/2
     different-person pairs."""
-    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.settings import resolve
 
-    settings = settings or Settings()
+    settings = resolve(settings)
     pf = read_pairs(pairs_path)
     pairs = pf.pairs
     if limit:

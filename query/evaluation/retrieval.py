@@ -70,13 +70,13 @@ def evaluate_retrieval(source: str, db: str, models: Sequence[str] = ("dlib",),
     """Ingest `source` (resumable) for every detector, then leave-one-out identity retrieval per
     (model, detector) over the source's faces, exactly with numpy. Returns the report dict."""
     from lookalike.ingest import run as ingest_run
-    from lookalike.ingest.settings import Settings
+    from lookalike.ingest.settings import resolve
     from lookalike.ingest.sources import SourceError, open_source
     from lookalike.ingest.store import Store
     from lookalike.schemas import collection_name
     from lookalike.schemas.filters import combine, compile_filter
 
-    settings = settings or Settings()
+    settings = resolve(settings)
     if faces not in ("largest", "all"):
         raise EvalError(f"faces must be 'largest' or 'all', got {faces!r}")
     flt = compile_filter(filter) if filter else None  # FilterError: one line, exit 2
