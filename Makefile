@@ -10,7 +10,7 @@ export LOOKALIKE_DATA := $(DATA)
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c .ci/constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c .ci/constraints.txt -e ".[all,test]"
 	touch $@
 
 # The editable install is re-pointed at this checkout every time (cheap), so a venv kept outside

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from lookalike.query.results import ExplanationFile
-from lookalike.schemas.errors import UsageError
+from lookalike.schemas.errors import UsageError, require
 
 METHODS = ("occlusion", "gradcam", "attention", "layers")
 DEFAULT_METHOD = "occlusion"
@@ -326,8 +326,7 @@ def render_panel(ex: Explanation, title: str = ""):
 def _layer_plot(ex: Explanation, title: str = ""):
     import io
 
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "the layer plot (method layers)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image

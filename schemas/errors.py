@@ -9,19 +9,22 @@ flag is the field).
 """
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import ClassVar, Optional
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad option, bad source, invalid filter, unknown model, bad setting
 EXIT_NOFACE = 3  # no face found in a query photo
 EXIT_UNREADABLE = 4  # a query photo could not be read or decoded
-EXIT_WEIGHTS = 5  # model weights missing / model cannot load
+EXIT_WEIGHTS = 5  # model weights missing / model cannot load / an optional part not installed
 EXIT_STORE = 6  # Milvus error (database not writable, server unreachable, ...)
 EXIT_INTERRUPTED = 130  # Ctrl-C; re-running an ingest resumes it
 
 EXIT_CODES_HELP = """\b
 exit codes: 0 ok, 2 usage / invalid filter / unknown model or setting, 3 a photo has no face,
-4 a photo cannot be read, 5 model weights missing, 6 Milvus error, 130 interrupted."""
+4 a photo cannot be read, 5 model weights (or an optional part) missing, 6 Milvus error,
+130 interrupted."""
 
 
 class LookalikeError(Exception):
@@ -67,3 +70,22 @@ class StorageError(LookalikeError, RuntimeError):
     exit_code = EXIT_STORE
     http_status = 503
     api_code = "store_error"
+
+
+class NotInstalled(ModelUnavailable, ImportError):
+    """A part whose optional dependencies (an extra of the package) are not installed here: it
+    cannot load, as a model without its weights (exit 5, HTTP 503)."""
+
+    api_code = "not_installed"
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """`module`, imported; or, where it (not something it imports) is missing, NotInstalled
+    saying which extra to install. Optional parts import through this, not at module level."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != module.split(".")[0]:
+            raise  # the module is there and broken: that is a bug to show, not an extra to install
+        raise NotInstalled(f"{what} needs {module.split('.')[0]}, which is not installed here: "
+                           f"pip install 'lookalike[{extra}]'") from None

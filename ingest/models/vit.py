@@ -13,6 +13,7 @@ from lookalike.ingest.models.detector import Face
 from lookalike.ingest.models.weights import WeightsMissing
 from lookalike.ingest.settings import Settings
 from lookalike.schemas import ModelSpec
+from lookalike.schemas.errors import require
 
 # What the general vision models see, decided once for all of them: the face square centred on
 # the detector's box, rotated so the eyes are level, with a margin of 20 % of the box side on
@@ -94,7 +95,7 @@ class TransformerEmbedder(Embedder):
 
     def config(self) -> Any:
         if self._config is None:
-            import transformers
+            transformers = require("transformers", "vit", f"model {self.name}")
             from transformers import AutoConfig
 
             transformers.logging.set_verbosity_error()
@@ -123,8 +124,7 @@ class TransformerEmbedder(Embedder):
         raise NotImplementedError
 
     def _begin_load(self) -> Any:
-        import transformers
-
+        transformers = require("transformers", "vit", f"model {self.name}")
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()  # one per worker would cut into ours
         torch_threads()

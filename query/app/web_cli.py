@@ -9,6 +9,7 @@ import click
 
 from lookalike.query.app.errors import EXIT_OK, UsageError
 from lookalike.query.app.options import detector_option, existing_db, settings_for, storage_options
+from lookalike.schemas.errors import require
 
 SERVE_EPILOG = """
 The page is at http://HOST:PORT/ ; the JSON API is documented at /docs (OpenAPI at /openapi.json):
@@ -51,6 +52,8 @@ def _check_port_free(host: str, port: int) -> None:
 @storage_options
 def serve(host, port, detector, max_upload_mb, no_warm, db, uri, token, profile) -> int:
     """Start the web app: upload or snap a photo, see each face's lookalikes."""
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # before anything is announced or opened
+        require(module, "web", "lookalike serve")
     settings = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile, detector=detector))
     _check_port_free(host, port)
     import uvicorn

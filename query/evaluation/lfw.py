@@ -37,6 +37,7 @@ from lookalike.ingest.metrics import roc_curve, verdict_calibration, verificatio
 from lookalike.query.evaluation.embedding import embed_images
 from lookalike.query.evaluation.errors import EvalError
 from lookalike.query.evaluation.report import pct
+from lookalike.schemas.errors import require
 
 # Published / reference figures, printed beside ours
 PUBLISHED_LFW: Dict[str, List[Tuple[float, str]]] = {
@@ -318,6 +319,7 @@ def format_lfw(report: Dict[str, Any]) -> str:
 
 def plot_roc(report: Dict[str, Any], path: str | os.PathLike, title: Optional[str] = None) -> str:
     """ROC curves of every run: linear axes, and log-scale FAR. Returns the path written."""
+    require("matplotlib", "plots", "the ROC plot")
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
     fig = Figure(figsize=(11, 4.6))
