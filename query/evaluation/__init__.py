@@ -1,10 +1,10 @@
 """Evaluation harness: LFW face verification, identity retrieval and a learned head against its
 base model, through the product's own code.
 
-The evaluations see faces exactly as ingestion and queries do: `ingest.images.load` decodes,
-`get_engine(settings, detector, models).load()` builds the detector and embedders, and
-`engine.detector.detect(image)` then `engine.embedders[model].embed(image, [face])` give the
-L2-normalised embedding. Similarity is the cosine of two embeddings (their dot product).
+The evaluations see faces exactly as ingestion and queries do: `ingest.images.load` decodes and
+the one photo analysis (`lookalike.ingest.analysis.Analyzer`: detect, quality, model inputs,
+embeddings) gives the L2-normalised embedding of each face (`embedding.embed_images`).
+Similarity is the cosine of two embeddings (their dot product).
 
 One module per kind: `lfw` (verification over an LFW pairs file), `retrieval` (leave-one-out
 identity retrieval over an ingested source), `head` (a trained head against its base model);
