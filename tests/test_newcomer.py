@@ -269,3 +269,40 @@ def test_an_idle_lite_connection_says_nothing(idle_client):
     out, err = idle_client.communicate("", timeout=120)
     assert idle_client.returncode == 0, err
     assert err == "", err
+
+
+HOLDER = """
+import sys
+from lookalike.ingest.store import Store
+with Store({db!r}) as store:
+    store.ensure_ledger()
+    print("open", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_serve_on_a_database_in_use_is_one_line_and_exit_6_before_announcing(tmp_path):
+    """As query and stats do: Milvus Lite opens a database in one process at a time."""
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(db=str(db))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        from milvus_server import free_port
+
+        serve = _cli("serve", "--db", db, "--port", free_port(), "--no-warm")
+        out, err = serve.communicate(timeout=120)
+        assert serve.returncode == 6, err
+        assert out == "" and len(err.strip().splitlines()) == 1 and "in use by another process" in err, err
+    finally:
+        holder.communicate(input="", timeout=60)
+
+
+@pytest.mark.parametrize("command", [["stats"], ["stats", "--json"], ["eval", "head"], ["train-head"]])
+def test_read_only_commands_do_not_create_a_mistyped_database(tmp_path, command):
+    db = tmp_path / "typo.db"
+    p = _cli(*command, "--db", db)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (out, err)
+    assert f"database {db} does not exist" in err and len(err.strip().splitlines()) == 1, err
+    assert not db.exists()

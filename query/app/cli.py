@@ -14,7 +14,14 @@ from typing import List, Optional
 import click
 
 from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify, door_message
-from lookalike.query.app.options import detector_option, model_list, model_source_options, settings_for, storage_options
+from lookalike.query.app.options import (
+    detector_option,
+    existing_db,
+    model_list,
+    model_source_options,
+    settings_for,
+    storage_options,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -76,7 +83,7 @@ def stats(as_json, db, uri, token, profile) -> int:
     """Rows and index of each face collection, and the photos recorded."""
     from lookalike.ingest.store import Store
 
-    s = settings_for(db=db, uri=uri, token=token, profile=profile)
+    s = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile))  # a typo must not create one
     with Store.from_settings(s) as store:
         rows = store.stats()
         photos = store.ledger_counts() if rows and not as_json else {}

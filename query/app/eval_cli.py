@@ -8,7 +8,7 @@ from typing import List, Optional
 import click
 
 from lookalike.query.app.errors import EXIT_OK, UsageError
-from lookalike.query.app.options import model_list, out_dir, settings_for, storage_options
+from lookalike.query.app.options import existing_db, model_list, out_dir, settings_for, storage_options
 
 LFW_EPILOG = """
 protocol:
@@ -176,7 +176,7 @@ def head(model, as_json, out, db, uri, token, profile) -> int:
     mAP on the held-out photos and identities its file records."""
     from lookalike.query.evaluation import evaluate_head, format_head
 
-    settings = settings_for(db=db, uri=uri, token=token, profile=profile)
+    settings = existing_db(settings_for(db=db, uri=uri, token=token, profile=profile))
     report = evaluate_head(model, settings=settings)
     report.setdefault("kind", "head")
     _emit(as_json, report, format_head(report), out_dir(out), "eval_head", [])

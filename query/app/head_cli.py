@@ -6,7 +6,7 @@ import json
 import click
 
 from lookalike.query.app.errors import EXIT_OK
-from lookalike.query.app.options import settings_for, storage_options
+from lookalike.query.app.options import existing_db, settings_for, storage_options
 
 HEAD_EPILOG = """
 what it does:
@@ -50,7 +50,7 @@ def train_head_command(model, holdout, epochs, loss, arch, device, seed, as_json
     from lookalike.ingest.head import train_head
 
     # A HeadError carries its own exit code (a bad option 2, a missing device 5); main() prints its line.
-    summary = train_head(model, settings=settings_for(db=db, uri=uri, token=token, profile=profile),
+    summary = train_head(model, settings=existing_db(settings_for(db=db, uri=uri, token=token, profile=profile)),
                          holdout=holdout, epochs=epochs, loss=loss, arch=arch, device=device, seed=seed,
                          progress=not quiet)
     if as_json:

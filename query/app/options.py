@@ -66,7 +66,7 @@ def settings_for(**values: Any):
 
 
 def existing_db(settings):
-    """A command that reads a database (query, serve, delete) must not create an empty one: opening
+    """A command that reads a database (query, serve, stats, eval head, train-head) must not create an empty one: opening
     a missing Milvus Lite file would."""
     if not settings.uri and not Path(settings.db).exists():
         raise UsageError(f"database {settings.db} does not exist; ingest first: "

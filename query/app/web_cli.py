@@ -66,8 +66,14 @@ def serve(host, port, detector, max_upload_mb, no_warm, db, uri, token, profile)
         public = host != "localhost"
     if public:
         click.echo(f"lookalike: warning: binding {host} exposes the app (and the stored photos) without authentication")
-    app = create_app(settings, warm=not no_warm, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"lookalike: serving {settings.target} on http://{shown}:{port}/ (API docs at /docs; Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from lookalike.query.search import Searcher
+
+    # The database is opened before anything is announced: one in use by another process (Milvus
+    # Lite: one at a time) is one line and exit 6, as for query and stats, not a traceback.
+    with Searcher(settings) as searcher:
+        app = create_app(settings, searcher=searcher, warm=not no_warm,
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"lookalike: serving {settings.target} on http://{shown}:{port}/ (API docs at /docs; Ctrl-C stops)")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     return EXIT_OK
