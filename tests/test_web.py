@@ -727,3 +727,69 @@ def test_server_paths_cannot_be_probed_through_filters(web):
     r = c.post("/api/query", files={"image": ("c.jpg", photo)}, data={"filter": 'source_path like "/home/%"'})
     assert r.status_code == 422 and "source_path" in r.json()["error"]["message"]
     assert "source_path" not in {f["name"] for f in c.get("/api/fields").json()["fields"]}
+
+
+# The page's own check of its captions: for every caption line of every match card, the line's
+# first character lies inside the card, inside the "same person" frame (border and inward outline),
+# and the line is shown whole (not cut by an ellipsis, a width or the frame's bottom edge).
+_CAPTION_PROBLEMS = """() => {
+  const bad = [];
+  const inner = (card) => {
+    const r = card.getBoundingClientRect(), cs = getComputedStyle(card);
+    const px = (v) => parseFloat(v) || 0;
+    const outline = cs.outlineStyle !== "none" ? Math.max(0, -px(cs.outlineOffset)) : 0;
+    const b = (side) => px(cs[`border${side}Width`]) + outline;
+    return { left: r.left + b("Left"), right: r.right - b("Right"), top: r.top + b("Top"), bottom: r.bottom - b("Bottom") };
+  };
+  const firstChar = (node) => {
+    const w = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+    let t; while ((t = w.nextNode()) && !t.textContent.trim()) {}
+    if (!t) return null;
+    const range = document.createRange();
+    const i = t.textContent.search(/\\S/);
+    range.setStart(t, i); range.setEnd(t, i + 1);
+    return range.getBoundingClientRect();
+  };
+  document.querySelectorAll(".match").forEach((card, n) => {
+    const box = inner(card);
+    card.querySelectorAll(".same, .other, .score > span:first-child, .ident, .src").forEach((cap) => {
+      const what = `card ${n} ${cap.className || "score"} "${cap.textContent}"`;
+      const r = cap.getBoundingClientRect(), c = firstChar(cap);
+      if (!c) { bad.push(`${what}: no text`); return; }
+      const across = `${box.left}..${box.right}`, down = `${box.top}..${box.bottom}`;
+      if (c.left < box.left - 0.5 || c.right > box.right + 0.5) bad.push(`${what}: 1st char at ${c.left}, not in ${across}`);
+      if (r.left < box.left - 0.5 || r.right > box.right + 0.5) bad.push(`${what}: line ${r.left}..${r.right}, not in ${across}`);
+      if (r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5) bad.push(`${what}: line ${r.top}..${r.bottom}, not in ${down}`);
+      if (cap.scrollWidth > cap.clientWidth + 1) bad.push(`${what}: cut (${cap.scrollWidth} > ${cap.clientWidth})`);
+    });
+  });
+  return bad;
+}"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width,height", [(1366, 900), (390, 844)])
+def test_browser_captions_are_not_clipped(server, browser, width, height):
+    """Issue 32, item 3: the green "same person" frame hid the first character of every caption
+    line ("biden" -> "oiden", "0.97" -> ".97"); on a phone the file-name line was cut; the
+    "Only annotated (CelebA) faces" label was cut."""
+    page = _page(browser, server, width, height)
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))
+    page.wait_for_selector(".face")
+    page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+    assert page.locator(".match.is-same").count() >= 2  # obama and biden are each found: framed cards
+    assert page.evaluate(_CAPTION_PROBLEMS) == []
+    page.screenshot(path=str(ARTIFACTS / f"web_captions_{width}.png"), full_page=True)
+    # every attribute label is shown whole (this gallery has none: shown here as a CelebA db shows them)
+    page.evaluate("""() => { document.querySelectorAll('#groups, #annotated-row').forEach((e) => { e.hidden = false; });
+                             document.getElementById('filters').open = true;
+                             document.querySelectorAll('details.group').forEach((d) => { d.open = true; }); }""")
+    cut = page.evaluate("""() => [...document.querySelectorAll('.tri-name')]
+        .filter((e) => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right >
+                       e.closest('.tri').getBoundingClientRect().right)
+        .map((e) => `${e.textContent} ${e.scrollWidth} > ${e.clientWidth}`)""")
+    assert cut == []
+    assert page.errors == [] and page.outside == []

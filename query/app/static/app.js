@@ -358,6 +358,9 @@
     return same.length ? `Likely the same person: ${same.join(", ")}` : "Nobody here is likely the same person; nearest lookalikes:";
   }
 
+  // a file name wraps after its "_", "-" and "." (<wbr>) rather than mid-word: "Tom_Hanks_|0002.jpg"
+  const breakable = (name) => name.split(/(?<=[_.-])/).flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
+
   function matchCard(model, m) {
     const thumb = el("img", { class: "thumb", alt: m.identity || "match", loading: "lazy",
                               src: `/api/thumb/${encodeURIComponent(model)}/${encodeURIComponent(m.id)}` });
@@ -372,7 +375,7 @@
       el("div", { class: "score" }, el("span", { text: m.score.toFixed(2) }),
          el("span", { class: "bar" }, el("i", { style: `width:${pct}%` }))),
       el("div", { class: "ident", text: m.identity ? m.identity.replace(/_/g, " ") : "unknown" }),
-      el("div", { class: "src", text: basename(m.source_path) }));
+      el("div", { class: "src" }, ...breakable(basename(m.source_path))));
     card.addEventListener("click", () => openPhoto(model, m));
     card.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openPhoto(model, m); } });
     return card;
