@@ -126,22 +126,39 @@ class DlibResNet:
 
     def __call__(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         import torch
+
+        with torch.inference_mode():
+            blocks = self.blocks(chips)
+            return (blocks[-1].mean(dim=(2, 3)) @ self._fc).numpy()
+
+    def blocks(self, chips: Sequence[np.ndarray], grad: bool = False) -> List:
+        """The output of each residual block, (n, C, H, W) torch tensors, first to last: the last
+        one, mean-pooled and projected by `fc`, is the descriptor. With `grad` (under
+        torch.enable_grad) the graph from the input is kept, for Grad-CAM (lookalike.query.explain)."""
+        import torch
         import torch.nn.functional as F
 
         batch = np.stack([np.asarray(c, dtype=np.uint8) for c in chips])
         if batch.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
             raise ValueError(f"dlib ResNet takes {INPUT_SIZE}x{INPUT_SIZE} RGB chips, got {batch.shape[1:]}")
-        with torch.inference_mode():
-            x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - self._means) / 256.0
-            w, b, s, p = self._convs[0]
-            x = F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=s, padding=p)), 3, 2)
-            for (w1, b1, s1, p1), (w2, b2, s2, p2) in zip(self._convs[1::2], self._convs[2::2]):
-                y = F.conv2d(F.relu(F.conv2d(x, w1, b1, stride=s1, padding=p1)), w2, b2, stride=s2, padding=p2)
-                # dlib's residual_down: the shortcut is a 2x2 average pool; add_prev sums tensors
-                # of different sizes by zero-padding both to the larger (channels, rows, columns)
-                shortcut = F.avg_pool2d(x, 2, 2) if s1 == 2 else x
-                x = F.relu(_padded_sum(y, shortcut))
-            return (x.mean(dim=(2, 3)) @ self._fc).numpy()
+        x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - self._means) / 256.0
+        if grad:
+            x.requires_grad_(True)  # the weights are plain tensors: the graph starts at the input
+        w, b, s, p = self._convs[0]
+        x = F.max_pool2d(F.relu(F.conv2d(x, w, b, stride=s, padding=p)), 3, 2)
+        out = []
+        for (w1, b1, s1, p1), (w2, b2, s2, p2) in zip(self._convs[1::2], self._convs[2::2]):
+            y = F.conv2d(F.relu(F.conv2d(x, w1, b1, stride=s1, padding=p1)), w2, b2, stride=s2, padding=p2)
+            # dlib's residual_down: the shortcut is a 2x2 average pool; add_prev sums tensors
+            # of different sizes by zero-padding both to the larger (channels, rows, columns)
+            shortcut = F.avg_pool2d(x, 2, 2) if s1 == 2 else x
+            x = F.relu(_padded_sum(y, shortcut))
+            out.append(x)
+        return out
+
+    @property
+    def fc(self):
+        return self._fc
 
 
 def _padded_sum(a, b):

@@ -14,9 +14,11 @@ with, and the detection overlapping the stored box (IoU >= 0.5) is used (`match_
   OCC_STRIDE) slides over one crop; the map is the drop of the cosine similarity to the other
   face's embedding when a pixel is covered (averaged over the patches covering it). All masked
   crops go through `Embedder.embed_inputs` in batches of OCC_BATCH: a few forward passes.
-* ``gradcam`` (FaceNet, CLIP, DINOv2): gradient of the cosine similarity (query vs match) with
+* ``gradcam`` (FaceNet, dlib, CLIP, DINOv2): gradient of the cosine similarity (query vs match) with
   respect to the last convolutional block (FaceNet: the input of InceptionResNetV1's AvgPool,
-  TensorFlow GradientTape) or the patch tokens entering the last transformer block (the block
+  TensorFlow GradientTape; dlib: gradient x activation at its torch port's 17x17 block, as its
+  last block is 2x2 (DlibEmbedder.gradcam), torch autograd) or the
+  patch tokens entering the last transformer block (the block
   the embedding is read from; at its output only the CLS token reaches the embedding, so the
   patch tokens there get no gradient) (torch autograd); map = ReLU(sum_c mean_grad_c *
   activation_c). For both faces at once.
@@ -24,9 +26,9 @@ with, and the detection overlapping the stored box (IoU >= 0.5) is used (`match_
   added for the residual, rows renormalised) read from the CLS token, plus the last layer's CLS
   attention per head (drawn under the panel). Not a similarity explanation: it shows what each
   crop's own CLS token looks at.
-* ``layers`` (FaceNet, CLIP, DINOv2): the query-match cosine similarity at each block (ViTs: the
-  CLS of every hidden state through the final norm; FaceNet: global-average-pooled activations
-  after each stage), drawn as a small plot.
+* ``layers`` (FaceNet, dlib, CLIP, DINOv2): the query-match cosine similarity at each block (ViTs: the
+  CLS of every hidden state through the final norm; FaceNet and dlib: global-average-pooled
+  activations after each stage), drawn as a small plot.
 
 Faithfulness (`deletion_test`): mask the DELETE_FRACTION most important pixels of the match crop
 according to a map, and as many random pixels; a faithful map makes the similarity drop more.
@@ -112,9 +114,11 @@ def available(method: str, embedder) -> Optional[str]:
     `explain_methods`), else a one-line reason."""
     if method in embedder.explain_methods:
         return None
+    if method == "attention":
+        return f"attention is not available for {embedder.name}: a convolutional network has no attention; skipped"
     if kind_of(embedder) == "dlib":
-        return (f"{method} is not available for {embedder.name}: dlib's network runs in C++ without "
-                f"gradients or intermediate outputs (use --method occlusion); skipped")
+        return (f"{method} is not available for {embedder.name} on dlib's own engine: it runs in C++ without "
+                f"gradients or intermediate outputs (the default torch engine has them; or use occlusion); skipped")
     if method == "attention":
         return f"attention is not available for {embedder.name}: a convolutional network has no attention; skipped"
     return f"{method} is not available for {embedder.name} (it has {', '.join(embedder.explain_methods)}); skipped"

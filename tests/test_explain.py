@@ -69,6 +69,30 @@ def test_occlusion_with_dlib_passes_the_deletion_test(detector, dlib, monkeypatc
     assert np.mean(np.array(drops_map) > np.array(drops_rand)) >= 0.7
 
 
+def test_dlib_gradcam_passes_the_deletion_test_and_its_layers_end_at_the_score(detector, dlib):
+    """Grad-CAM on the torch port: greying the 20 % most important pixels of the match crop lowers
+    the similarity more than 20 % random pixels, on average over 20 pairs and for most pairs; the
+    layer scores end at the pair's cosine."""
+    drops_map, drops_rand = [], []
+    for i, (qp, mp) in enumerate(same_identity_pairs(20)):
+        qi, mi = load(qp), load(mp)
+        qf, mf = detector.detect(qi), detector.detect(mi)
+        q = dlib.model_input(qi, max(qf, key=lambda f: f.size))
+        m = dlib.model_input(mi, max(mf, key=lambda f: f.size))
+        ex = X.explain_inputs(dlib, "gradcam", q, m)
+        assert ex.match_map is not None and ex.match_map.shape == m.shape[:2] and np.isfinite(ex.match_map).all()
+        vq = dlib.embed_inputs([q])[0]
+        r = X.deletion_test(dlib, m, vq, ex.match_map, seed=i)
+        drops_map.append(r["drop_map"])
+        drops_rand.append(r["drop_random"])
+        if i == 0:
+            layers = X.explain_inputs(dlib, "layers", q, m)
+            assert layers.layer_scores is not None and len(layers.layer_scores) >= 4
+            assert layers.layer_scores[-1] == pytest.approx(layers.score, abs=1e-4)
+    assert float(np.mean(drops_map)) > float(np.mean(drops_rand)) + 0.01, (np.mean(drops_map), np.mean(drops_rand))
+    assert np.mean(np.array(drops_map) > np.array(drops_rand)) >= 0.7
+
+
 def test_model_input_path_equals_embed(detector, dlib):
     image = load(GROUP)
     faces = detector.detect(image)[:3]
@@ -77,11 +101,20 @@ def test_model_input_path_equals_embed(detector, dlib):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_dlib_has_only_occlusion(dlib):
-    assert X.available("occlusion", dlib) is None
-    for m in ("gradcam", "attention", "layers"):
-        why = X.available(m, dlib)
-        assert why and "\n" not in why and "not available for dlib" in why
+def test_dlib_methods_follow_its_engine(dlib, settings):
+    """The torch port (the default engine) has gradients and blocks to read; dlib's own C++ engine
+    has only occlusion, and says why in one line."""
+    assert dlib.settings.dlib_engine == "torch"
+    for m in ("occlusion", "gradcam", "layers"):
+        assert X.available(m, dlib) is None, m
+    why_attention = X.available("attention", dlib)
+    assert why_attention and "\n" not in why_attention and "no attention" in why_attention
+    reference = make_embedder("dlib", settings.with_(dlib_engine="dlib"))  # not loaded: the check reads settings
+    assert X.available("occlusion", reference) is None
+    for m in ("gradcam", "layers"):
+        why = X.available(m, reference)
+        assert why and "\n" not in why and "not available for dlib" in why and "C++" in why
+    assert X.available("attention", reference) == why_attention
     with pytest.raises(X.ExplainError):
         X.parse_methods("saliency")
     assert X.parse_methods("all") == list(X.METHODS)
@@ -173,14 +206,16 @@ def test_cli_explain_writes_panels_referenced_from_results(small_db, tmp_path, m
               "--out", out)
     assert rc == 0
     err = capsys.readouterr().err
-    assert "gradcam is not available for dlib" in err  # one line per skipped method
+    assert "attention is not available for dlib" in err  # one line per skipped method
+    assert "gradcam is not available" not in err and "layers is not available" not in err
     doc = json.loads((out / "results.json").read_text())
     assert validate_document(doc) == []
     matches = doc["photos"][0]["faces"][0]["matches"]
     assert len(matches) == 3
     for mt in matches[:2]:
-        (e,) = mt["explanations"]
-        assert e["method"] == "occlusion" and (out / e["png"]).is_file()
+        assert [e["method"] for e in mt["explanations"]] == ["occlusion", "gradcam", "layers"]
+        e = mt["explanations"][0]
+        assert all((out / x["png"]).is_file() for x in mt["explanations"])
         from PIL import Image
 
         assert Image.open(out / e["png"]).size[0] >= 4 * X.PANEL_SIDE
