@@ -66,3 +66,31 @@ def test_readme_figure_is_the_benchmarks(what):
     readme = " ".join((ROOT / "README.md").read_text().split())  # the README's line breaks aside
     figure = _readme_figures()[what]
     assert figure in readme, f"README's {what}: expected {figure!r} (from bench/results)"
+
+
+def _lfw_row() -> str:
+    runs = {r["detector"]: r for r in _load("eval_lfw.json")["runs"] if r["model"] == "dlib"}
+    y, d = runs["yunet"], runs["dlib"]
+    return (f"| LFW fold 1 accuracy | {100 * y['accuracy']:.2f} % (AUC {y['roc_auc']:.4f}) | "
+            f"{100 * d['accuracy']:.2f} % ({100 * d['accuracy_pairs_with_faces']:.2f} % over the pairs with both faces")
+
+
+def _impostor_tail() -> str:
+    """The dlib impostor-tail figures of bench/results/accuracy.txt (bench_accuracy.py's table)."""
+    import re
+
+    text = (RESULTS / "accuracy.txt").read_text()
+    at = dict(re.findall(r"FAR (0\.01|0\.001) at (0\.\d+)", text))
+    return (f"1 pair of different people in 100 scores above {float(at['0.01']):.3f}, "
+            f"1 in 1,000 above {float(at['0.001']):.3f}")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "query/README.md"])
+def test_stranger_scores_are_the_benchmarks(doc):
+    text = " ".join((ROOT / doc).read_text().split())
+    assert _impostor_tail() in text, f"{doc}: expected {_impostor_tail()!r} (bench/results/accuracy.txt)"
+
+
+def test_query_readme_lfw_row_is_eval_lfw():
+    text = (ROOT / "query" / "README.md").read_text()
+    assert _lfw_row() in text, f"query/README.md: expected {_lfw_row()!r} (bench/results/eval_lfw.json)"
