@@ -58,6 +58,9 @@ def test_head_file_and_collection(gallery):
     assert max(moved) > 1e-3
     with Store(s.db) as store:
         assert store.models() == ["dlib", "dlib_head"]
+        # the head's collection has the base's photos: stats does not report "dlib_head: 0 with faces"
+        counts = store.ledger_counts()
+        assert list(counts) == ["dlib"] and counts["dlib"]["done"] >= 30
 
 
 def test_provenance_holds_the_held_out_figures(gallery, settings):

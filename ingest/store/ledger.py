@@ -6,7 +6,7 @@ import time
 from typing import Any, Dict, List, Sequence
 
 from lookalike.ingest.store.collections import Collections
-from lookalike.schemas import LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_STATUSES, LEDGER_VECTOR_DIM, VECTOR_FIELD
+from lookalike.schemas import HEAD_SUFFIX, LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_STATUSES, LEDGER_VECTOR_DIM, VECTOR_FIELD
 from lookalike.schemas.filters import encode_literal
 
 
@@ -53,7 +53,8 @@ class Ledger(Collections):
         model's rows; the first model's rows are counted without a filter on it."""
         if not self.has_collection(LEDGER_COLLECTION):
             return {}
-        models = self.models()
+        # a head's collection holds its base model's photos, projected: the ledger records the base
+        models = [m for m in self.models() if not m.endswith(HEAD_SUFFIX)]
         out: Dict[str, Dict[str, int]] = {m: dict.fromkeys(LEDGER_STATUSES, 0) for m in models}
         if not models:
             return out
