@@ -94,3 +94,11 @@ def test_stranger_scores_are_the_benchmarks(doc):
 def test_query_readme_lfw_row_is_eval_lfw():
     text = (ROOT / "query" / "README.md").read_text()
     assert _lfw_row() in text, f"query/README.md: expected {_lfw_row()!r} (bench/results/eval_lfw.json)"
+
+
+def test_query_readme_retrieval_row_is_eval_retrieval():
+    runs = {r["detector"]: r for r in _load("eval_retrieval.json")["runs"] if r["model"] == "dlib"}
+    cells = [" / ".join(f"{100 * runs[d][k]:.1f}" for k in ("recall_at_1", "recall_at_5", "map")) + " %"
+             for d in ("yunet", "dlib")]
+    row = f"| CelebA sample retrieval R@1 / R@5 / mAP | {cells[0]} | {cells[1]} |"
+    assert row in (ROOT / "query" / "README.md").read_text(), f"expected {row!r} (bench/results/eval_retrieval.json)"
