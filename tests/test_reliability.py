@@ -224,7 +224,11 @@ class _PoisonWatcher:
         import psutil
 
         out = []
-        for p in psutil.Process(self.root_pid).children(recursive=True):
+        try:
+            children = psutil.Process(self.root_pid).children(recursive=True)
+        except psutil.Error:  # the run has ended (or is ending): nobody left to kill
+            return out
+        for p in children:
             try:  # any thread: Dask computes in a thread of its own
                 for tid in os.listdir(f"/proc/{p.pid}/task"):
                     with open(f"/proc/{p.pid}/task/{tid}/wchan") as f:
@@ -245,7 +249,10 @@ class _PoisonWatcher:
                 # in: each one waiting is killed before it is taken again.
                 while victims:
                     for p in victims:
-                        p.send_signal(signal.SIGKILL)
+                        try:
+                            p.send_signal(signal.SIGKILL)
+                        except psutil.NoSuchProcess:  # it exited on its own meanwhile
+                            continue
                         self.kills += 1
                     psutil.wait_procs(victims, timeout=10)
                     victims = self._openers()
