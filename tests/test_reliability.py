@@ -223,7 +223,7 @@ class _PoisonWatcher:
     def _openers(self):
         import psutil
 
-        out = []
+        out: list = []
         try:
             children = psutil.Process(self.root_pid).children(recursive=True)
         except psutil.Error:  # the run has ended (or is ending): nobody left to kill
