@@ -247,7 +247,9 @@ def test_embedders_declare_their_explanation_methods(settings):
     from lookalike.query import explain as X
 
     every = ("occlusion", "gradcam", "attention", "layers")
-    kinds = {"dlib": (DlibEmbedder, ("occlusion",)),
+    # dlib's torch port has gradients; dlib's own C++ network does not
+    dlib_methods = ("occlusion", "gradcam", "layers") if settings.dlib_engine == "torch" else ("occlusion",)
+    kinds = {"dlib": (DlibEmbedder, dlib_methods),
              "facenet": (DeepFaceEmbedder, ("occlusion", "gradcam", "layers")),
              "clip": (ClipEmbedder, every), "dinov2_l3": (Dinov2Embedder, every)}
     for key, (cls, methods) in kinds.items():
@@ -262,6 +264,9 @@ def test_embedders_declare_their_explanation_methods(settings):
     dino.explain_methods = ("occlusion", "layers")
     assert X.available("attention", dino) and X.available("gradcam", dino)
     assert X.available("layers", dino) is None
+    # the C++ engine is offered occlusion only, whatever the default
+    cpp = make_embedder("dlib", settings.model_copy(update={"dlib_engine": "dlib"}))
+    assert set(cpp.explain_methods) == {"occlusion"} and X.available("gradcam", cpp)
 
 
 # -- 4. an idle Milvus Lite connection ---------------------------------------------------------------
