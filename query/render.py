@@ -8,7 +8,8 @@ Contact sheet layout (all sizes in pixels, constants below)::
     | GAP                                                                     |
     | row per face (and per model): [query crop "1"] ROW_GAP [match 1] GAP    |
     |   [match 2] ... (at most RENDER_MAX_K); each cell THUMB x THUMB, then    |
-    |   CAPTION_H of caption ("0.83 id 2880" / file name); ROW_H per row      |
+    |   CAPTION_H of caption, one line each: score ("0.83 · same person"),    |
+    |   identity ("id 2880" for CelebA's numbers), file name; ROW_H per row   |
     +-------------------------------------------------------------------------+
 
 `sheet_size()` gives the exact size for a photo, a number of rows and k; a photo with no face
@@ -32,7 +33,9 @@ HEADER_H = 28
 PHOTO_WIDTH = 800
 GAP = 8
 THUMB = 112
-CAPTION_H = 34
+CAPTION_SIZE = 12  # caption font size; each caption line fits THUMB wide in it
+CAPTION_LINE = 15  # caption line pitch
+CAPTION_H = 3 * CAPTION_LINE + 4
 ROW_GAP = 16  # between the query face crop and its first match
 ROW_H = THUMB + CAPTION_H + GAP
 RENDER_MAX_K = 10  # thumbnails per row; results.json holds all k
@@ -40,7 +43,8 @@ BG = (255, 255, 255)
 PLACEHOLDER = (170, 170, 170)
 TEXT = (20, 20, 20)
 MUTED = (90, 90, 90)
-BOX_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+# face box colours: none of them green, the colour of the "same person" frame (SAME_COLOUR)
+BOX_COLOURS = [(230, 25, 75), (128, 0, 0), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                (70, 200, 200), (240, 50, 230), (128, 128, 0), (0, 0, 128), (170, 110, 40)]
 
 
@@ -73,6 +77,19 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def _fit_middle(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """text, shortened in its middle to fit: a file name keeps its first letters and as much of its
+    end (number and extension) as fits."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    head = text[:4]
+    for start in range(4, len(text)):
+        short = head + "…" + text[start:]
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return _fit_text(draw, text, font, width)
 
 
 def _load_rgb(path: str):
@@ -143,11 +160,42 @@ def _label(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], text: str, colour, si
 
 
 SAME_COLOUR = (46, 160, 67)  # frame of a match judged the same person
+SAME_TEXT = (26, 127, 55)  # its caption
+LOW_TEXT = (200, 60, 40)  # a low-quality query face's caption
 
 
-def match_caption(m: Match) -> str:
-    ident = m.identity or "?"
-    return f"{m.score:.2f} {'same · ' if m.same_person else ''}{ident}"
+def identity_label(identity: str) -> str:
+    """A match's identity as captioned: CelebA's identities are numbers, shown "id 7342" so that
+    they never read as part of the score; an unlabelled face is "unknown"."""
+    if not identity:
+        return "unknown"
+    return f"id {identity}" if identity.isdigit() else identity
+
+
+def match_caption(m: Match) -> List[str]:
+    """A match's caption lines: score (and the verdict), identity, file name."""
+    return [f"{m.score:.2f}" + (" · same person" if m.same_person else ""), identity_label(m.identity),
+            Path(m.source_path).name]
+
+
+def face_caption(face, model: str = "") -> List[str]:
+    """A query face's caption lines: its number (and model), confidence and quality, and
+    "LOW QUALITY" on a line of its own, so that its quality value is never cut off."""
+    lines = [f"face {face.index + 1}" + (f" · {model}" if model else ""),
+             f"conf {face.confidence:.2f}" + ("" if face.quality is None else f" · q {face.quality:.2f}")]
+    if face.low_quality:
+        lines.append("LOW QUALITY")
+    return lines
+
+
+def _caption(draw: ImageDraw.ImageDraw, x: int, y: int, lines: Sequence[str], colours: Sequence,
+             file_line: int = -1) -> None:
+    """Caption lines under a tile, each fitted to THUMB (line `file_line`, a file name, is
+    shortened in its middle)."""
+    font = _font(CAPTION_SIZE)
+    for i, (text, colour) in enumerate(zip(lines, colours)):
+        fit = _fit_middle if i == file_line else _fit_text
+        draw.text((x, y + THUMB + 2 + i * CAPTION_LINE), fit(draw, text, font, THUMB), fill=colour, font=font)
 
 
 def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[object, Image.Image]] = None
@@ -164,7 +212,7 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
     W, H = sheet_size(result.width, result.height, len(rows), k)
     sheet = Image.new("RGB", (W, H), BG)
     draw = ImageDraw.Draw(sheet)
-    small, normal = _font(12), _font(14)
+    normal = _font(14)
 
     # header
     n = len(result.faces)
@@ -204,13 +252,8 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
         sheet.paste(_thumb(qcrop), (MARGIN, y))
         draw.rectangle((MARGIN, y, MARGIN + THUMB - 1, y + THUMB - 1), outline=c, width=3)
         _label(draw, (MARGIN + 5, y + 4), str(face.index + 1), c, size=18)
-        cap1 = f"face {face.index + 1}" + (f" · {model}" if len(models) > 1 else "")
-        draw.text((MARGIN, y + THUMB + 2), _fit_text(draw, cap1, small, THUMB), fill=TEXT, font=small)
-        second = f"conf {face.confidence:.2f}" + ("" if face.quality is None else f" · q {face.quality:.2f}")
-        if face.low_quality:
-            second = f"LOW QUALITY · q {face.quality:.2f}"
-        draw.text((MARGIN, y + THUMB + 17), _fit_text(draw, second, small, THUMB),
-                  fill=(200, 60, 40) if face.low_quality else MUTED, font=small)
+        low = LOW_TEXT if face.low_quality else MUTED
+        _caption(draw, MARGIN, y, face_caption(face, model if len(models) > 1 else ""), (TEXT, low, LOW_TEXT))
         matches = face.matches_by_model.get(model, []) if model else face.matches
         x = MARGIN + THUMB + ROW_GAP
         if not matches:
@@ -222,9 +265,7 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
             sheet.paste(cache[key], (x, y))
             if m.same_person:
                 draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=SAME_COLOUR, width=4)
-            draw.text((x, y + THUMB + 2), _fit_text(draw, match_caption(m), small, THUMB), fill=TEXT, font=small)
-            draw.text((x, y + THUMB + 17), _fit_text(draw, Path(m.source_path).name, small, THUMB),
-                      fill=MUTED, font=small)
+            _caption(draw, x, y, match_caption(m), (SAME_TEXT if m.same_person else TEXT, TEXT, MUTED), file_line=2)
             x += THUMB + GAP
     return sheet
 

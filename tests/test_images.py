@@ -199,3 +199,104 @@ def test_a_corrupt_jpeg_ending_with_its_end_marker_is_refused_quietly(capfd):
     assert np.array_equal(decode(data[:-2] + b"\0" * 7 + b"\xff\xd9").bgr, decode(data).bgr)
     out, err = capfd.readouterr()
     assert "Corrupt JPEG" not in out + err, err  # libjpeg's own lines are the reason now, not noise
+
+
+# ---------------------------------------------------------------------------------------------
+# Contact sheet captions (query/render.py; issue 32, item 5)
+# ---------------------------------------------------------------------------------------------
+def _sheet_result():
+    from lookalike.query.results import Match, PhotoResult, QueryFace
+
+    def match(rank, score, identity, same):
+        m = Match.from_row(rank, score, {"id": f"x_{rank}", "identity": identity, "source_path": str(PORTRAIT),
+                                         "box_x": 60, "box_y": 60, "box_w": 120, "box_h": 120})
+        return m.model_copy(update={"same_person": same, "same_person_probability": 0.99 if same else 0.01})
+
+    matches = [match(1, 0.97, "Tom_Hanks", True), match(2, 0.88, "7342", False), match(3, 0.87, "", False),
+               match(4, 0.86, "Sylvester_Stallone_the_long_name", False)]
+    faces = [QueryFace(index=0, box=(60, 60, 120, 120), confidence=0.9, quality=0.31, low_quality=True,
+                       matches_by_model={"dlib": matches}),
+             QueryFace(index=1, box=(10, 10, 40, 40), confidence=0.8, quality=0.95, matches_by_model={"dlib": matches})]
+    with Image.open(PORTRAIT) as im:
+        w, h = im.size
+    return PhotoResult(path=str(PORTRAIT), sha256="", width=w, height=h, detector="yunet", models=["dlib"],
+                       top_k=4, faces=faces)
+
+
+def test_sheet_caption_lines_keep_score_identity_and_quality_apart():
+    from lookalike.query.render import face_caption, identity_label, match_caption
+
+    r = _sheet_result()
+    celeba = r.faces[0].matches[1]
+    assert match_caption(celeba) == ["0.88", "id 7342", PORTRAIT.name]  # not "0.88 7342" (0.887342)
+    assert match_caption(r.faces[0].matches[0])[:2] == ["0.97 · same person", "Tom_Hanks"]
+    assert identity_label("") == "unknown" and identity_label("10177") == "id 10177"
+    assert face_caption(r.faces[0]) == ["face 1", "conf 0.90 · q 0.31", "LOW QUALITY"]  # the value is kept
+    assert face_caption(r.faces[1], "facenet512") == ["face 2 · facenet512", "conf 0.80 · q 0.95"]
+
+
+def test_sheet_captions_are_drawn_whole_within_their_tile(monkeypatch):
+    """Each caption line is drawn in full (no "…"), no wider than its THUMB-wide tile in the font
+    it is drawn with, and within the caption band below the tile; only a name longer than the
+    tile is shortened."""
+    from PIL import ImageDraw
+
+    from lookalike.query import render
+
+    drawn = []
+    text = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, t, *a, **kw):
+        drawn.append((xy, t, kw.get("font"), kw.get("fill")))
+        return text(self, xy, t, *a, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    r = _sheet_result()
+    sheet = render.render_sheet(r)
+    assert sheet.size == render.sheet_size(r.width, r.height, 2, 4)
+    font = render._font(render.CAPTION_SIZE)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wanted = set(render.face_caption(r.faces[0])) | set(render.face_caption(r.faces[1]))
+    for m in r.faces[0].matches:
+        wanted |= set(render.match_caption(m))
+    wanted -= {"Sylvester_Stallone_the_long_name", PORTRAIT.name}  # wider than a tile: shortened
+    captions = {t: (xy, f, fill) for xy, t, f, fill in drawn if f is font}
+    missing = wanted - set(captions)
+    assert not missing, (missing, sorted(captions))
+    y_rows = render.MARGIN + render.HEADER_H + render.photo_height(r.width, r.height) + render.GAP
+    for t, ((x, y), f, _fill) in captions.items():
+        assert measure.textlength(t, font=f) <= render.THUMB, t
+        row = (y - y_rows) // render.ROW_H
+        band_bottom = y_rows + row * render.ROW_H + render.THUMB + render.CAPTION_H
+        assert measure.textbbox((x, y), t, font=f)[3] <= band_bottom, t
+    assert any(t.startswith("Sylvester_Stal") and t.endswith("…") for t in captions)  # a long name is shortened
+    names = [t for t in captions if "…" in t and t.endswith(".jpg")]  # a file name, in its middle
+    assert names and all(t.startswith("Tom_") and t.endswith("0001.jpg") for t in names), sorted(captions)
+    assert captions["LOW QUALITY"][2] == render.LOW_TEXT
+    assert captions["0.97 · same person"][2] == render.SAME_TEXT
+
+
+def test_face_box_colours_are_not_the_same_person_green():
+    """No face box (sheet or web page) is drawn in, or near, the "same person" frame's green."""
+    import re
+    from pathlib import Path
+
+    from lookalike.query.render import BOX_COLOURS, SAME_COLOUR
+
+    def far(c, ref):
+        return sum((a - b) ** 2 for a, b in zip(c, ref)) ** 0.5 >= 100
+
+    assert all(far(c, SAME_COLOUR) for c in BOX_COLOURS), BOX_COLOURS
+    assert len(set(BOX_COLOURS)) == len(BOX_COLOURS)
+    static = Path(__file__).resolve().parents[1] / "query" / "app" / "static"
+    js = (static / "app.js").read_text()
+    web = re.search(r"const COLOURS = \[([^\]]*)\]", js)
+    assert web is not None
+    hexes = re.findall(r'"#([0-9a-fA-F]{6})"', web.group(1))
+    frame = re.search(r"\.match\.is-same \{[^}]*#([0-9a-fA-F]{6})", (static / "app.css").read_text())
+    assert hexes and frame is not None
+
+    def rgb(h):
+        return tuple(int(h[i:i + 2], 16) for i in (0, 2, 4))
+
+    assert all(far(rgb(h), rgb(frame.group(1))) for h in hexes), hexes

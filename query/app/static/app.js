@@ -3,7 +3,7 @@
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const COLOURS = ["#e6194b", "#3cb44b", "#0082c8", "#f58230", "#911eb4", "#46c8c8", "#f032e6",
+  const COLOURS = ["#e6194b", "#800000", "#0082c8", "#f58230", "#911eb4", "#46c8c8", "#f032e6",
                    "#808000", "#000080", "#aa6e28"];
   const state = { file: null, tri: new Map(), maxBytes: 15 * 1024 * 1024, lastResult: null, lastForm: null };
   const NARROW = window.matchMedia("(max-width: 900px)");
