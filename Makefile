@@ -62,4 +62,4 @@ bench: setup
 	$(PY) bench/bench_query.py
 
 clean:
-	rm -rf lookalike.db demo-out ingest-report.txt ingest-report.jsonl
+	rm -rf lookalike.db lookalike.heads lookalike.reports demo-out

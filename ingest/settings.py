@@ -6,6 +6,7 @@ negative retry count) fails there with one line naming the setting, not deep ins
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -123,6 +124,15 @@ class Settings(BaseSettings):
     def target(self) -> str:
         """Where the faces are: the server URI or the Lite database path."""
         return self.uri or str(self.db)
+
+    def beside_db(self, kind: str) -> Path:
+        """A folder of the database's own files (heads, run reports): `<db stem>.<kind>` beside a
+        Lite database, ~/.cache/lookalike/<kind>/<server> for a server."""
+        if self.uri:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.uri.split("://")[-1]).strip("_") or "server"
+            return Path.home() / ".cache" / "lookalike" / kind / slug
+        db = Path(self.db).expanduser()
+        return db.with_name(f"{db.stem}.{kind}")
 
     def model_source(self, base: str) -> str:
         """The hub id or folder a model with a configurable source loads (schemas.ModelSpec.source_setting)."""

@@ -164,7 +164,12 @@ def test_bad_files_are_reported_and_the_rest_ingested(tmp_path, settings):
     assert "empty" in failed["empty.jpg"] and "not an image" in failed["notes.jpg"]
     # a truncated JPEG either decodes partially (PIL pads it) or is reported; never crashes
     records = [json.loads(line) for line in report.read_text().splitlines()[1:]]
-    assert {Path(r["path"]).name: r["reason"] for r in records} == failed
+    assert {Path(r["path"]).name: r["reason"] for r in records if r["status"] == "failed"} == failed
+    # the photos read without a face are listed too (a user looks for them in the report)
+    nofaces = {Path(r["path"]).name for r in records if r["status"] == "noface"}
+    assert nofaces == {Path(p).name for p in s.nofaces}
+    assert "landscape.jpg" in nofaces and nofaces <= {"landscape.jpg", "truncated.jpg"}
+    assert {r["status"] for r in records} == {"failed", "noface"}
     ledger = {Path(p).name: r for p, r in read_ledger(db).items()}
     assert ledger["landscape.jpg"]["status"] == "noface"
     rows = read_rows(db, "dlib", with_vectors=False)

@@ -311,3 +311,70 @@ def test_read_only_commands_do_not_create_a_mistyped_database(tmp_path, command)
     assert p.returncode == 2, (out, err)
     assert f"database {db} does not exist" in err and len(err.strip().splitlines()) == 1, err
     assert not db.exists()
+
+
+# -- an empty source, a source where every file fails -----------------------------------------------
+def test_ingest_of_an_empty_folder_is_a_usage_error_and_creates_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not a photo\n")
+    db = tmp_path / "e.db"
+    p = _cli("ingest", empty, "--db", db, "-q")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (out, err)
+    assert out == "" and err.strip() == f"lookalike: {empty}: no image in it, nothing to ingest", err
+    assert not db.exists() and not (tmp_path / "e.reports").exists()
+
+
+def test_ingest_where_every_file_fails_says_so_and_exits_4(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("not a picture\n")
+    (bad / "b.png").write_bytes(b"")
+    report = tmp_path / "r.jsonl"
+    p = _cli("ingest", bad, "--db", tmp_path / "b.db", "--workers", "0", "--report", report, "-q")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 4, (out, err)
+    assert re.search(r"^images\s+2 seen: 0 with faces, 0 without a face, 0 already done, 2 failed$", out, re.M), out
+    assert err.strip() == f"lookalike: every photo of {bad} failed (2); the reasons are in {report}", err
+    assert [json.loads(x)["status"] for x in report.read_text().splitlines()[1:]] == ["failed", "failed"]
+
+
+# -- the run report: one per run, beside the database, photos without a face listed -----------------
+def test_each_run_keeps_its_own_report_beside_the_database(tmp_path, gallery, settings):
+    import time
+
+    db = tmp_path / "albums" / "mine.db"
+    db.parent.mkdir()
+    s = settings.with_(db=str(db))
+    first = ingest.run(str(gallery), workers=0, progress=False, settings=s)
+    t0 = time.perf_counter()
+    second = ingest.run(str(gallery), workers=0, progress=False, settings=s)  # a resume: all done
+    took = time.perf_counter() - t0
+    reports = sorted((tmp_path / "albums" / "mine.reports").iterdir())
+    assert [str(p) for p in reports] == sorted([first.report_path, second.report_path]), reports
+    assert all(re.fullmatch(r"ingest-\d{8}-\d{6}-gallery(-\d+)?\.jsonl", p.name) for p in reports), reports
+    records = [json.loads(x) for x in Path(first.report_path).read_text().splitlines()]
+    assert records[0]["format"] == "lookalike-ingest-report/3"
+    assert {(Path(r["path"]).name, r["status"]) for r in records[1:]} == {("broken.jpg", "failed"),
+                                                                          (NO_FACE.name, "noface")}
+    # the resumed run's wall time is the whole call's (it was "0.0 s": only the photos' part counted)
+    assert second.images_skipped == 8 and second.work_seconds <= second.wall_seconds <= took
+    assert second.wall_seconds >= 0.5 * took, (second.wall_seconds, took)
+    line = next(x for x in second.lines() if x.startswith("wall time"))
+    assert line == f"wall time   {second.wall_seconds:.1f} s"
+
+
+# -- the bar's face count moves with the photos, not with the writer's commits -----------------------
+def test_the_bars_face_count_follows_the_photos_analysed(tmp_path, gallery, settings, capfd):
+    """The writer commits every few seconds (here: only at the end); the bar counted committed faces,
+    so it stood still between commits."""
+    s = settings.with_(db=str(tmp_path / "bar.db"), commit_seconds=3600)
+    summary = ingest.run(str(gallery), workers=0, batch_size=1, progress=True, settings=s,
+                         report=str(tmp_path / "r.jsonl"))
+    err = capfd.readouterr().err
+    seen = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"\| (\d+)/8 .*?faces=(\d+)", err)]
+    assert seen and seen[-1] == (8, summary.faces_stored), err[-2000:]
+    before_the_end = [faces for n, faces in seen if n < 8]
+    assert before_the_end and max(before_the_end) > 0, seen  # it moved before the one commit
+    assert [f for _, f in seen] == sorted(f for _, f in seen), seen

@@ -667,8 +667,10 @@ def test_hostile_files_cost_one_report_line_each_and_the_good_photos_are_stored(
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "Corrupt JPEG" not in r.stderr, r.stderr[-3000:]
     # the report: a summary record, then exactly one record per failed file, names exact
-    [head, *records] = [json.loads(ln) for ln in report.read_bytes().decode("utf-8").splitlines()]
-    assert head["format"] == "lookalike-ingest-report/2" and head["images_failed"] == len(expect["failed"])
+    [head, *lines] = [json.loads(ln) for ln in report.read_bytes().decode("utf-8").splitlines()]
+    assert head["format"] == "lookalike-ingest-report/3" and head["images_failed"] == len(expect["failed"])
+    records = [rec for rec in lines if rec["status"] != "noface"]
+    assert [os.path.basename(rec["path"]) for rec in lines if rec["status"] == "noface"] == expect["noface"]
     got = {os.path.basename(rec["path"]): rec["reason"] for rec in records}
     assert len(records) == len(got) == len(expect["failed"])
     assert got == expect["failed"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -56,11 +55,7 @@ def heads_dir(settings: Settings) -> Path:
     database, else ~/.cache/lookalike/heads/<server> for a server."""
     if settings.heads_dir:
         return Path(settings.heads_dir).expanduser()
-    if settings.uri:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", settings.uri.split("://")[-1]).strip("_") or "server"
-        return Path.home() / ".cache" / "lookalike" / "heads" / slug
-    db = Path(settings.db).expanduser()
-    return db.with_name(f"{db.stem}.heads")
+    return settings.beside_db("heads")
 
 
 def head_path(settings: Settings, model: str) -> Path:

@@ -28,11 +28,11 @@ from lookalike.ingest.pipeline.mapper import (
 )
 from lookalike.ingest.pipeline.paths import MAX_PATH_BYTES, ledger_path, path_bytes, storable
 from lookalike.ingest.pipeline.reader import SKIP_CHUNK
-from lookalike.ingest.pipeline.report import DEFAULT_REPORT, REPORT_FORMAT, report_line
+from lookalike.ingest.pipeline.report import REPORT_FORMAT, default_report, report_line
 from lookalike.ingest.pipeline.results import BatchResult, ImageResult, IngestSummary
 from lookalike.ingest.pipeline.writer import FLUSH_EVERY, ServerWriter, Writer
 
 __all__ = ["run", "resolve_models", "IngestError", "IngestSummary", "ImageResult", "BatchResult",
            "process_batch", "process_image", "process_and_write_batch", "warm_worker", "worker_store",
            "Writer", "ServerWriter", "FLUSH_EVERY", "path_bytes", "storable", "ledger_path", "MAX_PATH_BYTES",
-           "SKIP_CHUNK", "report_line", "REPORT_FORMAT", "DEFAULT_REPORT"]
+           "SKIP_CHUNK", "report_line", "REPORT_FORMAT", "default_report"]

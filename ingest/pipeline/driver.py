@@ -7,12 +7,13 @@ import os
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from lookalike.ingest.head import attach_heads
 from lookalike.ingest.models import default_face_model, make_embedder, model_source
 from lookalike.ingest.pipeline.reader import _batches, _Pending, _undone
-from lookalike.ingest.pipeline.report import _write_report
+from lookalike.ingest.pipeline.report import _write_report, default_report
 from lookalike.ingest.pipeline.results import BatchResult, IngestSummary, _account
 from lookalike.ingest.pipeline.runner import run_batches
 from lookalike.ingest.pipeline.writer import ServerWriter, Writer
@@ -72,6 +73,7 @@ def run(
 ) -> IngestSummary:
     """Ingest every image of `source` into one Milvus collection per model (Python twin of
     `lookalike ingest`). Re-running resumes: images already recorded are skipped."""
+    started = time.perf_counter()
     settings = resolve(settings, db=db, uri=uri, token=token, profile=profile, detector=detector,
                        clip_model=clip_model, dinov2_model=dinov2_model)
     from lookalike.ingest.sources import SourceError
@@ -81,6 +83,8 @@ def run(
         records_list = [ImageRecord(os.path.abspath(r.path), r.identity, r.attributes) for r in src]
     except (SourceError, OSError) as e:
         raise IngestError(str(e)) from None
+    if not records_list:  # before the database is opened: nothing to create it for
+        raise IngestError(f"{source}: no image in it, nothing to ingest")
     models_list = resolve_models(models, settings, layer)
     det = settings.detector  # validated by Settings
     summary = IngestSummary(src.describe(), models_list, det, images_seen=len(records_list))
@@ -122,7 +126,7 @@ def run(
             todo.stop()
         if todo.total is not None:  # the skip pass ended (not when the run stopped before it did)
             summary.images_skipped = len(records_list) - todo.total
-        summary.wall_seconds = time.perf_counter() - t0
+        summary.work_seconds = time.perf_counter() - t0
         if summary.faces_stored and not summary.interrupted:
             names = [collection_name(m) for m in models_list] + [collection_name(h.key) for h in heads.values()]
             slow = [n for n in names if store.builds_index(n)]
@@ -131,7 +135,8 @@ def run(
             store.build_indexes(names)
     finally:
         store.close()
-    summary.report_path = _write_report(summary, report)
+    summary.wall_seconds = time.perf_counter() - started
+    summary.report_path = _write_report(summary, Path(report) if report else default_report(settings, source))
     return summary
 
 
@@ -159,9 +164,11 @@ def _make_bar(total: Optional[int], enabled: bool):
                 desc="ingest")
 
 
-def _postfix(bar, summary: IngestSummary) -> None:
+def _postfix(bar, summary: IngestSummary, pending: int = 0) -> None:
+    """faces= counts the faces of the photos analysed so far: those stored, and those the writer
+    holds until its next commit (seconds apart), so that it moves with the photos."""
     # as text: tqdm writes a number in its shortest form, and 50,000 faces would show as "5e+4"
-    bar.set_postfix(faces=str(summary.faces_stored), failed=str(summary.images_failed), refresh=False)
+    bar.set_postfix(faces=str(summary.faces_stored + pending), failed=str(summary.images_failed), refresh=False)
 
 
 class _Batches:
@@ -192,7 +199,7 @@ class _Batches:
         _account(self.summary, res.images, count_faces=res.written)
         self.summary.worker_peak_rss[res.pid] = max(self.summary.worker_peak_rss.get(res.pid, 0), res.rss)
         self.bar.update(len(res.images))
-        _postfix(self.bar, self.summary)
+        _postfix(self.bar, self.summary, self.writer.pending_faces)
 
     def close(self, failed: bool, lite: bool) -> None:
         """Record what is already written, also when interrupted or stopped by an error (but never

@@ -1,16 +1,18 @@
-"""The run report, JSON Lines: the run's summary, then one record per failed file."""
+"""The run report, JSON Lines: the run's summary, then one record per file that gave no face --
+failed, or read but without a face."""
 from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from lookalike.ingest.pipeline.results import IngestSummary
+from lookalike.ingest.settings import Settings
 
-DEFAULT_REPORT = "ingest-report.jsonl"
-
-REPORT_FORMAT = "lookalike-ingest-report/2"
+# /3: records for the photos without a face too ({"status": "noface"}), beside the failed ones
+REPORT_FORMAT = "lookalike-ingest-report/3"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -23,11 +25,26 @@ def report_line(record: Dict[str, Any]) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
-def _write_report(summary: IngestSummary, report: Optional[str]) -> Optional[str]:
+def default_report(settings: Settings, source: str) -> Path:
+    """Each run's own report, kept with the database's files (`<db stem>.reports/` beside a Lite
+    database): a second run, of another source or a resume, does not replace the first's."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.rstrip("/\\")).name).strip("_.") or "source"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = settings.beside_db("reports")
+    path = folder / f"ingest-{stamp}-{name}.jsonl"
+    n = 1
+    while path.exists():  # two runs in one second
+        n += 1
+        path = folder / f"ingest-{stamp}-{name}-{n}.jsonl"
+    return path
+
+
+def _write_report(summary: IngestSummary, path: Path) -> Optional[str]:
     """The run report, JSON Lines: a first record with the run's summary, then one record per
-    failed file: {"path": ..., "status": "failed", "reason": ...}."""
-    path = Path(report) if report else Path(DEFAULT_REPORT)
+    failed file, {"path": ..., "status": "failed", "reason": ...}, and one per photo read without a
+    face, {"path": ..., "status": "noface"}."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(report_line({
                 "format": REPORT_FORMAT, "source": summary.source, "models": summary.models,
@@ -38,6 +55,8 @@ def _write_report(summary: IngestSummary, report: Optional[str]) -> Optional[str
                 "interrupted": summary.interrupted}))
             for p, reason in summary.failures:
                 f.write(report_line({"path": p, "status": "failed", "reason": reason}))
+            for p in summary.nofaces:
+                f.write(report_line({"path": p, "status": "noface"}))
     except OSError:
         return None
     return str(path)

@@ -39,8 +39,11 @@ class IngestSummary:
     images_skipped: int = 0  # already in the ledger
     images_failed: int = 0
     faces_stored: int = 0
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the whole run, from the call to the summary
+    # the photos' own part (workers started, models loaded, every batch run): the rates' time
+    work_seconds: float = 0.0
     failures: List[Tuple[str, str]] = field(default_factory=list)
+    nofaces: List[str] = field(default_factory=list)  # paths of the photos read without a face
     failure_kinds: Dict[str, int] = field(default_factory=dict)
     worker_peak_rss: Dict[int, int] = field(default_factory=dict)
     report_path: Optional[str] = None
@@ -48,12 +51,21 @@ class IngestSummary:
 
     @property
     def faces_per_second(self) -> float:
-        return self.faces_stored / self.wall_seconds if self.wall_seconds else 0.0
+        return self.faces_stored / self.work_seconds if self.work_seconds else 0.0
 
     @property
     def images_per_second(self) -> float:
-        n = self.images_done + self.images_noface + self.images_failed
-        return n / self.wall_seconds if self.wall_seconds else 0.0
+        return self.images_processed / self.work_seconds if self.work_seconds else 0.0
+
+    @property
+    def images_processed(self) -> int:
+        """Photos this run read (skipped ones not counted)."""
+        return self.images_done + self.images_noface + self.images_failed
+
+    @property
+    def all_failed(self) -> bool:
+        """Every photo this run tried failed: nothing usable in the source (exit 4 at the CLI)."""
+        return self.images_failed > 0 and self.images_failed == self.images_processed
 
     def lines(self) -> List[str]:
         out = [
@@ -95,6 +107,7 @@ def _account(summary: IngestSummary, results: List[ImageResult], count_faces: bo
             summary.failure_kinds[k] = summary.failure_kinds.get(k, 0) + 1
         elif r.status == "noface":
             summary.images_noface += 1
+            summary.nofaces.append(r.path)
         else:
             summary.images_done += 1
             if count_faces and not r.reason.startswith("duplicate of"):

@@ -125,6 +125,11 @@ class Writer:
             "reason": storable(r.reason)[:1000], "detector": self.detector, "ingested_at": ts,
         } for r in results for model in self.models]
 
+    @property
+    def pending_faces(self) -> int:
+        """Faces written at the next commit (duplicates of stored pictures not yet told apart)."""
+        return self._pending_faces
+
     def _take(self) -> List[ImageResult]:
         self._last_commit = time.monotonic()
         results, self._pending, self._pending_faces = self._pending, [], 0

@@ -13,7 +13,15 @@ from typing import List, Optional
 
 import click
 
-from lookalike.query.app.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, classify, door_message
+from lookalike.query.app.errors import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    classify,
+    door_message,
+)
 from lookalike.query.app.options import (
     detector_option,
     existing_db,
@@ -57,7 +65,8 @@ def cli() -> None:
               help="skip faces smaller than N px (smaller background faces embed as noise)")
 @click.option("--retry-failed", is_flag=True, help="retry images that failed before")
 @click.option("--report", default=None, metavar="PATH",
-              help="run report (default ingest-report.jsonl: a summary line, then one record per failed file)")
+              help="run report: a summary line, then one record per failed photo and per photo without a "
+                   "face (default: a new file per run in <db stem>.reports/ beside the database)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @storage_options
 def ingest(source, models, layer, detector, workers, scheduler, limit, partition, celeba_images, batch_size,
@@ -73,7 +82,13 @@ def ingest(source, models, layer, detector, workers, scheduler, limit, partition
                   retry_failed=retry_failed, report=report, progress=not quiet, settings=settings)
     for line in summary.lines():
         click.echo(line)
-    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.all_failed:  # a source of unreadable files is not a successful run
+        click.echo(f"lookalike: every photo of {source} failed ({summary.images_failed}); the reasons are in "
+                   f"{summary.report_path or 'the run report'}", err=True)
+        return EXIT_UNREADABLE
+    return EXIT_OK
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
