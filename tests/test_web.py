@@ -793,3 +793,96 @@ def test_browser_captions_are_not_clipped(server, browser, width, height):
         .map((e) => `${e.textContent} ${e.scrollWidth} > ${e.clientWidth}`)""")
     assert cut == []
     assert page.errors == [] and page.outside == []
+
+
+# Whether elements are in view: inside the window and drawn at their middle (not under the
+# sticky top bar, not cut off by the form panel's own scrolling). _TEXT_IN_VIEW: "" when one of
+# the smallest elements holding the text is in view; _IN_VIEW: "" when the element is; else where
+# they are.
+_WHERE = """const where = (e) => {
+  const r = e.getBoundingClientRect(), name = `<${e.tagName.toLowerCase()} id=${e.id}>`;
+  if (r.top < 0 || r.left < 0 || r.bottom > window.innerHeight || r.right > window.innerWidth) {
+    return `${name} at ${r.left},${r.top}..${r.right},${r.bottom} (window ${window.innerWidth}x${window.innerHeight})`;
+  }
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + Math.min(r.height / 2, 8));
+  return hit && (e === hit || e.contains(hit)) ? "" : `${name} under ${hit && hit.outerHTML.slice(0, 60)}`;
+};"""
+_TEXT_IN_VIEW = """(text) => { %s
+  const holders = [...document.body.querySelectorAll("*")].filter((e) => e.textContent.includes(text) &&
+    ![...e.children].some((c) => c.textContent.includes(text)) && e.checkVisibility());
+  const at = holders.map(where);
+  return at.includes("") ? "" : `"${text}" not in view: ${at.join("; ") || "not shown"}`;
+}""" % _WHERE
+_IN_VIEW = """(sel) => { %s
+  const e = document.querySelector(sel);
+  return e && e.checkVisibility() ? where(e) : `${sel}: not shown`;
+}""" % _WHERE
+
+# What is left of the previous search on screen, and any image shown broken.
+_STALE = """() => {
+  const shown = (sel) => [...document.querySelectorAll(sel)].filter((e) => e.checkVisibility()).length;
+  const left = {};
+  for (const sel of ["#result", ".face", ".match", "#stage .box", "#summary .tag", "#dl-sheet", "#dl-json"]) {
+    if (shown(sel)) left[sel] = shown(sel);
+  }
+  const broken = [...document.images].filter((i) => i.checkVisibility() && !(i.complete && i.naturalWidth > 0));
+  if (broken.length) left.broken_images = broken.map((i) => i.id || i.className);
+  return left;
+}"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width,height", [(1366, 900), (390, 844)])
+@pytest.mark.parametrize("mistake", ["file", "filter"])
+def test_browser_error_after_a_result_is_in_view(server, browser, width, height, mistake):
+    """Issue 32, item 1: after a result, a text file named .jpg put its "Not a supported image"
+    banner ~400 px above the window, beside the old results and a broken thumbnail; a bad filter
+    turned the box red with its "did you mean Male?" off screen. The message is now in view, by
+    the field at fault, and the previous search's results are gone."""
+    page = _page(browser, server, width, height)
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#file", str(GROUPS / "obama_and_biden.jpg"))
+    page.wait_for_selector(".face")
+    # as on a CelebA database, every attribute group is offered (and open): the form is long
+    page.evaluate("""() => { document.querySelectorAll('#groups, #annotated-row').forEach((e) => { e.hidden = false; });
+                             document.querySelectorAll('details.group').forEach((d) => { d.open = true; }); }""")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # read down to the last match
+    if mistake == "file":
+        page.set_input_files("#file", files=[{"name": "holiday.jpg", "mimeType": "image/jpeg",
+                                              "buffer": b"Dear all, the photos follow.\n" * 40}])
+        field, expected = "#drop", "Not a supported image"
+    else:
+        page.evaluate("document.getElementById('filters').open = true")
+        page.fill("#filter", "Mle == true")
+        page.click("#go")
+        field, expected = "#filter", "did you mean Male?"
+    page.wait_for_selector("#banner.error:not([hidden])")
+    page.wait_for_timeout(300)  # a broken thumbnail's error event, a smooth scroll
+    page.screenshot(path=str(ARTIFACTS / f"web_error_{mistake}_{width}.png"))
+    assert expected in page.locator("#banner").inner_text()
+    assert page.evaluate(_TEXT_IN_VIEW, expected) == ""
+    # the field to mend is marked and in view, its message beside it (named by aria-describedby)
+    assert "invalid" in (page.locator(field).get_attribute("class") or "")
+    assert page.evaluate(_IN_VIEW, field) == ""
+    described = page.locator(field).get_attribute("aria-describedby")
+    assert described and expected in page.locator(f"#{described}").inner_text()
+    assert page.evaluate(_IN_VIEW, f"#{described}") == ""
+    if width > 900:  # side by side, the banner heading the results is in view too
+        assert page.evaluate(_IN_VIEW, "#banner") == ""
+    assert page.evaluate(_STALE) == {}
+    # mended, the search runs again: a result, and no message left
+    if mistake == "file":
+        page.set_input_files("#file", str(GROUPS / "couple.jpg"))
+    else:
+        page.fill("#filter", "")
+        assert page.locator(f"#{described}").count() == 0
+        assert "invalid" not in (page.locator(field).get_attribute("class") or "")
+        page.click("#go")
+    page.wait_for_selector(".face")
+    page.wait_for_function("[...document.querySelectorAll('.match img.thumb')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+    assert page.locator("#banner").is_hidden() and page.locator(f"#{described}").count() == 0
+    assert page.locator(field).get_attribute("aria-describedby") is None
+    assert page.evaluate(_STALE) != {} and "broken_images" not in page.evaluate(_STALE)
+    assert page.errors == [] and page.outside == []

@@ -84,7 +84,7 @@
     const t = state.tri.get(field);
     if (!t) return;
     t.value = v;
-    t.node.classList.remove("invalid");
+    unmark(t.node);
     t.node.querySelectorAll("button").forEach((b) => {
       b.classList.toggle("on", b.dataset.v === v);
       b.setAttribute("aria-checked", b.dataset.v === v ? "true" : "false");
@@ -125,10 +125,11 @@
   $("clear").addEventListener("click", () => {
     for (const f of state.tri.keys()) setTri(f, "any");
     $("filter").value = "";
-    $("filter").classList.remove("invalid");
+    unmark($("filter"));
   });
-  $("filter").addEventListener("input", () => $("filter").classList.remove("invalid"));
-  $("k").addEventListener("input", () => $("k").classList.remove("invalid"));
+  $("filter").addEventListener("input", () => unmark($("filter")));
+  $("k").addEventListener("input", () => unmark($("k")));
+  $("model").addEventListener("change", () => unmark($("model")));
   // a phone shows the filters closed: open, they stand ~1,000 px before the results
   if (NARROW.matches) $("filters").open = false;
 
@@ -154,12 +155,15 @@
     drop.querySelector(".drop-chosen").hidden = false;
     const img = $("chosenimg");
     if (img.src) URL.revokeObjectURL(img.src);
+    img.hidden = false;
     img.src = URL.createObjectURL(file);
-    img.onerror = () => { img.removeAttribute("src"); };
+    // what the browser cannot draw (a text file named .jpg, HEIC...) shows no broken-image icon
+    img.onerror = () => { img.removeAttribute("src"); img.hidden = true; };
     $("chosenname").textContent = `${file.name || "photo"} · ${(file.size / 1048576).toFixed(1)} MB`;
     $("go").disabled = false;
     if (file.size > state.maxBytes) {
-      banner("error", "This file is too large", `The limit is ${Math.round(state.maxBytes / 1048576)} MB.`);
+      clearResult();  // the results on screen are another photo's
+      showError({ message: `The limit is ${Math.round(state.maxBytes / 1048576)} MB.`, info: { code: "too_large" } });
       return;
     }
     search();
@@ -215,8 +219,7 @@
     const ctrl = new AbortController();
     inflight = ctrl;
     clearBanner();
-    $("filter").classList.remove("invalid");
-    document.querySelectorAll(".tri.invalid, input.invalid").forEach((t) => t.classList.remove("invalid"));
+    clearMarks();
     const fd = new FormData();
     fd.append("image", state.file, state.file.name || "photo.jpg");
     if ($("model").value) fd.append("model", $("model").value);
@@ -237,6 +240,8 @@
       show(doc);
     } catch (e) {
       if (e.name === "AbortError") return;
+      // results left on screen would read as this search's (another photo's, another filter's)
+      clearResult();
       showError(e);
     } finally {
       if (inflight === ctrl) { inflight = null; $("busy").hidden = true; $("go").disabled = !state.file; }
@@ -251,22 +256,49 @@
       invalid_request: "Invalid option", bad_request: "Cannot run this search",
       weights_missing: "Model weights are missing", store_error: "Database error", not_ready: "The server is starting",
     };
-    banner("error", titles[info.code] || "Something went wrong", escapeHtml(e.message));
-    const input = info.code === "invalid_request" && info.field && document.querySelector(`#form input[name="${CSS.escape(info.field)}"]`);
-    if (input) { input.classList.add("invalid"); input.focus(); }
-    if (info.code === "invalid_filter") {
+    const title = titles[info.code] || "Something went wrong";
+    banner("error", title, escapeHtml(e.message));
+    // The field at fault gets the message beside it and is brought into view: the banner heads the
+    // results column, which may be scrolled away (a long result) or below the form (a phone).
+    let field = null;
+    if (["too_large", "unreadable", "unsupported_type"].includes(info.code)) field = drop;
+    else if (info.code === "unknown_model") field = $("model");
+    else if (info.code === "invalid_request" && info.field) {
+      field = document.querySelector(`#form :is(input, select, textarea)[name="${CSS.escape(info.field)}"]`);
+    } else if (info.code === "invalid_filter") {
       $("filters").open = true;
       const t = info.field && state.tri.get(info.field);
       if (t) {
-        t.node.classList.add("invalid");
         const d = t.node.closest("details"); if (d) d.open = true;
-        t.node.scrollIntoView({ block: "nearest" });
-      } else {
-        $("filter").classList.add("invalid");
-        $("filter").focus();
-      }
+        field = t.node;
+      } else field = $("filter");
     }
+    if (!field) { $("banner").scrollIntoView({ block: "nearest" }); return; }
+    mark(field, title, e.message);
+    if (field !== drop) field.focus({ preventScroll: true });
   }
+
+  // the message goes right after the field (after the whole drop zone, after a tri-state row)
+  function mark(field, title, text) {
+    unmark(field);
+    field.classList.add("invalid");
+    const msg = el("span", { class: "field-msg", id: `${field.id || `tri-${field.dataset.field}`}-msg` },
+                   el("b", { text: `${title}: ` }), text);
+    field.after(msg);
+    field.setAttribute("aria-describedby", msg.id);
+    field.setAttribute("aria-invalid", "true");
+    // "nearest" shows the field with its message below it, under the sticky top bar (scroll-padding)
+    msg.scrollIntoView({ block: "nearest" });
+    field.scrollIntoView({ block: "nearest" });
+  }
+  function unmark(field) {
+    field.classList.remove("invalid");
+    field.removeAttribute("aria-invalid");
+    const id = field.getAttribute("aria-describedby");
+    field.removeAttribute("aria-describedby");
+    if (id && $(id)) $(id).remove();
+  }
+  function clearMarks() { document.querySelectorAll("#form .invalid").forEach(unmark); }
 
   function banner(kind, title, html) {
     const b = $("banner");
@@ -280,6 +312,19 @@
   }
 
   // ---- result --------------------------------------------------------------------------------
+  function clearResult() {
+    state.lastResult = null;
+    state.lastForm = null;
+    document.body.classList.remove("has-result");  // a phone shows the form first again
+    $("result").hidden = true;
+    $("empty").hidden = false;
+    $("summary").innerHTML = "";
+    $("faces").innerHTML = "";
+    $("stage").querySelectorAll(".box").forEach((b) => b.remove());
+    $("photo").onload = null;
+    $("photo").removeAttribute("src");
+  }
+
   function show(doc) {
     const p = doc.photo;
     state.lastResult = doc;
