@@ -352,6 +352,7 @@ def test_each_run_keeps_its_own_report_beside_the_database(tmp_path, gallery, se
     second = ingest.run(str(gallery), workers=0, progress=False, settings=s)  # a resume: all done
     took = time.perf_counter() - t0
     reports = sorted((tmp_path / "albums" / "mine.reports").iterdir())
+    assert first.report_path is not None and second.report_path is not None
     assert [str(p) for p in reports] == sorted([first.report_path, second.report_path]), reports
     assert all(re.fullmatch(r"ingest-\d{8}-\d{6}-gallery(-\d+)?\.jsonl", p.name) for p in reports), reports
     records = [json.loads(x) for x in Path(first.report_path).read_text().splitlines()]
