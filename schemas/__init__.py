@@ -109,6 +109,28 @@ LEDGER_FIELDS: Tuple[FieldSpec, ...] = (
 LEDGER_VECTOR_DIM = 2
 LEDGER_STATUSES = ("done", "noface", "failed")
 
+# People (query/people.py): faces grouped into persons, per model. Bookkeeping collections like the
+# ledger (a 2-d placeholder vector, never searched): which person each clustered face belongs to,
+# and the persons' names, merges and the next free person id.
+PERSON_FACES_COLLECTION = "lookalike_person_faces"
+PERSON_FACES_FIELDS: Tuple[FieldSpec, ...] = (
+    FieldSpec("id", "VARCHAR", 160, primary=True, doc="<model>:<face id>"),
+    FieldSpec("model", "VARCHAR", 64),
+    FieldSpec("face_id", "VARCHAR", 80, doc="the face's id in faces_<model>"),
+    FieldSpec("person", "INT64", doc="person id (1, 2, ...); follow PERSONS_COLLECTION's merged_into"),
+    FieldSpec("assigned_at", "INT64", doc="unix ms"),
+)
+PERSONS_COLLECTION = "lookalike_persons"
+PERSONS_FIELDS: Tuple[FieldSpec, ...] = (
+    FieldSpec("id", "VARCHAR", 120, primary=True, doc="<model>:<person id>, or <model>:next for the id counter"),
+    FieldSpec("model", "VARCHAR", 64),
+    FieldSpec("person", "INT64", doc="the person's id (the counter row: the next free id)"),
+    FieldSpec("name", "VARCHAR", 256, doc="name given by a user, '' if none"),
+    FieldSpec("merged_into", "INT64", doc="the person this one was merged into, 0 if none"),
+    FieldSpec("updated_at", "INT64", doc="unix ms"),
+)
+PERSONS_VECTOR_DIM = 2
+
 
 # --------------------------------------------------------------------------------------------
 # Models (one collection each)

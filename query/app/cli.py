@@ -132,9 +132,10 @@ def _register() -> None:
     from lookalike.query.app.delete_cli import delete
     from lookalike.query.app.eval_cli import eval_group
     from lookalike.query.app.head_cli import train_head_command
+    from lookalike.query.app.people_cli import people_group
     from lookalike.query.app.web_cli import serve
 
-    for command in (query, delete, serve, eval_group, train_head_command):
+    for command in (query, delete, serve, eval_group, train_head_command, people_group):
         cli.add_command(command)
 
 

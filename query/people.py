@@ -1,0 +1,612 @@
+"""People: every face of a model's collection grouped into persons (`lookalike people`).
+
+`people(model=..., settings=...)` is the Python twin of `lookalike people`; `name_person` and
+`merge_persons` are those of `people name` and `people merge`.
+
+How faces become persons:
+
+- **The graph.** Each clustered face's k nearest stored faces come from the vector database, in
+  batched search calls (`Store.search`), never from an all-pairs matrix; only the edges scoring at
+  least the threshold are kept.
+- **The clustering** is average linkage over that graph: the two clusters whose faces are, on
+  average, the most alike are merged first, while that average reaches the threshold. With
+  L2-normalised vectors the average cosine of every pair of faces of A and B is the dot product of
+  the two clusters' mean vectors, so the linkage is exact (every pair counts, not only the
+  graph's edges); the graph only says which clusters are worth comparing: two clusters whose
+  average reaches the threshold have a pair of faces that does, and that pair is an edge unless a
+  face has more than k neighbours above it. Unlike single linkage (connected components) and
+  Chinese whispers, one look-alike pair cannot chain two persons together.
+- **Quality gate.** Faces below `DEFAULT_MIN_QUALITY` (tiny, blurred, turned away: they look like
+  everyone) are not clustered; they are listed apart.
+- **Persistence.** Two bookkeeping collections (declared in `schemas/`): which person each face
+  belongs to (`PERSON_FACES_COLLECTION`), and the persons' names, merges and the next free id
+  (`PERSONS_COLLECTION`).
+- **Incremental.** A run finds the faces that have no person yet, searches their neighbours, and
+  runs the same average linkage in which the existing persons are clusters already formed that are
+  never merged with one another: a new face joins the person its average reaches the threshold
+  with, or new faces form new persons. Nothing else is reclustered. `recluster=True` clusters
+  every face again.
+- **Stable ids.** After a recluster each new cluster takes the id of the old person it shares the
+  most faces with (each old id once, the largest overlap first); the rest get new ids. A merged
+  person's id points at the person it was merged into, so a merge survives reclustering.
+- **Names.** A user's name (`name_person`) wins; otherwise the identity (folder name or CelebA
+  number) most of a person's labelled faces carry names it.
+- **Erasure.** A face erased from its collection (`lookalike delete`) leaves its person at the
+  next run (its assignment is dropped); names and merges stay.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
+from lookalike.ingest.settings import Settings, resolve
+from lookalike.schemas import (
+    PERSON_FACES_COLLECTION,
+    PERSON_FACES_FIELDS,
+    PERSONS_COLLECTION,
+    PERSONS_FIELDS,
+    PERSONS_VECTOR_DIM,
+    VECTOR_FIELD,
+    collection_name,
+)
+from lookalike.schemas.errors import UsageError
+from lookalike.schemas.filters import encode_literal
+
+# Cosine threshold of the average linkage, per model: chosen on LFW fold 1's images (the product's
+# embeddings) for the best pairwise F1, measured on the CelebA sample (bench/bench_people.py,
+# bench/results/people.txt).
+PEOPLE_THRESHOLDS: Dict[str, float] = {"dlib": 0.93}
+NEIGHBOURS = 32  # k of the k-nearest-neighbour graph
+SEARCH_BATCH = 512  # query vectors per search call
+
+
+class PeopleError(UsageError):
+    """A people request that cannot run as asked (unknown person, no collection); exit 2."""
+
+    api_code = "bad_person"
+
+
+# --------------------------------------------------------------------------------------------
+# Clustering (pure: vectors and a graph in, labels out)
+# --------------------------------------------------------------------------------------------
+def average_linkage(vectors: np.ndarray, edges: Iterable[Tuple[int, int]], threshold: float,
+                    initial: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Average-linkage clusters of L2-normalised `vectors` (n x d), merging while the average
+    cosine between two clusters reaches `threshold`; only clusters joined by an edge of `edges`
+    (pairs of row indices) are compared. Returns one label per row (0..m-1, by first row).
+
+    `initial`: a starting label per row, -1 for a row on its own; rows sharing a label start as
+    one cluster, and two such starting clusters are never merged together (the existing persons
+    of an incremental run)."""
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    x = np.asarray(vectors, dtype=np.float64)
+    root = np.arange(n)
+    fixed = np.zeros(n, dtype=bool)
+    if initial is not None:
+        first: Dict[int, int] = {}
+        for i, lab in enumerate(initial):
+            if lab >= 0:
+                root[i] = first.setdefault(int(lab), i)
+                fixed[root[i]] = True
+    sums = np.zeros_like(x)
+    np.add.at(sums, root, x)
+    size = np.bincount(root, minlength=n).astype(np.float64)
+    alive = size > 0
+    version = np.zeros(n, dtype=np.int64)
+    adj: Dict[int, set] = defaultdict(set)
+    for i, j in edges:
+        a, b = int(root[i]), int(root[j])
+        if a != b and not (fixed[a] and fixed[b]):
+            adj[a].add(b)
+            adj[b].add(a)
+    parent = root.copy()  # merged clusters point at the cluster they went into
+    heap: List[Tuple[float, int, int, int, int]] = []
+
+    def push(a: int, others: Sequence[int]) -> None:
+        if not len(others):
+            return
+        o = np.fromiter(others, dtype=np.int64, count=len(others))
+        link = sums[o] @ sums[a] / (size[o] * size[a])  # the mean cosine over every pair of faces
+        keep = link >= threshold
+        for b, s in zip(o[keep].tolist(), link[keep].tolist()):
+            heapq.heappush(heap, (-s, a, b, int(version[a]), int(version[b])))
+
+    for a in list(adj):
+        push(a, [b for b in adj[a] if b > a])
+    while heap:
+        _, a, b, va, vb = heapq.heappop(heap)
+        if not (alive[a] and alive[b]) or version[a] != va or version[b] != vb:
+            continue
+        if size[b] > size[a]:
+            a, b = b, a
+        sums[a] += sums[b]
+        size[a] += size[b]
+        fixed[a] = fixed[a] or fixed[b]
+        alive[b] = False
+        parent[b] = a
+        version[a] += 1
+        nb = (adj.pop(a, set()) | adj.pop(b, set())) - {a, b}
+        keep_nb = [c for c in nb if not (fixed[a] and fixed[c])]
+        for c in nb:
+            s = adj[c]
+            s.discard(b)
+            s.discard(a)
+        for c in keep_nb:
+            adj[c].add(a)
+        adj[a] = set(keep_nb)
+        push(a, keep_nb)
+    return _relabel(_find_roots(parent))
+
+
+def _find_roots(parent: np.ndarray) -> np.ndarray:
+    """Each row's final cluster: follow `parent` to a fixed point (path halving, vectorised)."""
+    p = parent.copy()
+    while True:
+        q = p[p]
+        if np.array_equal(q, p):
+            return p
+        p = q
+
+
+def _relabel(root: np.ndarray) -> np.ndarray:
+    _, first, inv = np.unique(root, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # label clusters by their first row
+    return order[inv].astype(np.int64)
+
+
+def knn_edges(store, model: str, ids: Sequence[str], vectors: np.ndarray, index: Dict[str, int],
+              threshold: float, k: int = NEIGHBOURS, extra_filter: str = "") -> List[Tuple[int, int]]:
+    """The k-nearest-neighbour graph of `vectors` (rows `ids`) from the vector database: one
+    batched search call per SEARCH_BATCH faces; edges (row, row) between faces of `index` (face
+    id -> row) scoring at least `threshold`, self-matches left out."""
+    edges: List[Tuple[int, int]] = []
+    for i in range(0, len(ids), SEARCH_BATCH):
+        hits = store.search(model, vectors[i:i + SEARCH_BATCH], limit=k + 1, extra_filter=extra_filter,
+                            output_fields=["id"])
+        for qid, row in zip(ids[i:i + SEARCH_BATCH], hits):
+            a = index[qid]
+            for h in row:
+                if float(h["distance"]) < threshold:
+                    break  # results come best first
+                b = index.get(str(h["id"]))
+                if b is not None and b != a:
+                    edges.append((a, b))
+    return edges
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PersonFace:
+    """One face of a person (or of the faces listed apart)."""
+
+    id: str  # the face's id in faces_<model>: <image sha256>_<face index>
+    source: str  # the photo's path
+    face: int  # the face's index in its photo
+    identity: str = ""
+    quality: Optional[float] = None
+    box: Tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"source": self.source, "face": self.face}
+
+
+@dataclass
+class Person:
+    id: int
+    name: Optional[str]
+    named_by: Optional[str]  # "user" | "identity" | None
+    faces: List[PersonFace]
+    representative: Optional[PersonFace] = None  # the face nearest the person's mean
+    merged: List[int] = field(default_factory=list)  # ids merged into this one
+
+    @property
+    def photos(self) -> int:
+        return len({f.id.rsplit("_", 1)[0] for f in self.faces})
+
+    def to_dict(self) -> Dict[str, Any]:
+        rep = self.representative
+        return {"id": self.id, "name": self.name, "named_by": self.named_by, "photos": self.photos,
+                "representative": rep.to_dict() if rep else None, "merged": list(self.merged),
+                "faces": [f.to_dict() for f in self.faces]}
+
+
+@dataclass
+class PeopleResult:
+    """What `people` found: the persons, largest first, and the faces it did not cluster."""
+
+    target: str
+    model: str
+    threshold: float
+    min_quality: float
+    people: List[Person]
+    unclustered: List[PersonFace]  # below the quality gate: not clustered, listed apart
+    reclustered: bool = False  # every face clustered again (else only the new faces)
+    clustered: int = 0  # faces clustered by this run (all of them, or the new ones)
+    joined: int = 0  # new faces that joined an existing person
+    new_people: int = 0  # persons this run started
+    dropped: int = 0  # assignments of faces no longer stored (erased) removed
+    seconds: float = 0.0
+
+    def person(self, pid: int) -> Person:
+        for p in self.people:
+            if p.id == pid:
+                return p
+        raise KeyError(pid)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"target": self.target, "model": self.model, "threshold": self.threshold,
+                "min_quality": self.min_quality, "reclustered": self.reclustered,
+                "clustered": self.clustered, "joined": self.joined, "new_people": self.new_people,
+                "dropped": self.dropped, "seconds": round(self.seconds, 3),
+                "people": [p.to_dict() for p in self.people],
+                "unclustered": [{**f.to_dict(), "quality": f.quality} for f in self.unclustered]}
+
+    def lines(self, min_faces: int = 1) -> List[str]:
+        shown = [p for p in self.people if len(p.faces) >= min_faces]
+        out = [f"{'person':>7}  {'name':<24} {'faces':>5} {'photos':>6}  representative"]
+        for p in shown:
+            rep = p.representative
+            name = (p.name or "-") + ("" if p.named_by != "identity" else " *")
+            out.append(f"{p.id:>7}  {name[:24]:<24} {len(p.faces):>5} {p.photos:>6}  "
+                       + (f"{rep.source} #{rep.face + 1}" if rep else "-"))
+        faces = sum(len(p.faces) for p in self.people)
+        hidden = len(self.people) - len(shown)
+        how = ("reclustered" if self.reclustered else
+               f"{self.clustered} new faces: {self.joined} joined a person, {self.new_people} new persons")
+        out.append(f"{len(self.people)} persons of {faces} faces ({self.model}, threshold {self.threshold:.4f}; {how})"
+                   + (f"; {hidden} persons with fewer than {min_faces} faces not shown" if hidden else ""))
+        out.append("* named by the identity (folder or CelebA number) of most of its labelled faces")
+        if self.unclustered:
+            out.append(f"{len(self.unclustered)} faces below quality {self.min_quality:g} not clustered"
+                       + (": " + ", ".join(f"{f.source} #{f.face + 1}" for f in self.unclustered[:5])
+                          + (" ..." if len(self.unclustered) > 5 else "")))
+        if self.dropped:
+            out.append(f"{self.dropped} erased faces left their persons")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The database's persons
+# --------------------------------------------------------------------------------------------
+_FACE_FIELDS = ["id", "image_sha256", "source_path", "face_index", "identity", "box_x", "box_y", "box_w", "box_h"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Book:
+    """The persons of one model in a Store: assignments, names, merges, the id counter.
+
+    The two collections are bookkeeping collections like the images ledger; they are created and
+    written through the store's own schema and write paths (`Store._ensure`, `Store._upsert`, as
+    the ledger does)."""
+
+    def __init__(self, store, model: str):
+        self.store, self.model = store, model
+        self._where = f"model == {encode_literal(model)}"
+        store._ensure(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM, "FLAT", {})
+        store._ensure(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM, "FLAT", {})
+        self.assigned: Dict[str, int] = {r["face_id"]: int(r["person"]) for r in store.iterate(
+            PERSON_FACES_COLLECTION, ["face_id", "person"], filter=self._where)}
+        self.records: Dict[int, Dict[str, Any]] = {}
+        self.next_id = 1
+        for r in store.iterate(PERSONS_COLLECTION, ["id", "person", "name", "merged_into"], filter=self._where):
+            if r["id"] == self._counter_key:
+                self.next_id = max(self.next_id, int(r["person"]))
+            else:
+                self.records[int(r["person"])] = {"name": r["name"], "merged_into": int(r["merged_into"])}
+        self.next_id = max([self.next_id, *(p + 1 for p in self.assigned.values()), *(p + 1 for p in self.records)])
+
+    @property
+    def _counter_key(self) -> str:
+        return f"{self.model}:next"
+
+    def root(self, pid: int) -> int:
+        """The person `pid` is now: itself, or the one it was merged into (followed)."""
+        seen = set()
+        while pid in self.records and self.records[pid]["merged_into"] and pid not in seen:
+            seen.add(pid)
+            pid = self.records[pid]["merged_into"]
+        return pid
+
+    def known(self, pid: int) -> bool:
+        return pid in self.records or pid in set(self.assigned.values())
+
+    def new_id(self) -> int:
+        pid = self.next_id
+        self.next_id += 1
+        return pid
+
+    def assign(self, faces: Dict[str, int]) -> None:
+        """Record face id -> person for these faces (upserts)."""
+        now = _now_ms()
+        rows = [{"id": f"{self.model}:{fid}", "model": self.model, "face_id": fid, "person": int(pid),
+                 "assigned_at": now, VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM} for fid, pid in faces.items()]
+        for i in range(0, len(rows), 5000):
+            self.store._upsert(f"writing {len(rows[i:i + 5000])} person assignments", PERSON_FACES_COLLECTION,
+                               rows[i:i + 5000])
+        self.assigned.update(faces)
+        self._save_counter()
+
+    def unassign(self, face_ids: Sequence[str]) -> None:
+        if face_ids:
+            self.store.delete_where(PERSON_FACES_COLLECTION, "id", [f"{self.model}:{f}" for f in face_ids])
+            for f in face_ids:
+                self.assigned.pop(f, None)
+
+    def save_person(self, pid: int, name: Optional[str] = None, merged_into: Optional[int] = None) -> None:
+        rec = self.records.setdefault(pid, {"name": "", "merged_into": 0})
+        if name is not None:
+            rec["name"] = name
+        if merged_into is not None:
+            rec["merged_into"] = merged_into
+        self.store._upsert(f"writing person {pid}", PERSONS_COLLECTION, [{
+            "id": f"{self.model}:{pid}", "model": self.model, "person": pid, "name": rec["name"],
+            "merged_into": rec["merged_into"], "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}])
+        self._save_counter()
+
+    def _save_counter(self) -> None:
+        self.store._upsert("writing the person counter", PERSONS_COLLECTION, [{
+            "id": self._counter_key, "model": self.model, "person": self.next_id, "name": "", "merged_into": 0,
+            "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}])
+
+
+def _open(settings: Settings, store):
+    from lookalike.ingest.store import Store
+
+    if store is not None:
+        return store, False
+    if not settings.uri and not Path(settings.db).exists():
+        raise PeopleError(f"database {settings.db} does not exist; ingest first: lookalike ingest SOURCE --db {settings.db}")
+    return Store.from_settings(settings), True
+
+
+def _pick_model(store, model: Optional[str]) -> str:
+    present = store.models()
+    if model:
+        if model not in present:
+            raise PeopleError(f"no faces of model {model} in {store.target} (collections: "
+                              f"{', '.join(present) or 'none'})")
+        return model
+    usable = [m for m in present if m in PEOPLE_THRESHOLDS] or present
+    if not usable:
+        raise PeopleError(f"no face collection in {store.target}; ingest first")
+    return usable[0]
+
+
+def _threshold(model: str, threshold: Optional[float]) -> float:
+    if threshold is not None:
+        if not 0.0 < float(threshold) < 1.0:
+            raise PeopleError(f"threshold must be a cosine between 0 and 1, got {threshold}")
+        return float(threshold)
+    if model not in PEOPLE_THRESHOLDS:
+        raise PeopleError(f"model {model} has no calibrated person threshold (calibrated: "
+                          f"{', '.join(PEOPLE_THRESHOLDS)}); give one (--threshold)")
+    return PEOPLE_THRESHOLDS[model]
+
+
+def people(model: Optional[str] = None, *, db: Optional[str] = None, uri: Optional[str] = None,
+           token: Optional[str] = None, profile: Optional[str] = None, settings: Optional[Settings] = None,
+           recluster: bool = False, threshold: Optional[float] = None,
+           min_quality: float = DEFAULT_MIN_QUALITY, k: int = NEIGHBOURS, store=None) -> PeopleResult:
+    """Group every face of `model`'s collection into persons (Python twin of `lookalike people`).
+
+    The first run clusters every face of quality >= `min_quality`; later runs cluster only the
+    faces that have no person yet (they join a person or start new ones), unless `recluster`.
+    Person ids, user names and merges are kept in the database. Raises PeopleError (exit 2) for
+    a missing database, model or threshold, StoreError for Milvus."""
+    t0 = time.perf_counter()
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
+    store, own = _open(settings, store)
+    try:
+        model = _pick_model(store, model)
+        threshold = _threshold(model, threshold)
+        name = collection_name(model)
+        have = set(store.field_names(name))
+        fields = [f for f in _FACE_FIELDS + ["quality"] if f in have] + [VECTOR_FIELD]
+        rows = list(store.iterate(name, fields))
+        book = _Book(store, model)
+
+        # faces erased since the last run leave their persons
+        stored = {r["id"] for r in rows}
+        gone = [f for f in book.assigned if f not in stored]
+        book.unassign(gone)
+
+        faces = [PersonFace(r["id"], r["source_path"], int(r["face_index"]), r.get("identity") or "",
+                            None if r.get("quality") is None else float(r["quality"]),
+                            (int(r["box_x"]), int(r["box_y"]), int(r["box_w"]), int(r["box_h"]))) for r in rows]
+        good = [i for i, f in enumerate(faces) if f.quality is None or f.quality >= min_quality]
+        below = [faces[i] for i, f in enumerate(faces) if not (f.quality is None or f.quality >= min_quality)]
+        vec = np.asarray([rows[i][VECTOR_FIELD] for i in good], dtype=np.float32).reshape(len(good), -1)
+        ids = [faces[i].id for i in good]
+        index = {fid: j for j, fid in enumerate(ids)}
+        qfilter = f"quality >= {float(min_quality)!r}" if "quality" in have and min_quality > 0 else ""
+        result = PeopleResult(target=str(store.target), model=model, threshold=threshold, min_quality=min_quality,
+                              people=[], unclustered=sorted(below, key=lambda f: (f.source, f.face)),
+                              dropped=len(gone))
+        # faces now below the gate (a higher min_quality) are no one's
+        book.unassign([f.id for f in below if f.id in book.assigned])
+
+        full = recluster or not any(fid in index for fid in book.assigned)
+        if full:
+            edges = knn_edges(store, model, ids, vec, index, threshold, k, qfilter)
+            labels = average_linkage(vec, edges, threshold)
+            old = {j: book.assigned[fid] for fid, j in index.items() if fid in book.assigned}
+            pids = _stable_ids(labels, old, book)
+            result.reclustered, result.clustered = True, len(ids)
+            result.new_people = len(set(pids.values()) - set(book.assigned.values()))
+            book.assign({ids[j]: int(pids[int(labels[j])]) for j in range(len(ids))})
+        else:
+            new = [j for j, fid in enumerate(ids) if fid not in book.assigned]
+            if new:
+                edges = knn_edges(store, model, [ids[j] for j in new], vec[new], index, threshold, k, qfilter)
+                initial = [book.root(book.assigned[fid]) if fid in book.assigned else -1 for fid in ids]
+                labels = average_linkage(vec, edges, threshold, initial=initial)
+                person_of: Dict[int, int] = {}  # cluster -> existing person
+                for j, pid in enumerate(initial):
+                    if pid >= 0:
+                        person_of[int(labels[j])] = pid
+                fresh: Dict[int, int] = {}
+                got: Dict[str, int] = {}
+                for j in new:
+                    c = int(labels[j])
+                    if c in person_of:
+                        got[ids[j]] = person_of[c]
+                        result.joined += 1
+                    else:
+                        if c not in fresh:
+                            fresh[c] = book.new_id()
+                        got[ids[j]] = fresh[c]
+                result.clustered, result.new_people = len(new), len(fresh)
+                book.assign(got)
+        result.people = _persons(book, faces, good, vec, index)
+    finally:
+        if own:
+            store.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _stable_ids(labels: np.ndarray, old: Dict[int, int], book: _Book) -> Dict[int, int]:
+    """Cluster -> person id: each cluster takes the old person id (as stored, not followed
+    through merges) it shares the most faces with, the largest overlaps first, each id once;
+    the others get new ids."""
+    overlap: Counter = Counter((int(labels[j]), pid) for j, pid in old.items())
+    out: Dict[int, int] = {}
+    used: set = set()
+    for (c, pid), _ in sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
+        if c not in out and pid not in used:
+            out[c] = pid
+            used.add(pid)
+    for c in sorted(set(labels.tolist())):
+        if c not in out:
+            out[c] = book.new_id()
+    return out
+
+
+def _persons(book: _Book, faces: List[PersonFace], good: List[int], vec: np.ndarray,
+             index: Dict[str, int]) -> List[Person]:
+    members: Dict[int, List[int]] = defaultdict(list)  # person (followed through merges) -> rows of vec
+    for fid, pid in book.assigned.items():
+        j = index.get(fid)
+        if j is not None:
+            members[book.root(pid)].append(j)
+    merged: Dict[int, List[int]] = defaultdict(list)
+    for pid, rec in book.records.items():
+        if rec["merged_into"]:
+            merged[book.root(pid)].append(pid)
+    out = []
+    for pid, rows in members.items():
+        rows.sort(key=lambda j: (faces[good[j]].source, faces[good[j]].face))
+        fs = [faces[good[j]] for j in rows]
+        mean = vec[rows].astype(np.float64).mean(axis=0)
+        rep = fs[int(np.argmax(vec[rows] @ mean))]
+        user = book.records.get(pid, {}).get("name") or ""
+        named_by: Optional[str] = "user" if user else None
+        name: Optional[str] = user or None
+        if not user:
+            labels = Counter(f.identity for f in fs if f.identity)
+            if labels:
+                name = min(labels.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+                named_by = "identity"
+        out.append(Person(pid, name, named_by, fs, rep, sorted(merged.get(pid, []))))
+    out.sort(key=lambda p: (-len(p.faces), p.id))
+    return out
+
+
+def name_person(person: int, name: str, model: Optional[str] = None, *, db: Optional[str] = None,
+                uri: Optional[str] = None, token: Optional[str] = None, profile: Optional[str] = None,
+                settings: Optional[Settings] = None, store=None) -> int:
+    """Give person `person` a name ('' removes it; Python twin of `lookalike people name`). A person
+    merged into another names that one. Returns the id named. Raises PeopleError for an unknown
+    person or a name over 256 characters."""
+    name = str(name).strip()
+    if len(name) > 256:
+        raise PeopleError(f"a person's name is at most 256 characters, got {len(name)}")
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
+    store, own = _open(settings, store)
+    try:
+        book = _Book(store, _pick_model(store, model))
+        if not book.known(int(person)):
+            raise PeopleError(f"no person {person} (run lookalike people first)")
+        pid = book.root(int(person))
+        book.save_person(pid, name=name)
+        return pid
+    finally:
+        if own:
+            store.close()
+
+
+def merge_persons(keep: int, others: Sequence[int], model: Optional[str] = None, *, db: Optional[str] = None,
+                  uri: Optional[str] = None, token: Optional[str] = None, profile: Optional[str] = None,
+                  settings: Optional[Settings] = None, store=None) -> int:
+    """Merge persons `others` into `keep` (Python twin of `lookalike people merge KEEP OTHER...`):
+    their faces become `keep`'s, now and after any recluster (each keeps pointing at `keep`). A
+    name of `keep` stays; where it has none, it takes the first name among the others. Returns
+    the id kept."""
+    settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
+    store, own = _open(settings, store)
+    try:
+        book = _Book(store, _pick_model(store, model))
+        for pid in [keep, *others]:
+            if not book.known(int(pid)):
+                raise PeopleError(f"no person {pid} (run lookalike people first)")
+        target = book.root(int(keep))
+        roots = [book.root(int(p)) for p in others]
+        if all(r == target for r in roots):
+            raise PeopleError(f"persons {', '.join(map(str, others))} are already person {target}")
+        name = book.records.get(target, {}).get("name") or next(
+            (book.records[r]["name"] for r in roots if book.records.get(r, {}).get("name")), "")
+        for r in dict.fromkeys(roots):
+            if r != target:
+                book.save_person(r, merged_into=target)
+        book.save_person(target, name=name)
+        return target
+    finally:
+        if own:
+            store.close()
+
+
+def render_people(result: PeopleResult, path: str, min_faces: int = 1, max_people: int = 60,
+                  per_row: int = 10) -> str:
+    """A contact sheet of the persons (largest first, at most `max_people`): one row each, its id,
+    name and counts, then up to `per_row` of its faces, the representative first. Returns `path`."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    from lookalike.query.render import THUMB, _font, source_crop
+
+    shown = [p for p in result.people if len(p.faces) >= min_faces][:max_people]
+    label_w, gap, margin, row_h = 190, 6, 12, THUMB + 12
+    w = 2 * margin + label_w + per_row * (THUMB + gap)
+    h = 2 * margin + max(1, len(shown)) * row_h + 20
+    sheet = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font, small = _font(15), _font(12)
+    draw.text((margin, margin), f"{len(result.people)} persons ({result.model}); {len(result.unclustered)} faces "
+                                f"below quality {result.min_quality:g} not clustered", fill=(20, 20, 20), font=small)
+    for r, p in enumerate(shown):
+        y = margin + 20 + r * row_h
+        draw.text((margin, y + 4), f"person {p.id}", fill=(20, 20, 20), font=font)
+        draw.text((margin, y + 26), (p.name or "(no name)")[:26], fill=(20, 20, 20), font=font)
+        draw.text((margin, y + 48), f"{len(p.faces)} faces, {p.photos} photos", fill=(90, 90, 90), font=small)
+        faces = ([p.representative] if p.representative else []) + [f for f in p.faces if f is not p.representative]
+        for c, f in enumerate(faces[:per_row]):
+            crop = source_crop(f.source, f.box)
+            tile = (Image.new("RGB", (THUMB, THUMB), (170, 170, 170)) if crop is None else
+                    ImageOps.pad(crop, (THUMB, THUMB), method=Image.Resampling.BILINEAR, color=(235, 235, 235)))
+            sheet.paste(tile, (margin + label_w + c * (THUMB + gap), y))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
