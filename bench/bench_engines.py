@@ -1,12 +1,13 @@
-"""dlib's face ResNet on each engine, side by side in one run: torch (the default), ONNX Runtime
-fp32 (LOOKALIKE_DLIB_ENGINE=onnx), and dlib's own C++ (the reference).
+"""dlib's face ResNet on each engine, side by side in one run: ONNX Runtime fp32 (the default),
+its int8 graph (onnx-int8), the torch port, and dlib's own C++ (the reference).
 
     python bench/bench_engines.py [--faces 64] [--rounds 5]
 
 Real chips: the CelebA sample's faces through the product's analysis (YuNet, dlib's 5-point chip).
 One thread per engine, as in a Dask worker. Per engine and batch size (1 and 32): ms per face
 (the best of --rounds, engines interleaved round by round so that a busy machine slows all of them
-alike) and the largest difference of its vectors from torch's. Written to bench/results/engines.json
+alike), the largest difference of its vectors from torch's, and the lowest and mean cosine of its
+(normalised) descriptors to torch's. Written to bench/results/engines.json
 and engines.txt.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ENGINES = ("torch", "onnx", "dlib")
+ENGINES = ("torch", "onnx", "onnx-int8", "dlib")
 
 
 def main() -> int:
@@ -67,8 +68,11 @@ def main() -> int:
                 best[engine, batch] = min(best[engine, batch], (time.perf_counter() - t0) / len(chips))
     rows = []
     for engine, fn in nets.items():
-        diff = float(np.abs(fn(chips) - ref).max())
-        rows.append({"engine": engine, "ms_per_face_batch1": round(1000 * best[engine, 1], 2),
+        got = fn(chips)
+        diff = float(np.abs(got - ref).max())
+        cos = (got / np.linalg.norm(got, axis=1, keepdims=True) * (ref / np.linalg.norm(ref, axis=1, keepdims=True))).sum(1)
+        rows.append({"engine": engine, "cosine_min": round(float(cos.min()), 5),
+                     "cosine_mean": round(float(cos.mean()), 5), "ms_per_face_batch1": round(1000 * best[engine, 1], 2),
                      "ms_per_face_batch32": round(1000 * best[engine, 32], 2), "max_abs_diff_vs_torch": diff,
                      "speed_vs_torch_batch32": round(best["torch", 32] / best[engine, 32], 2)})
     out = {"faces": len(chips), "rounds": args.rounds, "threads": 1, "machine": platform.processor() or platform.machine(),
@@ -77,9 +81,10 @@ def main() -> int:
     (RESULTS / "engines.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [f"dlib ResNet forward, {len(chips)} CelebA sample chips, 1 thread, best of {args.rounds} rounds "
              f"(engines interleaved)", f"{'engine':<8} {'ms/face b1':>10} {'ms/face b32':>11} {'x torch b32':>11} "
-             f"{'max |diff| vs torch':>20}"]
+             f"{'max |diff| vs torch':>20} {'cos min':>8} {'cos mean':>8}"]
     lines += [f"{r['engine']:<8} {r['ms_per_face_batch1']:>10.2f} {r['ms_per_face_batch32']:>11.2f} "
-              f"{r['speed_vs_torch_batch32']:>11.2f} {r['max_abs_diff_vs_torch']:>20.2e}" for r in rows]
+              f"{r['speed_vs_torch_batch32']:>11.2f} {r['max_abs_diff_vs_torch']:>20.2e} {r['cosine_min']:>8.5f} "
+              f"{r['cosine_mean']:>8.5f}" for r in rows]
     (RESULTS / "engines.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

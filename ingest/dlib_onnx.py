@@ -1,4 +1,4 @@
-"""dlib's face recognition ResNet as an ONNX graph, run by ONNX Runtime (LOOKALIKE_DLIB_ENGINE=onnx).
+"""dlib's face recognition ResNet as an ONNX graph, run by ONNX Runtime (the default dlib engine).
 
 The graph is written from the weights file itself (ingest/dlib_resnet.py reads it), not exported
 from torch: the same 29 convolutions with their affine layers folded in, the same wiring, so
@@ -16,7 +16,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from lookalike.ingest.dlib_resnet import _MEANS, INPUT_SIZE, Conv, read_weights
+from lookalike.ingest.dlib_resnet import _MEANS, INPUT_SIZE, Conv, FormatError, read_weights
 
 GRAPH_VERSION = 1
 OPSET = 17  # ReduceMean's axes are still an attribute here
@@ -105,7 +105,10 @@ def load_graph(weights: Path) -> bytes:
     path = graph_path(weights)
     if path.is_file():
         return path.read_bytes()
-    convs, fc = read_weights(weights)
+    try:
+        convs, fc = read_weights(weights)
+    except (FormatError, IndexError, ValueError) as e:
+        raise FormatError(f"{weights}: not a readable dlib face recognition model ({e})") from None
     data = build_graph(convs, fc)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -117,18 +120,63 @@ def load_graph(weights: Path) -> bytes:
     return data
 
 
+# Activation ranges for the int8 graph (ONNX Runtime's calibration cache format): measured once on
+# 64 chips of the CelebA sample by bench/calibrate_dlib_int8.py and shipped, so that every machine
+# quantises alike and no photos are needed to build it. Tensor names follow build_graph (GRAPH_VERSION).
+INT8_RANGES = Path(__file__).with_name("dlib_int8_ranges.json")
+
+
+def int8_graph_path(weights: Path) -> Path:
+    return graph_path(weights).with_suffix(".int8.onnx")
+
+
+def load_int8_graph(weights: Path) -> bytes:
+    """The static int8 graph (QDQ, per-channel weights, uint8 activations in INT8_RANGES), built
+    from the fp32 graph on first use and cached beside it as the fp32 one is."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    path = int8_graph_path(weights)
+    if path.is_file():
+        return path.read_bytes()
+    fp32 = load_graph(weights)
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        root.setLevel(logging.ERROR)  # its advice to pre-process the graph is for its own users
+        try:
+            quantize_static(str(src), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(INT8_RANGES))
+        finally:
+            root.setLevel(level)
+        data = out.read_bytes()
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp_path, path)
+    except OSError:
+        pass
+    return data
+
+
 class DlibOnnx:
     """`__call__(chips) -> (n, 128)` raw descriptors, as DlibResNet's, on ONNX Runtime's CPU
     provider with the process's pinned thread count (one per Dask worker)."""
 
-    def __init__(self, weights: Path, threads: int = 0):
+    def __init__(self, weights: Path, threads: int = 0, int8: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # its warnings are about graph rewrites, not for users
-        self._session = ort.InferenceSession(load_graph(weights), sess_options=opts,
+        graph = load_int8_graph(weights) if int8 else load_graph(weights)
+        self._session = ort.InferenceSession(graph, sess_options=opts,
                                              providers=["CPUExecutionProvider"])
 
     def __call__(self, chips: Sequence[np.ndarray]) -> np.ndarray:

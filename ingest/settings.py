@@ -21,7 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # DeepFace's detector backends the product can run (weights provisioned offline: yunet, dlib).
 DETECTORS = ("yunet", "dlib", "mtcnn", "opencv", "retinaface", "ssd", "centerface", "mediapipe",
              "yolov8n", "fastmtcnn")
-DLIB_ENGINES = ("torch", "dlib", "onnx")
+DLIB_ENGINES = ("torch", "dlib", "onnx", "onnx-int8")
 
 
 # Settings that only say where the faces are stored and how they are written; any other setting
@@ -72,10 +72,13 @@ class Settings(BaseSettings):
     # the ledger); a kill -9 loses at most these seconds of work, redone on resume. Shorter
     # costs the models CPU (ingest/pipeline.py Writer); 0 writes every batch as it completes.
     commit_seconds: float = Field(5.0, ge=0.0)
-    # dlib's face ResNet: "torch" (ingest/dlib_resnet.py, batched, the default), "onnx" (the same
-    # network as an ONNX graph on ONNX Runtime, ingest/dlib_onnx.py: no torch) or "dlib" (dlib's
-    # own code through DeepFace; the same vectors, slower, the reference).
-    dlib_engine: str = "torch"
+    # dlib's face ResNet: "onnx" (an ONNX graph written from the weights file, on ONNX Runtime,
+    # ingest/dlib_onnx.py: batched, no torch; the default), "torch" (the torch port the graph
+    # mirrors, ingest/dlib_resnet.py) or "dlib" (dlib's own code through DeepFace; the same
+    # vectors, slower, the reference); "onnx-int8": the graph quantised to int8 (faster, vectors
+    # within a cosine of ~0.99 of the others: bench/results/engines.txt; recorded with its
+    # collection, which other engines then do not write to).
+    dlib_engine: str = "onnx"
     # Learned projection heads (ingest/head.py): default `<db stem>.heads/` beside a Lite database.
     heads_dir: Optional[str] = Field(None, validation_alias=AliasChoices("LOOKALIKE_HEADS", "heads_dir"))
     # The Hugging Face hub transformers would download from (its own variable): probed before a

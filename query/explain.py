@@ -117,10 +117,8 @@ def available(method: str, embedder) -> Optional[str]:
     if method == "attention":
         return f"attention is not available for {embedder.name}: a convolutional network has no attention; skipped"
     if kind_of(embedder) == "dlib":
-        engine = {"dlib": "dlib's own engine: it runs in C++", "onnx": "the onnx engine: it runs on ONNX Runtime"}.get(
-            embedder.settings.dlib_engine, f"the {embedder.settings.dlib_engine} engine: it runs")
-        return (f"{method} is not available for {embedder.name} on {engine} without gradients or intermediate "
-                f"outputs (the default torch engine has them; or use occlusion); skipped")
+        return (f"{method} is not available for {embedder.name} on dlib's own engine: it runs in C++ without "
+                f"gradients or intermediate outputs (the default engine has them; or use occlusion); skipped")
     return f"{method} is not available for {embedder.name} (it has {', '.join(embedder.explain_methods)}); skipped"
 
 

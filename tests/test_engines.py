@@ -99,15 +99,60 @@ def test_onnx_engine_runs_without_torch(tmp_path, settings):
     assert r.stdout.strip() == "(3, 128) False", r.stdout
 
 
-def test_onnx_engine_offers_occlusion_only_and_is_a_known_setting(settings):
-    from lookalike.ingest.models import make_embedder
+def test_onnx_engine_is_the_default_and_explains_through_the_torch_port(settings):
+    """Gradient explanations load the torch port beside the ONNX session: the same weights, so its
+    descriptor equals the session's."""
+    import torch
+
+    from lookalike.ingest.models import DlibEmbedder, make_embedder
     from lookalike.ingest.settings import Settings, SettingsError
 
-    from lookalike.query.explain import available
-
-    emb = make_embedder("dlib", settings.with_(dlib_engine="onnx"))
-    assert emb.explain_methods == ("occlusion",)
-    why = available("gradcam", emb)
-    assert why is not None and "on the onnx engine" in why and "torch engine has them" in why, why
+    assert Settings().dlib_engine == "onnx"
+    emb = make_embedder("dlib", settings.with_(dlib_engine="onnx")).load()
+    assert isinstance(emb, DlibEmbedder)
+    assert set(emb.explain_methods) == {"occlusion", "gradcam", "layers"}
+    chips = [np.asarray(load(str(p)).bgr[:150, :150, ::-1]) for p in PHOTOS[2:4]]
+    port = emb._torch_net()
+    with torch.inference_mode():
+        via_port = (port.blocks(chips)[-1].mean(dim=(2, 3)) @ port.fc).numpy()
+    assert np.abs(via_port - emb._model(chips)).max() < 1e-5  # the port's descriptor is the session's
+    q, m = emb.gradcam(chips[0], chips[1])
+    assert q.shape == m.shape and q.ndim == 2 and q.shape[0] >= 10 and q.max() > 0, q.shape
     with pytest.raises(SettingsError, match="unknown dlib engine 'onx'.*torch, dlib, onnx"):
         Settings(dlib_engine="onx")
+
+
+def test_int8_engine_stays_close_to_fp32_and_keeps_its_own_collections(tmp_path, settings):
+    """onnx-int8: the graph quantised with the shipped ranges (ingest/dlib_int8_ranges.json),
+    cached beside the weights; its vectors near the fp32 ones on faces it was not calibrated on
+    (the calibration used CelebA chips; these are the group photos' and Tom Hanks's), and its
+    collection records it, so that fp32 and int8 vectors never share one."""
+    from lookalike.ingest import dlib_onnx
+    from lookalike.ingest.models import model_source
+    from lookalike.ingest.store import Store, StoreError
+
+    weights = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    shutil.copy(_weights(settings), weights)
+    fp32_a = Analyzer(settings.with_(dlib_engine="onnx"), "yunet", ["dlib"]).load()
+    chips = []
+    for p in PHOTOS:
+        image = load(str(p))
+        chips += [fp32_a.model_input("dlib", image, f.face) for f in fp32_a.detect(image).faces]
+    assert len(chips) >= 10
+    fp32 = dlib_onnx.DlibOnnx(weights, threads=1)(chips)
+    int8 = dlib_onnx.DlibOnnx(weights, threads=1, int8=True)(chips)
+    assert dlib_onnx.int8_graph_path(weights).is_file()
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    cos = (unit(fp32) * unit(int8)).sum(1)
+    assert cos.min() > 0.99 and cos.mean() > 0.998, cos
+    assert np.abs(fp32 - int8).max() > 1e-4  # it is quantised, not the fp32 graph again
+    # distinct faces stay apart as much as in fp32
+    off = ~np.eye(len(chips), dtype=bool)
+    assert np.abs((unit(int8) @ unit(int8).T)[off] - (unit(fp32) @ unit(fp32).T)[off]).max() < 0.02
+
+    s8 = settings.with_(dlib_engine="onnx-int8")
+    assert model_source("dlib", s8) == model_source("dlib", settings) + "+int8"
+    with Store(str(tmp_path / "f.db")) as store:
+        store.ensure_collection("dlib", dim=128, source=model_source("dlib", settings))
+        with pytest.raises(StoreError, match="was built with"):
+            store.ensure_collection("dlib", dim=128, source=model_source("dlib", s8))

@@ -102,9 +102,9 @@ def test_model_input_path_equals_embed(detector, dlib):
 
 
 def test_dlib_methods_follow_its_engine(dlib, settings):
-    """The torch port (the default engine) has gradients and blocks to read; dlib's own C++ engine
-    has only occlusion, and says why in one line."""
-    assert dlib.settings.dlib_engine == "torch"
+    """The torch port has gradients and blocks to read (the default onnx engine uses it for them);
+    dlib's own C++ engine has only occlusion, and says why in one line."""
+    assert dlib.settings.dlib_engine == "onnx"
     for m in ("occlusion", "gradcam", "layers"):
         assert X.available(m, dlib) is None, m
     why_attention = X.available("attention", dlib)

@@ -247,8 +247,8 @@ def test_embedders_declare_their_explanation_methods(settings):
     from lookalike.query import explain as X
 
     every = ("occlusion", "gradcam", "attention", "layers")
-    # dlib's torch port has gradients; dlib's own C++ network does not
-    dlib_methods = ("occlusion", "gradcam", "layers") if settings.dlib_engine == "torch" else ("occlusion",)
+    # dlib's torch port has gradients (the onnx engine loads it for them); dlib's own C++ network does not
+    dlib_methods = ("occlusion", "gradcam", "layers") if settings.dlib_engine in ("torch", "onnx") else ("occlusion",)
     kinds = {"dlib": (DlibEmbedder, dlib_methods),
              "facenet": (DeepFaceEmbedder, ("occlusion", "gradcam", "layers")),
              "clip": (ClipEmbedder, every), "dinov2_l3": (Dinov2Embedder, every)}

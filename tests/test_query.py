@@ -668,10 +668,12 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     spec = engine.embedders["dlib"].spec
     torch_net = DlibEmbedder(spec, settings.with_(dlib_engine="torch")).load()
     dlib_net = DlibEmbedder(spec, settings.with_(dlib_engine="dlib")).load()
+    onnx_net = DlibEmbedder(spec, settings.with_(dlib_engine="onnx")).load()
     want = dlib_net.embed(image, faces)
     got = torch_net.embed(image, faces)
     assert got.shape == want.shape == (len(faces), 128)
     assert np.abs(got - want).max() < 1e-5
+    assert np.abs(onnx_net.embed(image, faces) - want).max() < 1e-5  # the default engine
     one_by_one = np.vstack([torch_net.embed(image, [f]) for f in faces])
     assert np.abs(one_by_one - got).max() < 1e-5
     # distinct faces stay distinct (the comparison above is not between constant outputs)
@@ -682,10 +684,11 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     weights.mkdir(parents=True)
     real = settings.weights_dir / spec.weights_file
     (weights / spec.weights_file).write_bytes(real.read_bytes()[: real.stat().st_size // 2])
-    broken = DlibEmbedder(spec, settings.with_(deepface_home=str(home), dlib_engine="torch"))
-    with pytest.raises(ModelError) as err:
-        broken.load()
-    assert spec.weights_file in str(err.value) and "\n" not in str(err.value)
+    for engine in ("torch", "onnx"):
+        broken = DlibEmbedder(spec, settings.with_(deepface_home=str(home), dlib_engine=engine))
+        with pytest.raises(ModelError) as err:
+            broken.load()
+        assert spec.weights_file in str(err.value) and "\n" not in str(err.value), engine
 
 
 def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):

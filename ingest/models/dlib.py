@@ -22,17 +22,20 @@ class DlibEmbedder(DeepFaceEmbedder):
     bench/results/eval_lfw.txt). The chip is built from the detector's box with dlib's 5-point
     landmark model.
 
-    The network runs on torch by default (ingest/dlib_resnet.py: the same weights file from
-    DeepFace's weights dir, the same vectors, faster and batched; bench/README.md, "Measured
-    here"); LOOKALIKE_DLIB_ENGINE=dlib loads it through DeepFace and computes with dlib itself, the
-    reference the torch engine is tested against; LOOKALIKE_DLIB_ENGINE=onnx runs the same network
-    as an ONNX graph written from the weights file (ingest/dlib_onnx.py), without torch.
+    The network runs on ONNX Runtime by default (ingest/dlib_onnx.py: a graph written from the same
+    weights file in DeepFace's weights dir, the same vectors, batched, without torch:
+    bench/results/engines.txt); LOOKALIKE_DLIB_ENGINE=torch runs the torch port the graph mirrors
+    (ingest/dlib_resnet.py; also what gradient explanations use), LOOKALIKE_DLIB_ENGINE=dlib loads
+    it through DeepFace and computes with dlib itself, the reference both are tested against.
     """
 
     uses_tensorflow = False
     # dlib's own engine is C++ without gradients or intermediate outputs: occlusion only; the torch
     # port (the default) is the same network in torch, so Grad-CAM and the blocks can be read
-    ENGINE_METHODS = {"torch": ("occlusion", "gradcam", "layers"), "dlib": ("occlusion",), "onnx": ("occlusion",)}
+    # port is the same network in torch, so Grad-CAM and the blocks can be read; the onnx engine
+    # (the default) loads the torch port for those two only, when an explanation asks
+    ENGINE_METHODS = {"torch": ("occlusion", "gradcam", "layers"), "dlib": ("occlusion",),
+                      "onnx": ("occlusion", "gradcam", "layers"), "onnx-int8": ("occlusion", "gradcam", "layers")}
     CHIP_SIZE = 150
     CHIP_PADDING = 0.25
     # dlib's 5-point landmark model was trained on its HOG detector's square boxes; fed another
@@ -54,18 +57,25 @@ class DlibEmbedder(DeepFaceEmbedder):
             net = super()._load().model.model  # DeepFace's client -> dlib.face_recognition_model_v1
             return lambda chips: np.array([np.array(d) for d in net.compute_face_descriptor(list(chips))],
                                           dtype=np.float32)
-        if self.settings.dlib_engine not in ("torch", "onnx"):
-            raise ModelError(f"LOOKALIKE_DLIB_ENGINE={self.settings.dlib_engine!r}: expected torch, onnx or dlib")
+        if self.settings.dlib_engine not in ("torch", "onnx", "onnx-int8"):
+            raise ModelError(f"LOOKALIKE_DLIB_ENGINE={self.settings.dlib_engine!r}: expected onnx, onnx-int8, torch or dlib")
         weights = provision_weights(self.settings, self.spec.weights_file)
         if weights is None:
             raise _missing(f"model {self.name}", self.spec.weights_file, self.settings)
-        try:
-            if self.settings.dlib_engine == "onnx":
-                from lookalike.ingest.dlib_onnx import DlibOnnx
+        if self.settings.dlib_engine in ("onnx", "onnx-int8"):
+            from lookalike.ingest.dlib_onnx import DlibOnnx
 
-                return DlibOnnx(weights, threads=pinned_threads())
-            torch_threads()
-            return DlibResNet(weights)
+            int8 = self.settings.dlib_engine == "onnx-int8"
+            return self._guarded(lambda: DlibOnnx(weights, threads=pinned_threads(), int8=int8))
+        return self._port(weights)
+
+    def _port(self, weights) -> DlibResNet:
+        torch_threads()
+        return self._guarded(lambda: DlibResNet(weights))
+
+    def _guarded(self, build):
+        try:
+            return build()
         except FormatError as e:
             raise ModelError(f"model {self.name}: {e}") from None
 
@@ -98,11 +108,20 @@ class DlibEmbedder(DeepFaceEmbedder):
         return self._chip(image, face)  # 150x150x3 uint8 RGB
 
     def _torch_net(self) -> DlibResNet:
+        """The torch port, for gradients and blocks: the model itself on the torch engine; built
+        beside the ONNX session on the onnx engine (the same weights file, the same vectors)."""
         self.load()
-        if not isinstance(self._model, DlibResNet):
-            raise ModelError(f"model {self.name}: gradcam and layers need the torch engine "
-                             f"(LOOKALIKE_DLIB_ENGINE=torch); the dlib and onnx engines have no gradients")
-        return self._model
+        if isinstance(self._model, DlibResNet):
+            return self._model
+        if self.settings.dlib_engine in ("onnx", "onnx-int8"):
+            if getattr(self, "_torch_port", None) is None:
+                weights = provision_weights(self.settings, self.spec.weights_file)
+                if weights is None:
+                    raise _missing(f"model {self.name}", self.spec.weights_file, self.settings)
+                self._torch_port = self._port(weights)
+            return self._torch_port
+        raise ModelError(f"model {self.name}: gradcam and layers need the torch port "
+                         f"(LOOKALIKE_DLIB_ENGINE=onnx or torch); dlib's own engine has no gradients")
 
     def gradcam(self, q: np.ndarray, m: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Gradient-weighted activation map of the query-match cosine: ReLU(sum_c grad_c *

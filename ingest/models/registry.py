@@ -56,6 +56,10 @@ def model_source(name: str, settings: Settings) -> str:
     spec = get_model(name)
     if spec.source_setting:
         return settings.model_source(spec.base)
+    if spec.kind == "dlib" and settings.dlib_engine == "onnx-int8":
+        # quantised vectors are not the fp32 engines' (torch, onnx, dlib give the same ones): a
+        # collection records which it holds, so the two never mix in it
+        return f"deepface:{spec.deepface_name}+int8"
     return f"deepface:{spec.deepface_name}"  # fixed weights: the name identifies them
 
 
