@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 
@@ -47,7 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 SWEEP = np.round(np.arange(0.900, 0.9601, 0.0025), 4)
 
 
-def scores(pred: Sequence[Any], true: Sequence[Any]) -> Dict[str, float]:
+def scores(pred: Iterable[Any], true: Iterable[Any]) -> Dict[str, float]:
     """Pairwise and BCubed precision, recall, F1 of a clustering against the truth."""
     p, t = [str(x) for x in pred], [str(x) for x in true]
     both = Counter(zip(p, t))
