@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Union
 
 from lookalike.ingest.settings import Settings, resolve
-from lookalike.schemas import LEDGER_COLLECTION
+from lookalike.schemas import LEDGER_COLLECTION, PERSON_FACES_COLLECTION
 from lookalike.schemas.errors import UsageError
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -243,6 +243,12 @@ def delete(image: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]
             touched = [n for n, ids in face_ids.items() if ids]
             for name in touched:
                 store.delete_where(name, "id", sorted(face_ids[name]))
+            # an erased face leaves its person at once (`lookalike people`): the person tables
+            # hold face ids, which name the photo's content hash
+            erased = sorted({i for ids in face_ids.values() for i in ids})
+            if erased and store.has_collection(PERSON_FACES_COLLECTION):
+                store.delete_where(PERSON_FACES_COLLECTION, "face_id", erased)
+                touched.append(PERSON_FACES_COLLECTION)
             if ledger:
                 store.delete_where(LEDGER_COLLECTION, "id", sorted(ledger))
                 touched.append(LEDGER_COLLECTION)

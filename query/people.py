@@ -290,15 +290,14 @@ def _now_ms() -> int:
 class _Book:
     """The persons of one model in a Store: assignments, names, merges, the id counter.
 
-    The two collections are bookkeeping collections like the images ledger; they are created and
-    written through the store's own schema and write paths (`Store._ensure`, `Store._upsert`, as
-    the ledger does)."""
+    The two collections are bookkeeping collections like the images ledger, created and written
+    through the Store's public `ensure_table` / `upsert_rows`."""
 
     def __init__(self, store, model: str):
         self.store, self.model = store, model
         self._where = f"model == {encode_literal(model)}"
-        store._ensure(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM, "FLAT", {})
-        store._ensure(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM, "FLAT", {})
+        store.ensure_table(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM)
+        store.ensure_table(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM)
         self.assigned: Dict[str, int] = {r["face_id"]: int(r["person"]) for r in store.iterate(
             PERSON_FACES_COLLECTION, ["face_id", "person"], filter=self._where)}
         self.records: Dict[int, Dict[str, Any]] = {}
@@ -336,8 +335,8 @@ class _Book:
         rows = [{"id": f"{self.model}:{fid}", "model": self.model, "face_id": fid, "person": int(pid),
                  "assigned_at": now, VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM} for fid, pid in faces.items()]
         for i in range(0, len(rows), 5000):
-            self.store._upsert(f"writing {len(rows[i:i + 5000])} person assignments", PERSON_FACES_COLLECTION,
-                               rows[i:i + 5000])
+            self.store.upsert_rows(PERSON_FACES_COLLECTION, rows[i:i + 5000],
+                                   f"writing {len(rows[i:i + 5000])} person assignments")
         self.assigned.update(faces)
         self._save_counter()
 
@@ -353,15 +352,16 @@ class _Book:
             rec["name"] = name
         if merged_into is not None:
             rec["merged_into"] = merged_into
-        self.store._upsert(f"writing person {pid}", PERSONS_COLLECTION, [{
+        self.store.upsert_rows(PERSONS_COLLECTION, [{
             "id": f"{self.model}:{pid}", "model": self.model, "person": pid, "name": rec["name"],
-            "merged_into": rec["merged_into"], "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}])
+            "merged_into": rec["merged_into"], "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}],
+            f"writing person {pid}")
         self._save_counter()
 
     def _save_counter(self) -> None:
-        self.store._upsert("writing the person counter", PERSONS_COLLECTION, [{
+        self.store.upsert_rows(PERSONS_COLLECTION, [{
             "id": self._counter_key, "model": self.model, "person": self.next_id, "name": "", "merged_into": 0,
-            "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}])
+            "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}], "writing the person counter")
 
 
 def _open(settings: Settings, store):

@@ -276,6 +276,16 @@ class Collections:
         return sorted(n for n in names if n.startswith("faces_"))
 
     # -- writes ----------------------------------------------------------------------------------
+    def ensure_table(self, name: str, fields: Sequence[FieldSpec], dim: int) -> None:
+        """A bookkeeping collection declared in schemas (the images ledger, the people tables):
+        scalar rows, with the tiny vector Milvus requires of every collection (FLAT)."""
+        self._ensure(name, fields, dim, "FLAT", {})
+
+    def upsert_rows(self, name: str, rows: List[Dict[str, Any]], what: str = "") -> None:
+        """Upsert rows into a bookkeeping collection (`what`: the action, for error messages)."""
+        if rows:
+            self._upsert(what or f"writing {len(rows)} rows to {name}", name, rows)
+
     def upsert_faces(self, model: str, rows: List[Dict[str, Any]]) -> None:
         if not rows:
             return

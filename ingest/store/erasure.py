@@ -6,8 +6,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 from lookalike.ingest.store.collections import Collections
 from lookalike.schemas.filters import encode_literal
 
-# Fields erasure selects on (face and ledger collections).
-ERASE_FIELDS = frozenset({"id", "image_sha256", "identity", "source_path"})
+# Fields erasure selects on (face, ledger and person collections).
+ERASE_FIELDS = frozenset({"id", "image_sha256", "identity", "source_path", "face_id"})
 
 
 class Erasure(Collections):

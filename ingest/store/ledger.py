@@ -19,7 +19,7 @@ class Ledger(Collections):
     """The images ledger of a Store."""
 
     def ensure_ledger(self) -> None:
-        self._ensure(LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM, "FLAT", {})
+        self.ensure_table(LEDGER_COLLECTION, LEDGER_FIELDS, LEDGER_VECTOR_DIM)
 
     def record_images(self, rows: List[Dict[str, Any]]) -> None:
         if not rows:
