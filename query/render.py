@@ -10,6 +10,8 @@ Contact sheet layout (all sizes in pixels, constants below)::
     |   [match 2] ... (at most RENDER_MAX_K); each cell THUMB x THUMB, then    |
     |   CAPTION_H of caption, one line each: score ("0.83 · same person"),    |
     |   identity ("id 2880" for CelebA's numbers), file name; ROW_H per row   |
+    |   (a face too poor to judge: a band "face too poor to judge (quality    |
+    |   0.12)" across its matches' tops, and no verdict on them)              |
     +-------------------------------------------------------------------------+
 
 `sheet_size()` gives the exact size for a photo, a number of rows and k; a photo with no face
@@ -178,6 +180,11 @@ def match_caption(m: Match) -> List[str]:
             Path(m.source_path).name]
 
 
+def too_poor_text(face) -> str:
+    """What a face too poor to judge says instead of a verdict."""
+    return "face too poor to judge" + ("" if face.quality is None else f" (quality {face.quality:.2f})")
+
+
 def face_caption(face, model: str = "") -> List[str]:
     """A query face's caption lines: its number (and model), confidence and quality, and
     "LOW QUALITY" on a line of its own, so that its quality value is never cut off."""
@@ -255,7 +262,9 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
         low = LOW_TEXT if face.low_quality else MUTED
         _caption(draw, MARGIN, y, face_caption(face, model if len(models) > 1 else ""), (TEXT, low, LOW_TEXT))
         matches = face.matches_by_model.get(model, []) if model else face.matches
-        x = MARGIN + THUMB + ROW_GAP
+        # a face too poor to judge has no verdict, whatever its matches hold
+        poor = face.verdict_of(model or next(iter(face.matches_by_model), "")) == "too_poor"
+        x = x_row = MARGIN + THUMB + ROW_GAP
         if not matches:
             draw.text((x, y + THUMB // 2 - 7), "no match", fill=MUTED, font=normal)
         for m in matches[:RENDER_MAX_K]:
@@ -263,10 +272,18 @@ def render_sheet(result: PhotoResult, image=None, source_cache: Optional[Dict[ob
             if key not in cache:
                 cache[key] = _thumb(source_crop(m.source_path, m.box))
             sheet.paste(cache[key], (x, y))
-            if m.same_person:
+            same = bool(m.same_person) and not poor
+            if same:
                 draw.rectangle((x, y, x + THUMB - 1, y + THUMB - 1), outline=SAME_COLOUR, width=4)
-            _caption(draw, x, y, match_caption(m), (SAME_TEXT if m.same_person else TEXT, TEXT, MUTED), file_line=2)
+            lines = match_caption(m) if not poor else [f"{m.score:.2f}"] + match_caption(m)[1:]
+            _caption(draw, x, y, lines, (SAME_TEXT if same else TEXT, TEXT, MUTED), file_line=2)
             x += THUMB + GAP
+        if poor:  # instead of a verdict, a band across the top of the row's matches
+            text = too_poor_text(face) + ": lookalikes only, no same-person verdict"
+            right = W - MARGIN
+            text = _fit_text(draw, text, normal, right - x_row - 8)
+            draw.rectangle((x_row, y, right - 1, y + 19), fill=LOW_TEXT)
+            draw.text((x_row + 4, y + 2), text, fill=(255, 255, 255), font=normal)
     return sheet
 
 
@@ -321,8 +338,11 @@ def verdict_word(m: Match) -> str:
     return word if m.same_person_probability is None else f"{word} {100 * m.same_person_probability:.0f}%"
 
 
-def verdict_line(matches: List[Match]) -> str:
-    """One sentence on whether the collection holds this person at all."""
+def verdict_line(matches: List[Match], face=None, model: str = "") -> str:
+    """One sentence on whether the collection holds this person at all (`face`: the query face,
+    whose verdict says when it is too poor to judge)."""
+    if face is not None and face.verdict_of(model) == "too_poor":
+        return f"{too_poor_text(face)}: tiny, blurred or turned away; its rows are lookalikes, not a verdict"
     if not matches or matches[0].same_person is None:
         return "no same-person verdict for this model: scores are similarity only"
     same = [m for m in matches if m.same_person]
@@ -353,12 +373,14 @@ def format_text(result: PhotoResult) -> str:
         for model, matches in (f.matches_by_model.items() or [(result.models[0], [])]):
             tag = f"  [{model}]" if len(result.models) > 1 else ""
             q = "" if f.quality is None else f"  quality {f.quality:.2f}"
-            low = "  LOW QUALITY: tiny, blurred or turned away; its matches mean little" if f.low_quality else ""
+            poor = f.verdict_of(model) == "too_poor"  # the verdict line says why
+            low = ("  LOW QUALITY" + ("" if poor else ": tiny, blurred or turned away; its matches mean little")
+                   if f.low_quality else "")
             lines.append(f"\nface {f.index + 1}  box {x},{y} {w}x{h}  confidence {f.confidence:.2f}{q}{tag}{low}")
             if not matches:
                 lines.append("   no match" + (" (filter keeps no row)" if result.filter else ""))
                 continue
-            lines.append(f"   {verdict_line(matches)}")
+            lines.append(f"   {verdict_line(matches, f, model)}")
             lines.append(f"   {'#':>3}  {'score':>6}  {'verdict':<11}  {'identity':<20} source (face)")
             for m in matches:
                 src = _short(m.source_path, 60)

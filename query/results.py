@@ -8,6 +8,13 @@ a `Match`, ranked by `score`, the cosine similarity of the two embeddings (1 = i
 different models are not comparable). `same_person` is the model's verdict for a search over as
 many faces as this one compared (schemas.Verdict.threshold_for), `same_person_probability` its
 P(same person), 0.5 at the threshold; both are null for models without a verdict (CLIP, DINOv2).
+
+A query face below the search's minimum quality (`low_quality`) is too poor to judge: the
+calibration does not hold for tiny, blurred or turned-away faces (they look like everyone), so none
+of its matches is called the same person; their `same_person` and `same_person_probability` are
+null (no verdict), and the face's `verdict` says "too_poor". `QueryFace.verdict` is the face's
+verdict in one word: "same_person" (a match is judged the same person), "nobody" (none is),
+"too_poor", or null for a model without a verdict.
 """
 from __future__ import annotations
 
@@ -66,6 +73,25 @@ def verdict_for(model: str) -> Optional[Verdict]:
     return None if spec.layer is not None else VERDICTS.get(spec.name)
 
 
+FaceVerdict = Literal["same_person", "nobody", "too_poor"]
+VERDICT_DOC = ('the face\'s verdict: "same_person" (a match is judged the same person), "nobody" (none is), '
+               '"too_poor" (low_quality: a face too poor to judge, none of its matches is called the same '
+               'person and their same_person is null), null: the model has no verdict')
+
+
+def face_verdict(model: str, matches: Sequence["Match"], low_quality: bool) -> Optional[FaceVerdict]:
+    """A query face's verdict over one model's matches (QueryFace.verdict)."""
+    try:
+        if verdict_for(model) is None:
+            return None
+    except KeyError:  # a model key this version does not know: judge by the matches
+        if not any(m.same_person is not None for m in matches) and not low_quality:
+            return None
+    if low_quality:
+        return "too_poor"
+    return "same_person" if any(m.same_person for m in matches) else "nobody"
+
+
 def judge(score: float, verdict: Optional[Verdict], n: int = 1) -> Tuple[Optional[bool], Optional[float]]:
     """(same person?, P(same person)) of a score in a search over n stored faces (the threshold
     rises with n: schemas.Verdict.threshold_for); (None, None) for a model without a verdict."""
@@ -102,8 +128,10 @@ class Match(BaseModel):
     attributes: Dict[str, Optional[bool]] = Field(description="the 40 CelebA attributes (null: unknown)")
     quality: Optional[float] = Field(None, description="ingest/quality.py; null: stored before quality existed")
     face_size: Optional[int] = None
-    same_person: Optional[bool] = Field(None, description="the model's verdict; null: the model has none")
-    same_person_probability: Optional[float] = Field(None, description="P(same person), 0.5 at the threshold")
+    same_person: Optional[bool] = Field(None, description="the model's verdict; null: no verdict, the model has "
+                                        "none or the query face is too poor to judge (its verdict: too_poor)")
+    same_person_probability: Optional[float] = Field(None, description="P(same person), 0.5 at the threshold; "
+                                                     "null where same_person is null")
     explanations: List[ExplanationFile] = Field(default_factory=list,
                                                 description="only with --explain, for the top matches")
 
@@ -141,7 +169,8 @@ class QueryFace(BaseModel):
     box: Box
     confidence: float
     quality: Optional[float] = None
-    low_quality: bool = Field(False, description="below the search's minimum quality: answered, treat with care")
+    low_quality: bool = Field(False, description="below the search's minimum quality: answered, but too poor to "
+                                                 "judge (verdict too_poor, no same-person match)")
     matches_by_model: Dict[str, List[Match]] = Field(default_factory=dict,
                                                      description="only when more than one model was searched")
     dbox: Optional[Box] = Field(None, exclude=True, repr=False)  # decoded-image pixels (rendering)
@@ -151,17 +180,41 @@ class QueryFace(BaseModel):
     def matches(self) -> List[Match]:
         return next(iter(self.matches_by_model.values()), [])
 
+    @computed_field(description=VERDICT_DOC + " (first model searched)")  # type: ignore[prop-decorator]
+    @property
+    def verdict(self) -> Optional[FaceVerdict]:
+        model = next(iter(self.matches_by_model), None)
+        return None if model is None else self.verdict_of(model)
+
+    @computed_field(description="verdict per model; only when more than one model was searched")  # type: ignore[prop-decorator]
+    @property
+    def verdict_by_model(self) -> Dict[str, Optional[FaceVerdict]]:
+        return {m: self.verdict_of(m) for m in self.matches_by_model}
+
+    def verdict_of(self, model: str) -> Optional[FaceVerdict]:
+        """The face's verdict over one model's matches."""
+        return face_verdict(model, self.matches_by_model.get(model, []), self.low_quality)
+
     @property
     def same_person(self) -> List[Match]:
-        """Matches (first model) judged the same person; empty: nobody in the collection is."""
+        """Matches (first model) judged the same person; empty: nobody in the collection is (or
+        the face is too poor to judge)."""
         return [m for m in self.matches if m.same_person]
+
+    def withhold_verdict(self) -> None:
+        """A too-poor face: no match is called the same person (same_person and its probability null)."""
+        for ms in self.matches_by_model.values():
+            for m in ms:
+                m.same_person = None
+                m.same_person_probability = None
 
     @model_serializer(mode="wrap")
     def _one_model_once(self, handler):
-        # With one model, "matches" already holds everything: do not write it twice.
+        # With one model, "matches" and "verdict" already hold everything: do not write them twice.
         out = handler(self)
         if len(self.matches_by_model) <= 1:
             out.pop("matches_by_model", None)
+            out.pop("verdict_by_model", None)
         return out
 
 

@@ -357,9 +357,10 @@ class Searcher:
         messages), and search each model once with all faces.
 
         Stored faces below `min_quality` (default DEFAULT_MIN_QUALITY; 0 keeps every face, e.g. to
-        find oneself in one's own photo archive) are left out; a query face below it is still
-        answered and marked `low_quality`. `keep_image` keeps the decoded photo and its detected
-        faces on the result, for rendering and for `query.explain.explain_result`.
+        find oneself in one's own photo archive) are left out; a query face below it (below
+        DEFAULT_MIN_QUALITY when `min_quality` is 0) is still answered, marked `low_quality` and
+        too poor to judge: verdict "too_poor", no match called the same person. `keep_image`
+        keeps the decoded photo and its detected faces on the result, for rendering and for `query.explain.explain_result`.
 
         Raises ImageError (unreadable photo, message starts with the path), QueryError,
         FilterError, StoreError, WeightsMissing/ModelError. A photo without a face gives a
@@ -418,6 +419,9 @@ class Searcher:
             res.search.append(info)
             for qf, ms in zip(res.faces, matches):
                 qf.matches_by_model[m] = ms
+        for qf in res.faces:
+            if qf.low_quality:  # too poor to judge: the verdict's calibration does not hold for it
+                qf.withhold_verdict()
         timings["total"] = time.perf_counter() - t0
         return res
 

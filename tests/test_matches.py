@@ -227,3 +227,138 @@ def test_strangers_against_a_celebrity_gallery(tmp_path, settings):
     assert len(faces) >= 10 and all(len(f.matches) == 5 for f in faces)
     assert sum(f.matches[0].score >= VERDICTS["dlib"].threshold for f in faces) >= len(faces) // 2
     assert sum(bool(f.same_person) for f in faces) <= 1
+
+
+# -- a face too poor to judge (issue 31) --------------------------------------------------------
+def _downscaled_group(tmp_path, factor: int = 5):
+    """obama_and_biden.jpg at a fifth of its size: Obama's and Biden's faces ~37x48 px, of quality
+    below the gate, whose best matches still score above the verdict's threshold."""
+    from PIL import Image
+
+    out = tmp_path / "obama_and_biden_small.jpg"
+    with Image.open(GROUP) as im:
+        im.convert("RGB").resize((im.width // factor, im.height // factor), Image.Resampling.BILINEAR).save(
+            out, quality=90)
+    return out
+
+
+def test_a_face_too_poor_to_judge_is_called_nobody(gallery, settings, tmp_path):
+    """A query face below the quality gate gets no "same person" match even where its score
+    reaches the threshold; its verdict is "too_poor" (JSON, text). Good faces keep theirs."""
+    from lookalike.query.render import format_text
+    from lookalike.query.results import results_document, validate_document
+    from lookalike.query.search import Searcher
+
+    small = _downscaled_group(tmp_path)
+    with Searcher(settings.with_(db=gallery)) as s:
+        r = s.search_photo(str(small), top_k=5)
+        big = s.search_photo(str(GROUP), top_k=5)
+    thr = r.search[0].same_person_threshold
+    assert thr is not None
+    poor = [f for f in r.faces if f.low_quality]
+    assert poor and all(f.quality is not None and f.quality < DEFAULT_MIN_QUALITY for f in poor)
+    # the score alone would call them Obama and Biden: the old verdict did
+    assert any(f.matches[0].identity in ("obama", "biden") and f.matches[0].score >= thr for f in poor)
+    for f in poor:
+        assert f.verdict == "too_poor" and f.same_person == []
+        assert all(m.same_person is None and m.same_person_probability is None for m in f.matches)
+    doc = results_document([r])
+    assert not validate_document(doc)
+    for f in doc["photos"][0]["faces"]:
+        if f["low_quality"]:
+            assert f["verdict"] == "too_poor" and "verdict_by_model" not in f
+            assert all(m["same_person"] is None for m in f["matches"])
+    text = format_text(r)
+    assert "face too poor to judge (quality 0." in text and "likely the same person" not in text
+    assert "same " not in text  # no match says "same NN%"
+    # good faces unchanged: Obama and Biden at full size are the same person
+    good = [f for f in big.faces if not f.low_quality]
+    assert {f.matches[0].identity for f in good} == {"obama", "biden"}
+    assert all(f.verdict == "same_person" and f.matches[0].same_person is True for f in good)
+    assert all(f.verdict == "too_poor" for f in big.faces if f.low_quality)
+
+
+def test_cli_says_a_face_is_too_poor_to_judge(gallery, tmp_path):
+    small = _downscaled_group(tmp_path)
+    env_py = [sys.executable, "-m", "lookalike.query.app.cli"]
+    out = subprocess.run(env_py + ["query", str(small), "--db", gallery, "-k", "3", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "face too poor to judge (quality 0." in out.stdout
+    assert "likely the same person" not in out.stdout and "same " not in out.stdout
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    faces = doc["photos"][0]["faces"]
+    assert faces and any(f["verdict"] == "too_poor" for f in faces)
+    for f in faces:
+        assert f["verdict"] in ("too_poor", "nobody")
+        if f["verdict"] == "too_poor":
+            assert f["low_quality"] and all(m["same_person"] is None for m in f["matches"])
+    assert (tmp_path / "o" / "result.png").exists()
+
+
+def _poor_and_good_faces():
+    from lookalike.query.results import Match, PhotoResult, QueryFace
+
+    def match(rank, score, identity, same):
+        m = Match.from_row(rank, score, {"id": f"x_{rank}", "identity": identity, "source_path": str(GROUP),
+                                         "box_x": 762, "box_y": 397, "box_w": 175, "box_h": 242})
+        return m.model_copy(update={"same_person": same, "same_person_probability": 0.9 if same else 0.1})
+
+    # a face too poor to judge whose match still says "same" (a document of an earlier version)
+    poor = QueryFace(index=0, box=(762, 397, 175, 242), confidence=0.9, quality=0.3, low_quality=True,
+                     matches_by_model={"dlib": [match(1, 0.95, "biden", True), match(2, 0.90, "obama", False)]})
+    good = QueryFace(index=1, box=(1143, 367, 185, 237), confidence=0.9, quality=1.0,
+                     matches_by_model={"dlib": [match(1, 0.96, "obama", True)]})
+    return PhotoResult(path=str(GROUP), sha256="", width=2000, height=1428, detector="yunet", models=["dlib"],
+                       top_k=2, faces=[poor, good])
+
+
+def test_face_verdicts_per_model():
+    from lookalike.query.results import QueryFace
+
+    r = _poor_and_good_faces()
+    poor, good = r.faces
+    assert poor.verdict == "too_poor" and good.verdict == "same_person"
+    nobody = good.model_copy(update={"matches_by_model": {"dlib": [
+        good.matches[0].model_copy(update={"same_person": False})]}})
+    assert nobody.verdict == "nobody"
+    clip = [good.matches[0].model_copy(update={"same_person": None, "same_person_probability": None})]
+    two = QueryFace(index=0, box=(0, 0, 9, 9), confidence=0.9, quality=0.1, low_quality=True,
+                    matches_by_model={"dlib": list(poor.matches), "clip": clip})
+    assert two.verdict == "too_poor" and two.verdict_by_model == {"dlib": "too_poor", "clip": None}
+    js = two.model_dump(mode="json")
+    assert js["verdict"] == "too_poor" and js["verdict_by_model"] == {"dlib": "too_poor", "clip": None}
+    assert "verdict_by_model" not in poor.model_dump(mode="json")
+    assert QueryFace(index=0, box=(0, 0, 9, 9), confidence=0.9).verdict is None  # nothing searched
+
+
+def test_contact_sheet_says_too_poor_to_judge(monkeypatch):
+    """The sheet's row of a face too poor to judge says so with its quality, and none of its
+    matches is framed or captioned as the same person; a good face's still is."""
+    from PIL import ImageDraw
+
+    from lookalike.query import render
+
+    drawn, frames = [], []
+    text, rect = ImageDraw.ImageDraw.text, ImageDraw.ImageDraw.rectangle
+
+    def spy_text(self, xy, t, *a, **kw):
+        drawn.append((xy, t))
+        return text(self, xy, t, *a, **kw)
+
+    def spy_rect(self, xy, *a, **kw):
+        if kw.get("outline") == render.SAME_COLOUR:
+            frames.append(tuple(xy))
+        return rect(self, xy, *a, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy_text)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", spy_rect)
+    r = _poor_and_good_faces()
+    sheet = render.render_sheet(r)
+    assert sheet.size == render.sheet_size(r.width, r.height, 2, 2)
+    band = [t for _, t in drawn if t.startswith("face too poor to judge (quality 0.30)")]
+    assert band, sorted(t for _, t in drawn)
+    same = [t for _, t in drawn if "same person" in t and not t.startswith("face too poor")]
+    assert same == ["0.96 · same person"]  # the good face's match only
+    y_rows = render.MARGIN + render.HEADER_H + render.photo_height(r.width, r.height) + render.GAP
+    assert len(frames) == 1 and frames[0][1] >= y_rows + render.ROW_H  # in the second (good) row

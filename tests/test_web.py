@@ -886,3 +886,59 @@ def test_browser_error_after_a_result_is_in_view(server, browser, width, height,
     assert page.locator(field).get_attribute("aria-describedby") is None
     assert page.evaluate(_STALE) != {} and "broken_images" not in page.evaluate(_STALE)
     assert page.errors == [] and page.outside == []
+
+
+def _downscaled_group_bytes(factor: int = 5) -> bytes:
+    """obama_and_biden.jpg at a fifth of its size: faces ~37x48 px, below the quality gate."""
+    with Image.open(GROUPS / "obama_and_biden.jpg") as im:
+        small = im.convert("RGB").resize((im.width // factor, im.height // factor), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_face_too_poor_to_judge_has_no_verdict(web):
+    """A query face below the quality gate: the API says verdict "too_poor" and no match is the
+    same person. Full-size faces still get theirs."""
+    c = web["client"]
+    r = _post(c, data=_downscaled_group_bytes(), name="obama_and_biden_small.jpg", k="3")
+    assert r.status_code == 200, r.text
+    photo = r.json()["photo"]
+    assert validate_document({"version": 1, "photos": [photo]}) == []
+    poor = [f for f in photo["faces"] if f["low_quality"]]
+    assert poor
+    for f in photo["faces"]:
+        assert f["verdict"] in ("too_poor", "nobody")
+        if f["low_quality"]:
+            assert f["verdict"] == "too_poor" and f["matches"]
+            assert all(m["same_person"] is None and m["same_person_probability"] is None for m in f["matches"])
+    big = _post(c, GROUPS / "obama_and_biden.jpg", k="3").json()["photo"]
+    good = [f for f in big["faces"] if not f["low_quality"]]
+    assert {f["matches"][0]["identity"] for f in good} == {"obama", "biden"}
+    assert all(f["verdict"] == "same_person" and f["matches"][0]["same_person"] is True for f in good)
+
+
+@needs_chromium
+def test_browser_face_too_poor_to_judge(web, server, browser):
+    """The page's card of a face too poor to judge says "Face too poor to judge (quality 0.xx)"
+    and none of its matches carries a same-person badge."""
+    photo = _post(web["client"], data=_downscaled_group_bytes(), name="small.jpg", k="3").json()["photo"]
+    poor = [f for f in photo["faces"] if f["verdict"] == "too_poor"]
+    assert poor
+    page = _page(browser, server, 1360, 900)
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    path = ARTIFACTS / "obama_and_biden_small.jpg"
+    path.write_bytes(_downscaled_group_bytes())
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector(".face")
+    verdicts = page.locator(".qface .verdict").all_inner_texts()
+    assert len(verdicts) == len(photo["faces"])
+    for f, v in zip(photo["faces"], verdicts):
+        if f["verdict"] == "too_poor":
+            assert v.startswith(f"Face too poor to judge (quality {f['quality']:.2f})"), v
+    assert page.locator(".qface .verdict.poor").count() == len(poor)
+    assert page.locator(".match .same").count() == 0 and page.locator(".match.is-same").count() == 0
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "web_too_poor.png"), full_page=True)
+    assert page.errors == [] and page.outside == []

@@ -372,8 +372,9 @@
       const q = el("div", { class: "qface" }, el("canvas", { width: "208", height: "208" }),
         el("b", {}, el("i", { text: String(f.index + 1) }), `Face ${f.index + 1}`),
         el("span", { text: `confidence ${f.confidence.toFixed(2)}` + (f.quality == null ? "" : ` · quality ${f.quality.toFixed(2)}`) }),
-        f.low_quality ? el("span", { class: "lowq", text: "Low quality (tiny, blurred or turned away): its matches mean little" }) : null,
-        el("span", { class: "verdict", text: verdictLine(f.matches) }));
+        f.low_quality && f.verdict !== "too_poor" ? el("span", { class: "lowq", text: "Low quality (tiny, blurred or turned away): its matches mean little" }) : null,
+        el("span", { class: "verdict" + (f.verdict === "too_poor" ? " poor" : ""), text: verdictLine(f),
+                     title: f.verdict === "too_poor" ? "Tiny, blurred or turned away: no match is called the same person" : "" }));
       const ms = el("div", { class: "matches" });
       if (!f.matches.length) {
         ms.append(el("div", { class: "nomatch", text: p.filter ? "No stored face passes this filter." : "No match." }));
@@ -397,7 +398,13 @@
   }
   window.addEventListener("resize", () => document.querySelectorAll(".mwrap").forEach(scrollHint));
 
-  function verdictLine(ms) {
+  function verdictLine(f) {
+    const ms = f.matches;
+    // a face too poor to judge (tiny, blurred or turned away) gets no verdict: its matches are lookalikes only
+    if (f.verdict === "too_poor") {
+      return "Face too poor to judge" + (f.quality == null ? "" : ` (quality ${f.quality.toFixed(2)})`) +
+             ": lookalikes only, no verdict";
+    }
     if (!ms.length || ms[0].same_person == null) return "Similarity only: no same-person verdict for this model";
     const same = [...new Set(ms.filter((m) => m.same_person).map((m) => (m.identity || "an unlabelled face").replace(/_/g, " ")))];
     return same.length ? `Likely the same person: ${same.join(", ")}` : "Nobody here is likely the same person; nearest lookalikes:";
