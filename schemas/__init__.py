@@ -72,9 +72,9 @@ FACE_FIELDS: Tuple[FieldSpec, ...] = (
     # Quality, computed once at ingest (ingest/quality.py); search skips faces below a minimum
     # quality by default. Collections written before these fields existed lack them.
     FieldSpec("face_size", "INT32", doc="shorter side of the face box, pixels of the original photo"),
-    FieldSpec("sharpness", "FLOAT", doc="Laplacian energy of the face relative to its contrast (blur: low)"),
+    FieldSpec("sharpness", "FLOAT", doc="Laplacian energy of the face's inner region relative to its contrast (blur: low)"),
     FieldSpec("frontal", "FLOAT", doc="1 frontal .. 0 profile, from the eyes and nose tip; -1 unknown"),
-    FieldSpec("quality", "FLOAT", doc="0..1, the product of size, confidence, sharpness and frontal ramps"),
+    FieldSpec("quality", "FLOAT", doc="0..1, the product of size, confidence, sharpness, frontal and in-frame ramps"),
     FieldSpec("identity", "VARCHAR", 256,
               doc="CelebA identity number, or folder name for folder sources, '' if unknown"),
     FieldSpec("has_attributes", "BOOL",
