@@ -684,11 +684,11 @@ def test_dlib_resnet_on_torch_matches_dlib(settings, tmp_path):
     weights.mkdir(parents=True)
     real = settings.weights_dir / spec.weights_file
     (weights / spec.weights_file).write_bytes(real.read_bytes()[: real.stat().st_size // 2])
-    for engine in ("torch", "onnx"):
-        broken = DlibEmbedder(spec, settings.with_(deepface_home=str(home), dlib_engine=engine))
+    for runtime in ("torch", "onnx"):
+        broken = DlibEmbedder(spec, settings.with_(deepface_home=str(home), dlib_engine=runtime))
         with pytest.raises(ModelError) as err:
             broken.load()
-        assert spec.weights_file in str(err.value) and "\n" not in str(err.value), engine
+        assert spec.weights_file in str(err.value) and "\n" not in str(err.value), runtime
 
 
 def test_a_collection_keeps_its_index_and_is_searched_by_it(tmp_path, settings):
