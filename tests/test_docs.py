@@ -102,3 +102,14 @@ def test_query_readme_retrieval_row_is_eval_retrieval():
              for d in ("yunet", "dlib")]
     row = f"| CelebA sample retrieval R@1 / R@5 / mAP | {cells[0]} | {cells[1]} |"
     assert row in (ROOT / "query" / "README.md").read_text(), f"expected {row!r} (bench/results/eval_retrieval.json)"
+
+
+def test_readme_verdict_figures_are_the_benchmarks():
+    """The verdict's false-accept rate on strangers (bench/bench_verdict.py) as README.md words it."""
+    g = _load("verdict.json")["held_out"]["galleries"]
+    sized = [v["far_good"] for k, v in g.items() if k != "whole half"]
+    figure = (f"{100 * g['whole half']['far_good']:.1f} % of good-quality strangers against a gallery of "
+              f"~{round(g['whole half']['gallery_faces_mean'], -2):.0f} faces, "
+              f"{100 * min(sized):.1f}–{100 * max(sized):.1f} % from 10 to 300")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert figure in readme, f"README's verdict figures: expected {figure!r} (from bench/results/verdict.json)"
