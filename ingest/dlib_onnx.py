@@ -93,15 +93,27 @@ def build_graph(convs: List[Conv], fc: np.ndarray) -> bytes:
     return model.SerializeToString()
 
 
+def _cached(path: Path, data: bytes) -> bytes:
+    """`data`, written to `path` atomically (two workers building at once both write whole files);
+    a folder that cannot be written to only loses the cache."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would keep other users of the weights folder out
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return data
+
+
 def graph_path(weights: Path) -> Path:
     st = weights.stat()
     return weights.with_name(f"{weights.stem}.v{GRAPH_VERSION}-{st.st_size}-{int(st.st_mtime)}.onnx")
 
 
 def load_graph(weights: Path) -> bytes:
-    """The graph for `weights`: the cached file, or built now and cached (atomically: two workers
-    building at once both write whole files). A weights folder that cannot be written to only
-    loses the cache."""
+    """The graph for `weights`: the cached file, or built now and cached."""
     path = graph_path(weights)
     if path.is_file():
         return path.read_bytes()
@@ -110,14 +122,7 @@ def load_graph(weights: Path) -> bytes:
     except (FormatError, IndexError, ValueError) as e:
         raise FormatError(f"{weights}: not a readable dlib face recognition model ({e})") from None
     data = build_graph(convs, fc)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return data
+    return _cached(path, data)
 
 
 # Activation ranges for the int8 graph (ONNX Runtime's calibration cache format): measured once on
@@ -154,14 +159,7 @@ def load_int8_graph(weights: Path) -> bytes:
         finally:
             root.setLevel(level)
         data = out.read_bytes()
-    try:
-        fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except OSError:
-        pass
-    return data
+    return _cached(path, data)
 
 
 class DlibOnnx:
