@@ -145,18 +145,21 @@ class Searcher:
         return first_filled or order[0]
 
     def analyzer(self, models: Sequence[str], detector: Optional[str] = None) -> Analyzer:
-        """The photo analysis of these models (models load once per process). A transformer model
-        embeds with the weights its collection records, unless the caller chose them explicitly."""
+        """The photo analysis of these models (models load once per process). Each model embeds as
+        its collection records (a transformer model's weights, dlib's int8 or fp32 variant), unless
+        the caller chose a source explicitly."""
         key = tuple(models)
         settings = self._engine_settings.get(key)
         if settings is None:
+            from lookalike.ingest.models import settings_for_source
+
             settings = self.settings
             for m in models:
                 spec = get_model(m)
-                if spec.source_setting and spec.base not in self.explicit_sources:
+                if spec.base not in self.explicit_sources:
                     recorded = self.store.model_source(m)
                     if recorded:
-                        settings = settings.with_(**{spec.source_setting: recorded})
+                        settings = settings_for_source(m, recorded, settings)
             self._engine_settings[key] = settings
         analyzer = Analyzer(settings, detector or settings.detector, list(models)).load()
         for m in models:

@@ -156,3 +156,27 @@ def test_int8_engine_stays_close_to_fp32_and_keeps_its_own_collections(tmp_path,
         store.ensure_collection("dlib", dim=128, source=model_source("dlib", settings))
         with pytest.raises(StoreError, match="was built with"):
             store.ensure_collection("dlib", dim=128, source=model_source("dlib", s8))
+
+
+def test_a_query_embeds_as_its_collection_was_embedded(tmp_path, settings):
+    """A collection ingested with onnx-int8, queried with the default (fp32) settings: the query's
+    faces go through the int8 graph too, so a stored photo finds itself at score 1; and an fp32
+    collection queried with onnx-int8 set is embedded in fp32."""
+    from lookalike import ingest
+    from lookalike.ingest.models import settings_for_source
+    from lookalike.query import Searcher
+
+    src = tmp_path / "src" / "Tom_Hanks"
+    src.mkdir(parents=True)
+    for p in PHOTOS[2:5]:
+        shutil.copy(p, src / p.name)
+    for stored, asked in (("onnx-int8", "onnx"), ("onnx", "onnx-int8")):
+        db = tmp_path / f"{stored}.db"
+        ingest.run(str(src.parent), workers=0, progress=False, report=str(tmp_path / "r.jsonl"),
+                   settings=settings.with_(db=str(db), dlib_engine=stored))
+        with Searcher(settings.with_(db=str(db), dlib_engine=asked)) as searcher:
+            assert searcher.analyzer(["dlib"]).model("dlib").settings.dlib_engine == stored
+            r = searcher.search_photo(str(PHOTOS[2]), top_k=1)
+        best = max(r.faces, key=lambda f: f.box[2] * f.box[3]).matches[0]
+        assert Path(best.source_path).name == PHOTOS[2].name and best.score > 0.99999, (stored, best.score)
+    assert settings_for_source("dlib", "deepface:Dlib", settings) is settings  # nothing to change

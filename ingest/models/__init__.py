@@ -17,6 +17,7 @@ from lookalike.ingest.models.registry import (
     make_embedder,
     model_names,
     model_source,
+    settings_for_source,
     weights_present,
 )
 from lookalike.ingest.models.vit import CROP_MARGIN, CROP_SIZE, ClipEmbedder, Dinov2Embedder, TransformerEmbedder, face_square
@@ -24,6 +25,7 @@ from lookalike.ingest.models.weights import DLIB_LANDMARKS_FILE, YUNET_FILE, imp
 
 __all__ = ["Embedder", "torch_threads", "DeepFaceEmbedder", "DETECTORS", "MIN_DETECT_SIDE", "Detector", "Face",
            "DlibEmbedder", "Engine", "engine_key", "get_engine", "ModelError", "WeightsMissing", "EMBEDDERS",
-           "default_face_model", "make_embedder", "model_names", "model_source", "weights_present", "CROP_MARGIN",
+           "default_face_model", "make_embedder", "model_names", "model_source",
+           "settings_for_source", "weights_present", "CROP_MARGIN",
            "CROP_SIZE", "ClipEmbedder", "Dinov2Embedder", "TransformerEmbedder", "face_square", "DLIB_LANDMARKS_FILE",
            "YUNET_FILE", "import_tensorflow", "provision_weights"]

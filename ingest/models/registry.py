@@ -63,6 +63,23 @@ def model_source(name: str, settings: Settings) -> str:
     return f"deepface:{spec.deepface_name}"  # fixed weights: the name identifies them
 
 
+def settings_for_source(name: str, recorded: str, settings: Settings) -> Settings:
+    """Settings that embed as the collection recorded as `recorded` was embedded: a query's faces
+    must be embedded by the variant that embedded the stored ones. A configurable source becomes
+    the recorded hub id or folder; dlib's fp32 engines (onnx, torch, dlib: the same vectors) and its
+    int8 one are told apart by the recorded `+int8`. Anything else is left as it is (the caller's
+    check then says what differs)."""
+    spec = get_model(name)
+    if spec.source_setting:
+        return settings.with_(**{spec.source_setting: recorded})
+    if spec.kind == "dlib" and recorded != model_source(name, settings):
+        if recorded.endswith("+int8"):
+            return settings.with_(dlib_engine="onnx-int8")
+        if settings.dlib_engine == "onnx-int8" and recorded == model_source(name, settings.with_(dlib_engine="onnx")):
+            return settings.with_(dlib_engine="onnx")
+    return settings
+
+
 def weights_present(name: str, settings: Settings) -> bool:
     """Whether a model's weights are on this machine, checked without loading anything: the files
     its class reads (linked in from packages or the sample data where known). Weights known only
