@@ -74,6 +74,13 @@ class PeopleError(UsageError):
     api_code = "bad_person"
 
 
+class UnknownPerson(PeopleError):
+    """No such person (`people name 99`): exit 2, HTTP 404."""
+
+    http_status = 404
+    api_code = "no_person"
+
+
 # --------------------------------------------------------------------------------------------
 # Clustering (pure: vectors and a graph in, labels out)
 # --------------------------------------------------------------------------------------------
@@ -199,7 +206,7 @@ class PersonFace:
     box: Tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"source": self.source, "face": self.face}
+        return {"id": self.id, "source": self.source, "face": self.face}
 
 
 @dataclass
@@ -237,6 +244,7 @@ class PeopleResult:
     joined: int = 0  # new faces that joined an existing person
     new_people: int = 0  # persons this run started
     dropped: int = 0  # assignments of faces no longer stored (erased) removed
+    pending: int = 0  # read-only (update=False): faces above the gate with no person yet
     seconds: float = 0.0
 
     def person(self, pid: int) -> Person:
@@ -293,11 +301,12 @@ class _Book:
     The two collections are bookkeeping collections like the images ledger, created and written
     through the Store's public `ensure_table` / `upsert_rows`."""
 
-    def __init__(self, store, model: str):
+    def __init__(self, store, model: str, readonly: bool = False):
         self.store, self.model = store, model
         self._where = f"model == {encode_literal(model)}"
-        store.ensure_table(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM)
-        store.ensure_table(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM)
+        if not readonly:  # read-only: tables absent read as no persons (iterate yields nothing)
+            store.ensure_table(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM)
+            store.ensure_table(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM)
         self.assigned: Dict[str, int] = {r["face_id"]: int(r["person"]) for r in store.iterate(
             PERSON_FACES_COLLECTION, ["face_id", "person"], filter=self._where)}
         self.records: Dict[int, Dict[str, Any]] = {}
@@ -401,36 +410,39 @@ def _threshold(model: str, threshold: Optional[float]) -> float:
 def people(model: Optional[str] = None, *, db: Optional[str] = None, uri: Optional[str] = None,
            token: Optional[str] = None, profile: Optional[str] = None, settings: Optional[Settings] = None,
            recluster: bool = False, threshold: Optional[float] = None,
-           min_quality: float = DEFAULT_MIN_QUALITY, k: int = NEIGHBOURS, store=None) -> PeopleResult:
+           min_quality: float = DEFAULT_MIN_QUALITY, k: int = NEIGHBOURS, store=None,
+           update: bool = True) -> PeopleResult:
     """Group every face of `model`'s collection into persons (Python twin of `lookalike people`).
 
     The first run clusters every face of quality >= `min_quality`; later runs cluster only the
     faces that have no person yet (they join a person or start new ones), unless `recluster`.
-    Person ids, user names and merges are kept in the database. Raises PeopleError (exit 2) for
-    a missing database, model or threshold, StoreError for Milvus."""
+    Person ids, user names and merges are kept in the database. `update=False` only reads the
+    persons stored (GET /api/people): nothing is clustered or written, faces without a person yet
+    are counted in `pending`, and a database where `people` never ran has no persons. Raises
+    PeopleError (exit 2) for a missing database, model or threshold, StoreError for Milvus."""
     t0 = time.perf_counter()
     settings = resolve(settings, db=db, uri=uri, token=token, profile=profile)
     store, own = _open(settings, store)
     try:
         model = _pick_model(store, model)
-        threshold = _threshold(model, threshold)
+        if update or threshold is not None or model in PEOPLE_THRESHOLDS:
+            threshold = _threshold(model, threshold)
+        else:
+            threshold = 0.0  # read-only, a model without a calibrated threshold: nothing to cluster with
         name = collection_name(model)
         have = set(store.field_names(name))
         fields = [f for f in _FACE_FIELDS + ["quality"] if f in have] + [VECTOR_FIELD]
         rows = list(store.iterate(name, fields))
-        book = _Book(store, model)
+        book = _Book(store, model, readonly=not update)
+        if not update:
+            return _stored_people(book, rows, store, model, threshold, min_quality, t0)
 
         # faces erased since the last run leave their persons
         stored = {r["id"] for r in rows}
         gone = [f for f in book.assigned if f not in stored]
         book.unassign(gone)
 
-        faces = [PersonFace(r["id"], r["source_path"], int(r["face_index"]), r.get("identity") or "",
-                            None if r.get("quality") is None else float(r["quality"]),
-                            (int(r["box_x"]), int(r["box_y"]), int(r["box_w"]), int(r["box_h"]))) for r in rows]
-        good = [i for i, f in enumerate(faces) if f.quality is None or f.quality >= min_quality]
-        below = [faces[i] for i, f in enumerate(faces) if not (f.quality is None or f.quality >= min_quality)]
-        vec = np.asarray([rows[i][VECTOR_FIELD] for i in good], dtype=np.float32).reshape(len(good), -1)
+        faces, good, below, vec = _faces_of(rows, min_quality)
         ids = [faces[i].id for i in good]
         index = {fid: j for j, fid in enumerate(ids)}
         qfilter = f"quality >= {float(min_quality)!r}" if "quality" in have and min_quality > 0 else ""
@@ -476,6 +488,30 @@ def people(model: Optional[str] = None, *, db: Optional[str] = None, uri: Option
     finally:
         if own:
             store.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _faces_of(rows: List[Dict[str, Any]], min_quality: float) -> Tuple[List[PersonFace], List[int], List[PersonFace], np.ndarray]:
+    """(every face, the rows at or above the quality gate, the faces below it, their vectors)."""
+    faces = [PersonFace(r["id"], r["source_path"], int(r["face_index"]), r.get("identity") or "",
+                        None if r.get("quality") is None else float(r["quality"]),
+                        (int(r["box_x"]), int(r["box_y"]), int(r["box_w"]), int(r["box_h"]))) for r in rows]
+    good = [i for i, f in enumerate(faces) if f.quality is None or f.quality >= min_quality]
+    below = [faces[i] for i, f in enumerate(faces) if not (f.quality is None or f.quality >= min_quality)]
+    vec = np.asarray([rows[i][VECTOR_FIELD] for i in good], dtype=np.float32).reshape(len(good), -1)
+    return faces, good, below, vec
+
+
+def _stored_people(book: _Book, rows: List[Dict[str, Any]], store, model: str, threshold: float,
+                   min_quality: float, t0: float) -> PeopleResult:
+    """The persons as stored (people(update=False)): no clustering, nothing written."""
+    faces, good, below, vec = _faces_of(rows, min_quality)
+    index = {faces[i].id: j for j, i in enumerate(good)}
+    result = PeopleResult(target=str(store.target), model=model, threshold=threshold, min_quality=min_quality,
+                          people=_persons(book, faces, good, vec, index),
+                          unclustered=sorted(below, key=lambda f: (f.source, f.face)))
+    result.pending = sum(1 for fid in index if fid not in book.assigned)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -527,6 +563,73 @@ def _persons(book: _Book, faces: List[PersonFace], good: List[int], vec: np.ndar
     return out
 
 
+@dataclass(frozen=True)
+class PersonRef:
+    """The person a stored face belongs to (followed through merges), for a query's answer."""
+
+    id: int
+    name: Optional[str]  # the user's name, else the identity most of its labelled faces carry
+    named_by: Optional[str]  # "user" | "identity" | None
+
+
+def persons_of_faces(store, model: str, face_ids: Sequence[str]) -> Optional[Dict[str, PersonRef]]:
+    """Face id -> its person, for the stored faces `face_ids` of `model` that `people` clustered
+    (a face not clustered yet is left out). Read-only, a few batched reads whatever the number of
+    faces: their assignments (by primary key), the model's person records (names, merges), then,
+    for persons without a user's name, their faces' identities. None when `people` never ran for
+    this model (no person tables, or none of its rows): the caller then answers nothing."""
+    if not (store.has_collection(PERSON_FACES_COLLECTION) and store.has_collection(PERSONS_COLLECTION)):
+        return None
+    where = f"model == {encode_literal(model)}"
+    records: Dict[int, Dict[str, Any]] = {}
+    ran = False
+    for r in store.select(PERSONS_COLLECTION, ["id", "person", "name", "merged_into"], where):
+        ran = True
+        if r["id"] != f"{model}:next":
+            records[int(r["person"])] = {"name": r["name"] or "", "merged_into": int(r["merged_into"] or 0)}
+    if not ran:
+        return None
+    ids = list(dict.fromkeys(face_ids))
+    if not ids:
+        return {}
+    assigned = {str(r["face_id"]): int(r["person"]) for r in store.rows_where(
+        PERSON_FACES_COLLECTION, "id", [f"{model}:{f}" for f in ids], ["face_id", "person"])}
+
+    def root(pid: int) -> int:
+        seen = set()
+        while pid in records and records[pid]["merged_into"] and pid not in seen:
+            seen.add(pid)
+            pid = records[pid]["merged_into"]
+        return pid
+
+    roots = {fid: root(pid) for fid, pid in assigned.items()}
+    unnamed = {r for r in roots.values() if not records.get(r, {}).get("name")}
+    identity: Dict[int, Optional[str]] = {}
+    if unnamed:  # named as `people` names them: the identity most of the person's labelled faces carry
+        members = [p for p in set(records) | unnamed if root(p) in unnamed]
+        flt = f"{where} and person in {encode_literal(sorted(members))}"
+        owner = {str(r["face_id"]): root(int(r["person"])) for r in store.select(
+            PERSON_FACES_COLLECTION, ["face_id", "person"], flt)}
+        counts: Dict[int, Counter] = defaultdict(Counter)
+        fids = list(owner)
+        for i in range(0, len(fids), 1000):
+            for r in store.get(model, fids[i:i + 1000], output_fields=["id", "identity"]):
+                if r.get("identity"):
+                    counts[owner[str(r["id"])]][str(r["identity"])] += 1
+        for pid, c in counts.items():
+            identity[pid] = min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    out: Dict[str, PersonRef] = {}
+    for fid, pid in roots.items():
+        user = records.get(pid, {}).get("name") or ""
+        if user:
+            out[fid] = PersonRef(pid, user, "user")
+        elif identity.get(pid):
+            out[fid] = PersonRef(pid, identity[pid], "identity")
+        else:
+            out[fid] = PersonRef(pid, None, None)
+    return out
+
+
 def name_person(person: int, name: str, model: Optional[str] = None, *, db: Optional[str] = None,
                 uri: Optional[str] = None, token: Optional[str] = None, profile: Optional[str] = None,
                 settings: Optional[Settings] = None, store=None) -> int:
@@ -541,7 +644,7 @@ def name_person(person: int, name: str, model: Optional[str] = None, *, db: Opti
     try:
         book = _Book(store, _pick_model(store, model))
         if not book.known(int(person)):
-            raise PeopleError(f"no person {person} (run lookalike people first)")
+            raise UnknownPerson(f"no person {person} (run lookalike people first)")
         pid = book.root(int(person))
         book.save_person(pid, name=name)
         return pid
@@ -563,7 +666,7 @@ def merge_persons(keep: int, others: Sequence[int], model: Optional[str] = None,
         book = _Book(store, _pick_model(store, model))
         for pid in [keep, *others]:
             if not book.known(int(pid)):
-                raise PeopleError(f"no person {pid} (run lookalike people first)")
+                raise UnknownPerson(f"no person {pid} (run lookalike people first)")
         target = book.root(int(keep))
         roots = [book.root(int(p)) for p in others]
         if all(r == target for r in roots):

@@ -15,6 +15,11 @@ of its matches is called the same person; their `same_person` and `same_person_p
 null (no verdict), and the face's `verdict` says "too_poor". `QueryFace.verdict` is the face's
 verdict in one word: "same_person" (a match is judged the same person), "nobody" (none is),
 "too_poor", or null for a model without a verdict.
+
+`QueryFace.person` answers who the face is, by the persons `lookalike people` stored (query/people.py):
+the person of its best same-person match ("named" / "unnamed", i.e. "person N"), "unknown" when
+nobody in the collection is the same person, null when the face is too poor to judge or people
+never ran on the database.
 """
 from __future__ import annotations
 
@@ -162,6 +167,32 @@ class Match(BaseModel):
         )
 
 
+PERSON_DOC = ('who this face is, by the persons `lookalike people` grouped the stored faces into (first model '
+              'searched): "named" (the person of its best same-person match, named by a user or by the identity '
+              'most of its faces carry; a match not grouped yet gives its own identity, with id null), "unnamed" '
+              '(that person has no name: shown as "person <id>"), "unknown" (verdict "nobody", or a same-person '
+              'match neither grouped nor labelled: not in the gallery); null: verdict too_poor or none, or '
+              '`lookalike people` never ran on this database')
+
+
+class PersonAnswer(BaseModel):
+    """A query face's answer by person (QueryFace.person)."""
+
+    id: Optional[int] = Field(None, description="person id (lookalike people); null when the match is not grouped "
+                                                "yet or the answer is unknown")
+    name: Optional[str] = Field(None, description="the person's name; null for unnamed and unknown")
+    named_by: Optional[Literal["user", "identity"]] = Field(None, description="who named it: a user (people name) "
+                                                            "or the identity of its labelled faces")
+    answer: Literal["named", "unnamed", "unknown"]
+
+    @property
+    def label(self) -> str:
+        """'Tom Hanks' / 'person 7' / 'unknown'."""
+        if self.answer == "named" and self.name:
+            return self.name
+        return f"person {self.id}" if self.answer == "unnamed" else "unknown"
+
+
 class QueryFace(BaseModel):
     """One face found in the query photo and its matches per model searched."""
 
@@ -171,6 +202,7 @@ class QueryFace(BaseModel):
     quality: Optional[float] = None
     low_quality: bool = Field(False, description="below the search's minimum quality: answered, but too poor to "
                                                  "judge (verdict too_poor, no same-person match)")
+    person: Optional[PersonAnswer] = Field(None, description=PERSON_DOC)
     matches_by_model: Dict[str, List[Match]] = Field(default_factory=dict,
                                                      description="only when more than one model was searched")
     dbox: Optional[Box] = Field(None, exclude=True, repr=False)  # decoded-image pixels (rendering)

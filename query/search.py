@@ -36,6 +36,7 @@ from lookalike.query.results import (  # noqa: F401
     DEFAULT_TOP_K,
     TOP_K_MAX,
     Match,
+    PersonAnswer,
     PhotoResult,
     QueryError,
     QueryFace,
@@ -425,8 +426,40 @@ class Searcher:
         for qf in res.faces:
             if qf.low_quality:  # too poor to judge: the verdict's calibration does not hold for it
                 qf.withhold_verdict()
+        t = time.perf_counter()
+        self.answer_persons(res, models[0])
+        timings["persons"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return res
+
+    def answer_persons(self, res: PhotoResult, model: str) -> None:
+        """Set each face's `person` (QueryFace.person) from the persons `lookalike people` stored:
+        one batched lookup for the photo's best same-person matches (query.people.persons_of_faces).
+        Nothing is set where people never ran on this database for `model`."""
+        from lookalike.query.people import persons_of_faces
+
+        best = {qf.index: next((m for m in qf.matches if m.same_person), None) for qf in res.faces
+                if qf.verdict == "same_person"}
+        if not any(qf.verdict in ("same_person", "nobody") for qf in res.faces):
+            return
+        book = persons_of_faces(self.store, model, [m.id for m in best.values() if m is not None])
+        if book is None:
+            return
+        for qf in res.faces:
+            if qf.verdict == "nobody":
+                qf.person = PersonAnswer(answer="unknown")
+                continue
+            m = best.get(qf.index)
+            if m is None:
+                continue
+            ref = book.get(m.id)
+            if ref is not None:
+                qf.person = (PersonAnswer(id=ref.id, name=ref.name, named_by=ref.named_by, answer="named")  # type: ignore[arg-type]
+                             if ref.name else PersonAnswer(id=ref.id, answer="unnamed"))
+            elif m.identity:  # grouped at the next `lookalike people`: its label meanwhile
+                qf.person = PersonAnswer(name=m.identity, named_by="identity", answer="named")
+            else:
+                qf.person = PersonAnswer(answer="unknown")
 
 
 def search_photo(photo: Union[str, Path, bytes], *, db: Optional[str] = None, uri: Optional[str] = None,

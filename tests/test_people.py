@@ -189,7 +189,7 @@ def test_cli_table_json_name_merge(db_copy, capsys, tmp_path):
     assert (tmp_path / "sheet" / "people.png").stat().st_size > 1000
     first = doc["people"][0]
     assert set(first) >= {"id", "name", "faces"}
-    assert set(first["faces"][0]) == {"source", "face"} and isinstance(first["faces"][0]["face"], int)
+    assert set(first["faces"][0]) == {"id", "source", "face"} and isinstance(first["faces"][0]["face"], int)
     assert main(["people", "name", str(first["id"]), "Someone", "--db", s.db]) == 0
     assert main(["people", "--db", s.db, "--min-faces", "2"]) == 0
     out = capsys.readouterr().out
@@ -228,3 +228,84 @@ def test_graph_average_linkage_equals_all_pairs_and_keeps_fixed_persons_apart():
     y /= np.linalg.norm(y, axis=1, keepdims=True)
     labels = average_linkage(y, [(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)], 0.5, initial=[0, 0, 1, -1])
     assert labels[0] == labels[1] != labels[2] and labels[3] == labels[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries answered by person (QueryFace.person)
+# ---------------------------------------------------------------------------------------------
+GROUPS = DATA / "groups" / "photos"
+
+
+def _answers(searcher, photo):
+    r = searcher.search_photo(str(GROUPS / photo))
+    return [(f.verdict, f.person, f.matches[0].identity if f.matches else "") for f in r.faces]
+
+
+def test_query_faces_are_answered_by_person_after_people_ran(db_copy):
+    from lookalike.query.search import Searcher
+
+    s, _ = db_copy
+    with Searcher(s) as searcher:
+        # people never ran: no person tables, no answer (and no error)
+        before = _answers(searcher, "obama_and_biden.jpg")
+        assert before and all(p is None for _, p, _ in before)
+        assert not searcher.store.has_collection("lookalike_persons")
+
+        r = people(settings=s, store=searcher.store)
+        ids = {p.name: p.id for p in r.people if p.named_by == "identity"}
+        got = _answers(searcher, "obama_and_biden.jpg")
+        assert sorted(v for v, _, _ in got) == ["same_person", "same_person"]
+        for _, p, ident in got:  # each face: the gallery person of its best same-person match
+            assert p.answer == "named" and p.name == ident and p.named_by == "identity" and p.id == ids[ident]
+        # a user's name wins; a merge is followed
+        name_person(ids["obama"], "Barack Obama", settings=s, store=searcher.store)
+        got = {ident: p for _, p, ident in _answers(searcher, "obama_and_biden.jpg")}
+        assert got["obama"].name == "Barack Obama" and got["obama"].named_by == "user"
+        assert got["obama"].id == ids["obama"] and got["biden"].name == "biden"
+        merge_persons(ids["biden"], [ids["obama"]], settings=s, store=searcher.store)
+        got = {ident: p for _, p, ident in _answers(searcher, "obama_and_biden.jpg")}
+        # (the kept person had no user name: it takes the merged one's)
+        assert got["obama"].id == ids["biden"] == got["biden"].id
+        assert got["obama"].name == got["biden"].name == "Barack Obama"
+        # strangers: nobody in the gallery is them
+        stranger = _answers(searcher, "multiface.jpg")
+        assert any(v == "nobody" for v, _, _ in stranger)
+        for v, p, _ in stranger:
+            assert (p is None) if v == "too_poor" else (v == "nobody" and p.answer == "unknown" and p.id is None)
+        # the user's name removed: named by the identity most of the merged person's faces carry
+        name_person(ids["biden"], "", settings=s, store=searcher.store)
+        doc = searcher.search_photo(str(GROUPS / "obama_and_biden.jpg")).to_json()
+        assert len({f["person"]["name"] for f in doc["faces"]}) == 1
+        assert {f["person"]["name"] for f in doc["faces"]} <= {"obama", "biden"}
+        assert {(f["person"]["answer"], f["person"]["named_by"]) for f in doc["faces"]} == {("named", "identity")}
+        assert doc["faces"][0]["person"]["name"] == people(settings=s, store=searcher.store, update=False).person(
+            ids["biden"]).name
+
+
+def test_query_answer_in_the_cli_table(db_copy, capsys):
+    s, _ = db_copy
+    photo = str(GROUPS / "obama_and_biden.jpg")
+    assert main(["query", photo, "--db", s.db, "-k", "2"]) == 0
+    assert "-> person:" not in capsys.readouterr().out  # people never ran
+    assert main(["people", "--db", s.db]) == 0
+    capsys.readouterr()
+    assert main(["query", photo, "--db", s.db, "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "likely the same person: biden  -> person: biden (person " in out
+    assert main(["query", photo, "--db", s.db, "--json"]) == 0
+    faces = json.loads(capsys.readouterr().out)["photos"][0]["faces"]
+    assert {f["person"]["answer"] for f in faces} == {"named"} and all(f["person"]["id"] for f in faces)
+
+
+def test_people_read_only_lists_without_clustering(db_copy):
+    s, _ = db_copy
+    empty = people(settings=s, update=False)
+    assert empty.people == [] and empty.pending > 0 and not empty.reclustered
+    from lookalike.ingest.store import Store
+
+    with Store.from_settings(s) as st:
+        assert not st.has_collection("lookalike_persons")  # nothing written
+    r = people(settings=s)
+    again = people(settings=s, update=False)
+    assert [(p.id, p.name, len(p.faces)) for p in again.people] == [(p.id, p.name, len(p.faces)) for p in r.people]
+    assert again.pending == 0 and again.clustered == 0

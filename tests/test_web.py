@@ -942,3 +942,109 @@ def test_browser_face_too_poor_to_judge(web, server, browser):
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "web_too_poor.png"), full_page=True)
     assert page.errors == [] and page.outside == []
+
+
+# ---------------------------------------------------------------------------------------------
+# People: GET /api/people, POST /api/people/{id}/name, the People view
+# ---------------------------------------------------------------------------------------------
+def _run_people(web):
+    """`lookalike people` over the module's database (through its one store: Milvus Lite has one
+    client per process); incremental, so a second call changes nothing."""
+    from lookalike.query.people import people
+
+    svc = web["app"].state.lookalike
+    with svc.lock:
+        return people(settings=svc.settings, store=web["searcher"].store)
+
+
+def test_people_api_lists_the_stored_persons_read_only(web):
+    c = web["client"]
+    if not web["searcher"].store.has_collection("lookalike_persons"):  # people not run yet in this module
+        r = c.get("/api/people")
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["people"] == [] and "lookalike people" in doc["note"]
+        assert not web["searcher"].store.has_collection("lookalike_persons")  # read-only: nothing written
+    ran = _run_people(web)
+    r = c.get("/api/people", params={"model": "dlib"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    # the JSON of `lookalike people --json` (PeopleResult.to_dict), server paths cut to file names
+    assert set(doc) >= set(ran.to_dict()) and doc["model"] == "dlib" and doc["reclustered"] is False
+    assert [(p["id"], p["name"], len(p["faces"])) for p in doc["people"]] == \
+        [(p.id, p.name, len(p.faces)) for p in ran.people]
+    first = doc["people"][0]
+    assert set(first) == {"id", "name", "named_by", "photos", "representative", "merged", "faces"}
+    assert set(first["faces"][0]) == {"id", "source", "face"} and set(first["representative"]) == {"id", "source", "face"}
+    assert not any("/" in f["source"] for p in doc["people"] for f in p["faces"])
+    assert web["db"] not in r.text and str(web["src"]) not in r.text
+    t = c.get(f"/api/thumb/dlib/{first['representative']['id']}")
+    assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    # identities name the gallery's persons; every stored face of quality is someone's
+    assert {"obama", "biden"} <= {p["name"] for p in doc["people"]} and "note" not in doc
+    bad = c.get("/api/people", params={"model": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "unknown_model"
+
+
+def test_people_api_names_a_person(web):
+    c = web["client"]
+    _run_people(web)
+    doc = c.get("/api/people").json()
+    pid = doc["people"][-1]["id"]
+    r = c.post(f"/api/people/{pid}/name", json={"name": "  Aunt May "})
+    assert r.status_code == 200 and r.json() == {"id": pid, "name": "Aunt May"}, r.text
+    named = {p["id"]: p for p in c.get("/api/people").json()["people"]}[pid]
+    assert named["name"] == "Aunt May" and named["named_by"] == "user"
+    # a query face of that person is answered with the name
+    obama = next(p for p in doc["people"] if p["name"] == "obama")
+    assert c.post(f"/api/people/{obama['id']}/name", json={"name": "Barack Obama"}).status_code == 200
+    faces = _post(c, GROUPS / "obama_and_biden.jpg").json()["photo"]["faces"]
+    assert {f["person"]["name"] for f in faces} == {"Barack Obama", "biden"}
+    assert all(f["person"]["answer"] == "named" and f["person"]["id"] for f in faces)
+    assert c.post(f"/api/people/{obama['id']}/name", json={"name": ""}).json() == {"id": obama["id"], "name": None}
+    assert {p["id"]: p for p in c.get("/api/people").json()["people"]}[obama["id"]]["name"] == "obama"
+    # errors: the app's mapping, {"error": {"code", "message"}}
+    r = c.post("/api/people/99999/name", json={"name": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_person", r.text
+    r = c.post(f"/api/people/{pid}/name", json={"name": "x" * 300})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_person"
+    r = c.post(f"/api/people/{pid}/name", json={})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "name"
+    r = c.post(f"/api/people/{pid}/name", params={"model": "nope"}, json={"name": "x"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_model"
+    assert c.post(f"/api/people/{pid}/name", json={"name": ""}).status_code == 200
+
+
+@needs_chromium
+@pytest.mark.parametrize("width,height", [(1366, 900), (390, 844)])
+def test_browser_people_grid(web, server, browser, width, height):
+    ran = _run_people(web)
+    page = _page(browser, server, width, height)
+    page.goto(server + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.click("#tab-people")
+    page.wait_for_selector(".pcard")
+    page.wait_for_function("[...document.querySelectorAll('.pcard img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30_000)
+    assert page.locator(".pcard").count() == len(ran.people)
+    assert page.locator("main.layout").is_hidden()
+    names = page.locator(".pcard .pn").all_inner_texts()
+    assert "obama" in names and all(n for n in names)
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing wider than the screen
+    page.screenshot(path=str(ARTIFACTS / f"web_people_{width}.png"))
+    # a person: its faces
+    first = ran.people[0]
+    page.locator(f".pcard[data-person='{first.id}']").click()
+    page.wait_for_selector("#pfaces img")
+    page.wait_for_function("[...document.querySelectorAll('#pfaces img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30_000)
+    assert page.locator("#pfaces figure").count() == len(first.faces)
+    assert page.locator(".pcard").first.is_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.screenshot(path=str(ARTIFACTS / f"web_people_{width}_person.png"))
+    page.click("#pback")
+    assert page.locator(".pcard").first.is_visible()
+    # back to the search
+    page.click("#tab-search")
+    assert page.locator("main.layout").is_visible() and page.locator("#peopleview").is_hidden()
+    assert page.errors == [] and page.outside == []

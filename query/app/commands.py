@@ -165,9 +165,36 @@ def query(photos, top_k, model, filter_, where, where_not, exclude_same_image, m
 
         click.echo(json.dumps(results_document(results), indent=2, ensure_ascii=False))
     else:
-        click.echo("\n\n".join(format_text(r) for r in results if r.ok))
+        click.echo("\n\n".join(with_persons(r, format_text(r)) for r in results if r.ok))
     if out:
         t = time.perf_counter()
         written = write_outputs(results, out)
         click.echo(f"wrote {', '.join(written)} ({time.perf_counter() - t:.2f} s)", err=as_json)
     return worst
+
+
+def person_text(answer) -> str:
+    """A query face's answer by person (QueryFace.person), for the table."""
+    if answer.answer == "named":
+        return f"{answer.name}" + (f" (person {answer.id})" if answer.id is not None else " (not grouped yet)")
+    if answer.answer == "unnamed":
+        return f"person {answer.id} (no name: lookalike people name {answer.id} NAME)"
+    return "unknown (not in the gallery)"
+
+
+def with_persons(result, text: str) -> str:
+    """The table of format_text with each face's person after its verdict line ("likely the same
+    person: X" or "nobody here ..."), in the first model's block, where `lookalike people` ran."""
+    faces = {f.index: f for f in result.faces}
+    lines = text.split("\n")
+    face = None
+    first = len(result.models) <= 1
+    for i, line in enumerate(lines):
+        if line.startswith("face "):
+            face = faces.get(int(line.split()[1]) - 1)
+            first = len(result.models) <= 1 or f"[{result.models[0]}]" in line
+        elif face is not None and first and line.startswith("   ") and not line.startswith("    "):
+            if face.person is not None:
+                lines[i] = f"{line}  -> person: {person_text(face.person)}"
+            face = None  # only the face's first line after its header: the verdict line
+    return "\n".join(lines)

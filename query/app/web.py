@@ -15,6 +15,9 @@ from here, so the page works offline; OpenAPI at /openapi.json):
     GET  /api/fields               attribute groups for the filter UI, filterable fields
     GET  /api/thumb/{model}/{id}   JPEG crop of a stored face, looked up by primary key
     GET  /api/photo/{model}/{id}   JPEG of a stored face's whole source photo, the face outlined
+    GET  /api/people?model=dlib    the persons `lookalike people` stored, as `lookalike people --json`
+                                   (read-only: nothing is clustered; source paths cut to file names)
+    POST /api/people/{id}/name     JSON {"name": ...}: name a person ('' removes the name)
 
 Server paths are not disclosed: a match's `source_path` is the file's name only, and its photo is
 fetched by face id (GET /api/photo). The contact sheet is drawn from the search already run: the
@@ -461,6 +464,62 @@ def photo(model: str, face_id: str, svc: Lookalike = Depends(service)) -> Respon
     if data is None:
         raise ApiError(404, "not_found", "the source image of this face is missing or unreadable")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+
+class PersonName(BaseModel):
+    name: str = Field(description="the person's name, at most 256 characters; '' removes it")
+
+
+class NamedPerson(BaseModel):
+    id: int = Field(description="the person named (a person merged into another names that one)")
+    name: Optional[str] = Field(description="its name now (null: removed)")
+
+
+_PEOPLE_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {
+    400: {"description": "bad option (unknown model, empty database, name too long)"},
+    404: {"description": "no such person"},
+    503: {"description": "database error, or the server is starting"}}
+
+
+@api.get("/people", summary="The persons `lookalike people` grouped the faces into (read-only)",
+         responses=_PEOPLE_ERRORS)
+def people_list(model: Optional[str] = None, svc: Lookalike = Depends(service)) -> Dict[str, Any]:
+    """The JSON of `lookalike people --json` as stored: nothing is clustered or written here (run
+    `lookalike people` to group new faces). `note` says when there is nothing, or faces wait for
+    their person. Each face's `id` gives its thumbnail (GET /api/thumb/{model}/{id})."""
+    from lookalike.query.people import people
+
+    svc.check_model(model)
+    s = svc.searcher
+    with svc.lock:
+        result = people(model or None, settings=svc.settings, store=s.store, update=False)
+    doc = result.to_dict()
+    doc["target"] = svc.settings.uri or Path(svc.settings.db).name  # server paths stay on the server
+    for p in doc["people"]:
+        for f in p["faces"] + ([p["representative"]] if p["representative"] else []):
+            f["source"] = file_name(f["source"])
+    for f in doc["unclustered"]:
+        f["source"] = file_name(f["source"])
+    if not result.people:
+        doc["note"] = "no persons yet: run `lookalike people` on this database to group its faces"
+    elif result.pending:
+        doc["note"] = (f"{result.pending} faces have no person yet: run `lookalike people` to group them")
+    return doc
+
+
+@api.post("/people/{person}/name", summary="Name a person ('' removes the name)", response_model=NamedPerson,
+          responses=_PEOPLE_ERRORS)
+def people_name(person: int, body: PersonName, model: Optional[str] = None,
+                svc: Lookalike = Depends(service)) -> NamedPerson:
+    """As `lookalike people name PERSON NAME`: kept in the database. A person merged into another
+    names that one (its id is answered)."""
+    from lookalike.query.people import name_person
+
+    svc.check_model(model)
+    s = svc.searcher
+    with svc.lock:
+        pid = name_person(person, body.name, model or None, settings=svc.settings, store=s.store)
+    return NamedPerson(id=pid, name=body.name.strip() or None)
 
 
 def create_app(settings: Optional[Settings] = None, *, searcher=None, warm: bool = True,

@@ -1,5 +1,5 @@
 // Lookalike web page: plain JS, no build step. Talks to /api/stats, /api/fields, /api/query,
-// /api/sheet, /api/thumb and /api/photo.
+// /api/sheet, /api/thumb, /api/photo and /api/people (the People view, #people).
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -374,7 +374,8 @@
         el("span", { text: `confidence ${f.confidence.toFixed(2)}` + (f.quality == null ? "" : ` · quality ${f.quality.toFixed(2)}`) }),
         f.low_quality && f.verdict !== "too_poor" ? el("span", { class: "lowq", text: "Low quality (tiny, blurred or turned away): its matches mean little" }) : null,
         el("span", { class: "verdict" + (f.verdict === "too_poor" ? " poor" : ""), text: verdictLine(f),
-                     title: f.verdict === "too_poor" ? "Tiny, blurred or turned away: no match is called the same person" : "" }));
+                     title: f.verdict === "too_poor" ? "Tiny, blurred or turned away: no match is called the same person" : "" }),
+        personLine(f.person));
       const ms = el("div", { class: "matches" });
       if (!f.matches.length) {
         ms.append(el("div", { class: "nomatch", text: p.filter ? "No stored face passes this filter." : "No match." }));
@@ -408,6 +409,20 @@
     if (!ms.length || ms[0].same_person == null) return "Similarity only: no same-person verdict for this model";
     const same = [...new Set(ms.filter((m) => m.same_person).map((m) => (m.identity || "an unlabelled face").replace(/_/g, " ")))];
     return same.length ? `Likely the same person: ${same.join(", ")}` : "Nobody here is likely the same person; nearest lookalikes:";
+  }
+
+  // who the face is, by the persons `lookalike people` grouped (null: too poor, or people never ran)
+  const personLabel = (p) => (p.name ? p.name.replace(/_/g, " ") : `person ${p.id}`);
+  function personLine(a) {
+    if (!a) return null;
+    if (a.answer === "unknown") {
+      return el("span", { class: "person unknown", text: "Unknown: not in the gallery",
+                          title: "nobody in the collection is likely this person" });
+    }
+    const text = a.answer === "named" ? a.name.replace(/_/g, " ") : `person ${a.id}`;
+    return el("span", { class: "person", text: `→ ${text}`,
+                        title: a.id == null ? "not grouped into a person yet (lookalike people)" :
+                               `person ${a.id}` + (a.answer === "unnamed" ? " · no name yet (People view)" : "") });
   }
 
   // a file name wraps after its "_", "-" and "." (<wbr>) rather than mid-word: "Tom_Hanks_|0002.jpg"
@@ -520,5 +535,111 @@
     }
   }
 
-  loadOptions();
+  // ---- People view (#people): the persons `lookalike people` stored --------------------------
+  const thumbUrl = (model, id) => `/api/thumb/${encodeURIComponent(model)}/${encodeURIComponent(id)}`;
+  const thumbImg = (model, id, alt) => {
+    const img = el("img", { src: thumbUrl(model, id), alt, loading: "lazy" });
+    img.onerror = () => { img.classList.add("missing"); img.removeAttribute("src"); };
+    return img;
+  };
+  const peopleState = { doc: null, open: null };
+
+  function showView() {
+    const people = location.hash === "#people";
+    $("peopleview").hidden = !people;
+    document.querySelector("main.layout").hidden = people;
+    $("tab-people").classList.toggle("on", people);
+    $("tab-search").classList.toggle("on", !people);
+    $("tab-people").toggleAttribute("aria-current", people);
+    $("tab-search").toggleAttribute("aria-current", !people);
+    if (people) loadPeople();
+  }
+  window.addEventListener("hashchange", showView);
+  $("tab-search").addEventListener("click", (e) => {
+    e.preventDefault();
+    history.pushState(null, "", location.pathname);
+    showView();
+  });
+
+  async function loadPeople() {
+    const model = $("model").value;
+    const note = $("people-note");
+    try {
+      const doc = await fetch("/api/people" + (model ? `?model=${encodeURIComponent(model)}` : "")).then(jsonOrThrow);
+      peopleState.doc = doc;
+      note.hidden = !doc.note;
+      note.className = "banner info";
+      note.textContent = doc.note || "";
+      const faces = doc.people.reduce((a, p) => a + p.faces.length, 0);
+      $("people-info").textContent = `${doc.people.length} person${doc.people.length === 1 ? "" : "s"} · ` +
+        `${faces.toLocaleString()} faces · ${doc.model}`;
+      drawPeople();
+      const open = peopleState.open != null && doc.people.find((p) => p.id === peopleState.open);
+      if (open) openPerson(open); else closePerson();
+    } catch (e) {
+      note.hidden = false;
+      note.className = "banner error";
+      note.textContent = `Cannot list the people: ${e.message}`;
+    }
+  }
+
+  function drawPeople() {
+    const doc = peopleState.doc;
+    const grid = $("pgrid");
+    grid.innerHTML = "";
+    for (const p of doc.people) {
+      const rep = p.representative || p.faces[0];
+      const card = el("div", { class: "pcard", role: "button", tabindex: "0", "data-person": String(p.id),
+                               title: `person ${p.id}` + (p.named_by === "identity" ? " · named by its faces' identity" : "") },
+        rep ? thumbImg(doc.model, rep.id, personLabel(p)) : null,
+        el("span", { class: "pn" + (p.name ? "" : " unnamed"), text: personLabel(p) }),
+        el("span", { class: "pc", text: `${p.faces.length} face${p.faces.length === 1 ? "" : "s"} · ${p.photos} photo${p.photos === 1 ? "" : "s"}` }));
+      card.addEventListener("click", () => openPerson(p));
+      card.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openPerson(p); } });
+      grid.append(card);
+    }
+  }
+
+  function openPerson(p) {
+    const model = peopleState.doc.model;
+    peopleState.open = p.id;
+    $("pgrid").hidden = true;
+    $("pdetail").hidden = false;
+    $("pname").textContent = personLabel(p);
+    $("pcount").textContent = `person ${p.id} · ${p.faces.length} face${p.faces.length === 1 ? "" : "s"}` +
+      (p.merged.length ? ` · merged: ${p.merged.join(", ")}` : "");
+    $("pnamein").value = p.named_by === "user" ? p.name : "";
+    $("pnamein").placeholder = p.named_by === "identity" ? `Name this person (now: ${personLabel(p)})` : "Name this person";
+    const box = $("pfaces");
+    box.innerHTML = "";
+    for (const f of p.faces) {
+      box.append(el("figure", { title: `${f.source} · face ${f.face + 1}` }, thumbImg(model, f.id, `${personLabel(p)}: ${f.source}`),
+                    el("figcaption", {}, ...breakable(f.source))));
+    }
+    window.scrollTo(0, 0);
+  }
+  function closePerson() {
+    peopleState.open = null;
+    $("pdetail").hidden = true;
+    $("pgrid").hidden = false;
+  }
+  $("pback").addEventListener("click", closePerson);
+  $("pnameform").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (peopleState.open == null) return;
+    const model = peopleState.doc.model;
+    try {
+      await fetch(`/api/people/${peopleState.open}/name?model=${encodeURIComponent(model)}`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: $("pnamein").value }) }).then(jsonOrThrow);
+      await loadPeople();
+    } catch (err) {
+      const note = $("people-note");
+      note.hidden = false;
+      note.className = "banner error";
+      note.textContent = `Cannot name this person: ${err.message}`;
+    }
+  });
+
+  loadOptions().then(showView);
 })();
