@@ -286,12 +286,12 @@ def test_query_answer_in_the_cli_table(db_copy, capsys):
     s, _ = db_copy
     photo = str(GROUPS / "obama_and_biden.jpg")
     assert main(["query", photo, "--db", s.db, "-k", "2"]) == 0
-    assert "-> person:" not in capsys.readouterr().out  # people never ran
+    assert "   person: " not in capsys.readouterr().out  # people never ran
     assert main(["people", "--db", s.db]) == 0
     capsys.readouterr()
     assert main(["query", photo, "--db", s.db, "-k", "2"]) == 0
     out = capsys.readouterr().out
-    assert "likely the same person: biden  -> person: biden (person " in out
+    assert "likely the same person: biden\n   person: biden (person " in out
     assert main(["query", photo, "--db", s.db, "--json"]) == 0
     faces = json.loads(capsys.readouterr().out)["photos"][0]["faces"]
     assert {f["person"]["answer"] for f in faces} == {"named"} and all(f["person"]["id"] for f in faces)

@@ -183,8 +183,9 @@ def person_text(answer) -> str:
 
 
 def with_persons(result, text: str) -> str:
-    """The table of format_text with each face's person after its verdict line ("likely the same
-    person: X" or "nobody here ..."), in the first model's block, where `lookalike people` ran."""
+    """The table of format_text with each face's person on a line under its verdict line ("likely
+    the same person: X" or "nobody here ..."), in the first model's block, where `lookalike people`
+    ran."""
     faces = {f.index: f for f in result.faces}
     lines = text.split("\n")
     face = None
@@ -194,7 +195,7 @@ def with_persons(result, text: str) -> str:
             face = faces.get(int(line.split()[1]) - 1)
             first = len(result.models) <= 1 or f"[{result.models[0]}]" in line
         elif face is not None and first and line.startswith("   ") and not line.startswith("    "):
-            if face.person is not None:
-                lines[i] = f"{line}  -> person: {person_text(face.person)}"
+            if face.person is not None:  # on a line of its own under the verdict, indented alike
+                lines[i] = f"{line}\n{line[:len(line) - len(line.lstrip())]}person: {person_text(face.person)}"
             face = None  # only the face's first line after its header: the verdict line
     return "\n".join(lines)
