@@ -267,8 +267,8 @@ class PeopleResult:
         for p in shown:
             rep = p.representative
             # a CelebA identity is a number: "id 7484", as the contact sheet shows it, not a count
-            shown = f"id {p.name}" if p.named_by == "identity" and p.name and p.name.isdigit() else p.name
-            name = (shown or "-") + ("" if p.named_by != "identity" else " *")
+            label = f"id {p.name}" if p.named_by == "identity" and p.name and p.name.isdigit() else p.name
+            name = (label or "-") + ("" if p.named_by != "identity" else " *")
             out.append(f"{p.id:>7}  {name[:24]:<24} {len(p.faces):>5} {p.photos:>6}  "
                        + (f"{rep.source} #{rep.face + 1}" if rep else "-"))
         faces = sum(len(p.faces) for p in self.people)
