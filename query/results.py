@@ -16,7 +16,7 @@ null (no verdict), and the face's `verdict` says "too_poor". `QueryFace.verdict`
 verdict in one word: "same_person" (a match is judged the same person), "nobody" (none is),
 "too_poor", or null for a model without a verdict.
 
-`QueryFace.person` answers who the face is, by the persons `lookalike people` stored (query/people.py):
+`QueryFace.person` answers who the face is, by the persons `lookalike people` stored (query/people/):
 the person of its best same-person match ("named" / "unnamed", i.e. "person N"), "unknown" when
 nobody in the collection is the same person, null when the face is too poor to judge or people
 never ran on the database.

@@ -109,7 +109,7 @@ LEDGER_FIELDS: Tuple[FieldSpec, ...] = (
 LEDGER_VECTOR_DIM = 2
 LEDGER_STATUSES = ("done", "noface", "failed")
 
-# People (query/people.py): faces grouped into persons, per model. Bookkeeping collections like the
+# People (query/people/): faces grouped into persons, per model. Bookkeeping collections like the
 # ledger (a 2-d placeholder vector, never searched): which person each clustered face belongs to,
 # and the persons' names, merges and the next free person id.
 PERSON_FACES_COLLECTION = "lookalike_person_faces"

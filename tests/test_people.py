@@ -309,3 +309,11 @@ def test_people_read_only_lists_without_clustering(db_copy):
     again = people(settings=s, update=False)
     assert [(p.id, p.name, len(p.faces)) for p in again.people] == [(p.id, p.name, len(p.faces)) for p in r.people]
     assert again.pending == 0 and again.clustered == 0
+
+
+def test_a_celeba_identity_is_shown_as_an_id_not_a_count():
+    from lookalike.query.people import Person
+
+    assert Person(1, "7484", "identity", []).label == "id 7484"  # table and sheet, as the contact sheet
+    assert Person(2, "Tom_Hanks", "identity", []).label == "Tom_Hanks"
+    assert Person(3, "2024", "user", []).label == "2024" and Person(4, None, None, []).label is None

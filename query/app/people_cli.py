@@ -1,4 +1,4 @@
-"""`lookalike people`: a thin layer over `query.people` (query/people.py), which does the work."""
+"""`lookalike people`: a thin layer over `query.people` (query/people/), which does the work."""
 from __future__ import annotations
 
 import json

@@ -36,36 +36,30 @@ How faces become persons:
 """
 from __future__ import annotations
 
-import heapq
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from lookalike.ingest.quality import DEFAULT_MIN_QUALITY
 from lookalike.ingest.settings import Settings, resolve
-from lookalike.schemas import (
-    PERSON_FACES_COLLECTION,
-    PERSON_FACES_FIELDS,
-    PERSONS_COLLECTION,
-    PERSONS_FIELDS,
-    PERSONS_VECTOR_DIM,
-    VECTOR_FIELD,
-    collection_name,
-)
+from lookalike.query.people.book import PersonRef, _Book, majority, persons_of_faces
+from lookalike.query.people.cluster import NEIGHBOURS, average_linkage, knn_edges
+from lookalike.schemas import VECTOR_FIELD, collection_name
 from lookalike.schemas.errors import UsageError
-from lookalike.schemas.filters import encode_literal
 
 # Cosine threshold of the average linkage, per model. dlib: the best pairwise F1 of the product's
 # embeddings is at 0.9325 on LFW fold 1's images and at 0.9275 on the CelebA sample; 0.93 lies
 # between. bench/bench_people.py measures each set at the threshold chosen on the other one
 # (bench/results/people.txt).
 PEOPLE_THRESHOLDS: Dict[str, float] = {"dlib": 0.93}
-NEIGHBOURS = 32  # k of the k-nearest-neighbour graph
-SEARCH_BATCH = 512  # query vectors per search call
+
+__all__ = ["NEIGHBOURS", "PEOPLE_THRESHOLDS", "PeopleError", "PeopleResult", "Person", "PersonFace", "PersonRef",
+           "UnknownPerson", "average_linkage", "knn_edges", "merge_persons", "name_person", "people",
+           "persons_of_faces", "render_people"]
 
 
 class PeopleError(UsageError):
@@ -79,116 +73,6 @@ class UnknownPerson(PeopleError):
 
     http_status = 404
     api_code = "no_person"
-
-
-# --------------------------------------------------------------------------------------------
-# Clustering (pure: vectors and a graph in, labels out)
-# --------------------------------------------------------------------------------------------
-def average_linkage(vectors: np.ndarray, edges: Iterable[Tuple[int, int]], threshold: float,
-                    initial: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Average-linkage clusters of L2-normalised `vectors` (n x d), merging while the average
-    cosine between two clusters reaches `threshold`; only clusters joined by an edge of `edges`
-    (pairs of row indices) are compared. Returns one label per row (0..m-1, by first row).
-
-    `initial`: a starting label per row, -1 for a row on its own; rows sharing a label start as
-    one cluster, and two such starting clusters are never merged together (the existing persons
-    of an incremental run)."""
-    n = len(vectors)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    x = np.asarray(vectors, dtype=np.float64)
-    root = np.arange(n)
-    fixed = np.zeros(n, dtype=bool)
-    if initial is not None:
-        first: Dict[int, int] = {}
-        for i, lab in enumerate(initial):
-            if lab >= 0:
-                root[i] = first.setdefault(int(lab), i)
-                fixed[root[i]] = True
-    sums = np.zeros_like(x)
-    np.add.at(sums, root, x)
-    size = np.bincount(root, minlength=n).astype(np.float64)
-    alive = size > 0
-    version = np.zeros(n, dtype=np.int64)
-    adj: Dict[int, set] = defaultdict(set)
-    for i, j in edges:
-        a, b = int(root[i]), int(root[j])
-        if a != b and not (fixed[a] and fixed[b]):
-            adj[a].add(b)
-            adj[b].add(a)
-    parent = root.copy()  # merged clusters point at the cluster they went into
-    heap: List[Tuple[float, int, int, int, int]] = []
-
-    def push(a: int, others: Sequence[int]) -> None:
-        if not len(others):
-            return
-        o = np.fromiter(others, dtype=np.int64, count=len(others))
-        link = sums[o] @ sums[a] / (size[o] * size[a])  # the mean cosine over every pair of faces
-        keep = link >= threshold
-        for b, s in zip(o[keep].tolist(), link[keep].tolist()):
-            heapq.heappush(heap, (-s, a, b, int(version[a]), int(version[b])))
-
-    for a in list(adj):
-        push(a, [b for b in adj[a] if b > a])
-    while heap:
-        _, a, b, va, vb = heapq.heappop(heap)
-        if not (alive[a] and alive[b]) or version[a] != va or version[b] != vb:
-            continue
-        if size[b] > size[a]:
-            a, b = b, a
-        sums[a] += sums[b]
-        size[a] += size[b]
-        fixed[a] = fixed[a] or fixed[b]
-        alive[b] = False
-        parent[b] = a
-        version[a] += 1
-        nb = (adj.pop(a, set()) | adj.pop(b, set())) - {a, b}
-        keep_nb = [c for c in nb if not (fixed[a] and fixed[c])]
-        for c in nb:
-            s = adj[c]
-            s.discard(b)
-            s.discard(a)
-        for c in keep_nb:
-            adj[c].add(a)
-        adj[a] = set(keep_nb)
-        push(a, keep_nb)
-    return _relabel(_find_roots(parent))
-
-
-def _find_roots(parent: np.ndarray) -> np.ndarray:
-    """Each row's final cluster: follow `parent` to a fixed point (path halving, vectorised)."""
-    p = parent.copy()
-    while True:
-        q = p[p]
-        if np.array_equal(q, p):
-            return p
-        p = q
-
-
-def _relabel(root: np.ndarray) -> np.ndarray:
-    _, first, inv = np.unique(root, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))  # label clusters by their first row
-    return order[inv].astype(np.int64)
-
-
-def knn_edges(store, model: str, ids: Sequence[str], vectors: np.ndarray, index: Dict[str, int],
-              threshold: float, k: int = NEIGHBOURS, extra_filter: str = "") -> List[Tuple[int, int]]:
-    """The k-nearest-neighbour graph of `vectors` (rows `ids`) from the vector database: one
-    batched search call per SEARCH_BATCH faces; edges (row, row) between faces of `index` (face
-    id -> row) scoring at least `threshold`, self-matches left out."""
-    edges: List[Tuple[int, int]] = []
-    for i in range(0, len(ids), SEARCH_BATCH):
-        hits = store.search(model, vectors[i:i + SEARCH_BATCH], limit=k + 1, extra_filter=extra_filter,
-                            output_fields=["id"])
-        for qid, row in zip(ids[i:i + SEARCH_BATCH], hits):
-            a = index[qid]
-            for h in row:
-                if float(h["distance"]) < threshold:
-                    break  # results come best first
-                b = index.get(str(h["id"]))
-                if b is not None and b != a:
-                    edges.append((a, b))
-    return edges
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +105,16 @@ class Person:
     @property
     def photos(self) -> int:
         return len({f.id.rsplit("_", 1)[0] for f in self.faces})
+
+    @property
+    def label(self) -> Optional[str]:
+        """The name as shown (table, sheet): a CelebA identity number as "id 7484", the contact
+        sheet's way (query.render.identity_label), so that it never reads as a count."""
+        if self.named_by == "identity" and self.name:
+            from lookalike.query.render import identity_label
+
+            return identity_label(self.name)
+        return self.name
 
     def to_dict(self) -> Dict[str, Any]:
         rep = self.representative
@@ -266,9 +160,7 @@ class PeopleResult:
         out = [f"{'person':>7}  {'name':<24} {'faces':>5} {'photos':>6}  representative"]
         for p in shown:
             rep = p.representative
-            # a CelebA identity is a number: "id 7484", as the contact sheet shows it, not a count
-            label = f"id {p.name}" if p.named_by == "identity" and p.name and p.name.isdigit() else p.name
-            name = (label or "-") + ("" if p.named_by != "identity" else " *")
+            name = (p.label or "-") + ("" if p.named_by != "identity" else " *")
             out.append(f"{p.id:>7}  {name[:24]:<24} {len(p.faces):>5} {p.photos:>6}  "
                        + (f"{rep.source} #{rep.face + 1}" if rep else "-"))
         faces = sum(len(p.faces) for p in self.people)
@@ -291,88 +183,6 @@ class PeopleResult:
 # The database's persons
 # --------------------------------------------------------------------------------------------
 _FACE_FIELDS = ["id", "image_sha256", "source_path", "face_index", "identity", "box_x", "box_y", "box_w", "box_h"]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class _Book:
-    """The persons of one model in a Store: assignments, names, merges, the id counter.
-
-    The two collections are bookkeeping collections like the images ledger, created and written
-    through the Store's public `ensure_table` / `upsert_rows`."""
-
-    def __init__(self, store, model: str, readonly: bool = False):
-        self.store, self.model = store, model
-        self._where = f"model == {encode_literal(model)}"
-        if not readonly:  # read-only: tables absent read as no persons (iterate yields nothing)
-            store.ensure_table(PERSON_FACES_COLLECTION, PERSON_FACES_FIELDS, PERSONS_VECTOR_DIM)
-            store.ensure_table(PERSONS_COLLECTION, PERSONS_FIELDS, PERSONS_VECTOR_DIM)
-        self.assigned: Dict[str, int] = {r["face_id"]: int(r["person"]) for r in store.iterate(
-            PERSON_FACES_COLLECTION, ["face_id", "person"], filter=self._where)}
-        self.records: Dict[int, Dict[str, Any]] = {}
-        self.next_id = 1
-        for r in store.iterate(PERSONS_COLLECTION, ["id", "person", "name", "merged_into"], filter=self._where):
-            if r["id"] == self._counter_key:
-                self.next_id = max(self.next_id, int(r["person"]))
-            else:
-                self.records[int(r["person"])] = {"name": r["name"], "merged_into": int(r["merged_into"])}
-        self.next_id = max([self.next_id, *(p + 1 for p in self.assigned.values()), *(p + 1 for p in self.records)])
-
-    @property
-    def _counter_key(self) -> str:
-        return f"{self.model}:next"
-
-    def root(self, pid: int) -> int:
-        """The person `pid` is now: itself, or the one it was merged into (followed)."""
-        seen = set()
-        while pid in self.records and self.records[pid]["merged_into"] and pid not in seen:
-            seen.add(pid)
-            pid = self.records[pid]["merged_into"]
-        return pid
-
-    def known(self, pid: int) -> bool:
-        return pid in self.records or pid in set(self.assigned.values())
-
-    def new_id(self) -> int:
-        pid = self.next_id
-        self.next_id += 1
-        return pid
-
-    def assign(self, faces: Dict[str, int]) -> None:
-        """Record face id -> person for these faces (upserts)."""
-        now = _now_ms()
-        rows = [{"id": f"{self.model}:{fid}", "model": self.model, "face_id": fid, "person": int(pid),
-                 "assigned_at": now, VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM} for fid, pid in faces.items()]
-        for i in range(0, len(rows), 5000):
-            self.store.upsert_rows(PERSON_FACES_COLLECTION, rows[i:i + 5000],
-                                   f"writing {len(rows[i:i + 5000])} person assignments")
-        self.assigned.update(faces)
-        self._save_counter()
-
-    def unassign(self, face_ids: Sequence[str]) -> None:
-        if face_ids:
-            self.store.delete_where(PERSON_FACES_COLLECTION, "id", [f"{self.model}:{f}" for f in face_ids])
-            for f in face_ids:
-                self.assigned.pop(f, None)
-
-    def save_person(self, pid: int, name: Optional[str] = None, merged_into: Optional[int] = None) -> None:
-        rec = self.records.setdefault(pid, {"name": "", "merged_into": 0})
-        if name is not None:
-            rec["name"] = name
-        if merged_into is not None:
-            rec["merged_into"] = merged_into
-        self.store.upsert_rows(PERSONS_COLLECTION, [{
-            "id": f"{self.model}:{pid}", "model": self.model, "person": pid, "name": rec["name"],
-            "merged_into": rec["merged_into"], "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}],
-            f"writing person {pid}")
-        self._save_counter()
-
-    def _save_counter(self) -> None:
-        self.store.upsert_rows(PERSONS_COLLECTION, [{
-            "id": self._counter_key, "model": self.model, "person": self.next_id, "name": "", "merged_into": 0,
-            "updated_at": _now_ms(), VECTOR_FIELD: [0.0] * PERSONS_VECTOR_DIM}], "writing the person counter")
 
 
 def _open(settings: Settings, store):
@@ -556,79 +366,10 @@ def _persons(book: _Book, faces: List[PersonFace], good: List[int], vec: np.ndar
         named_by: Optional[str] = "user" if user else None
         name: Optional[str] = user or None
         if not user:
-            labels = Counter(f.identity for f in fs if f.identity)
-            if labels:
-                name = min(labels.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-                named_by = "identity"
+            name = majority(Counter(f.identity for f in fs if f.identity))
+            named_by = "identity" if name else None
         out.append(Person(pid, name, named_by, fs, rep, sorted(merged.get(pid, []))))
     out.sort(key=lambda p: (-len(p.faces), p.id))
-    return out
-
-
-@dataclass(frozen=True)
-class PersonRef:
-    """The person a stored face belongs to (followed through merges), for a query's answer."""
-
-    id: int
-    name: Optional[str]  # the user's name, else the identity most of its labelled faces carry
-    named_by: Optional[str]  # "user" | "identity" | None
-
-
-def persons_of_faces(store, model: str, face_ids: Sequence[str]) -> Optional[Dict[str, PersonRef]]:
-    """Face id -> its person, for the stored faces `face_ids` of `model` that `people` clustered
-    (a face not clustered yet is left out). Read-only, a few batched reads whatever the number of
-    faces: their assignments (by primary key), the model's person records (names, merges), then,
-    for persons without a user's name, their faces' identities. None when `people` never ran for
-    this model (no person tables, or none of its rows): the caller then answers nothing."""
-    if not (store.has_collection(PERSON_FACES_COLLECTION) and store.has_collection(PERSONS_COLLECTION)):
-        return None
-    where = f"model == {encode_literal(model)}"
-    records: Dict[int, Dict[str, Any]] = {}
-    ran = False
-    for r in store.select(PERSONS_COLLECTION, ["id", "person", "name", "merged_into"], where):
-        ran = True
-        if r["id"] != f"{model}:next":
-            records[int(r["person"])] = {"name": r["name"] or "", "merged_into": int(r["merged_into"] or 0)}
-    if not ran:
-        return None
-    ids = list(dict.fromkeys(face_ids))
-    if not ids:
-        return {}
-    assigned = {str(r["face_id"]): int(r["person"]) for r in store.rows_where(
-        PERSON_FACES_COLLECTION, "id", [f"{model}:{f}" for f in ids], ["face_id", "person"])}
-
-    def root(pid: int) -> int:
-        seen = set()
-        while pid in records and records[pid]["merged_into"] and pid not in seen:
-            seen.add(pid)
-            pid = records[pid]["merged_into"]
-        return pid
-
-    roots = {fid: root(pid) for fid, pid in assigned.items()}
-    unnamed = {r for r in roots.values() if not records.get(r, {}).get("name")}
-    identity: Dict[int, Optional[str]] = {}
-    if unnamed:  # named as `people` names them: the identity most of the person's labelled faces carry
-        members = [p for p in set(records) | unnamed if root(p) in unnamed]
-        flt = f"{where} and person in {encode_literal(sorted(members))}"
-        owner = {str(r["face_id"]): root(int(r["person"])) for r in store.select(
-            PERSON_FACES_COLLECTION, ["face_id", "person"], flt)}
-        counts: Dict[int, Counter] = defaultdict(Counter)
-        fids = list(owner)
-        for i in range(0, len(fids), 1000):
-            for r in store.get(model, fids[i:i + 1000], output_fields=["id", "identity"]):
-                if r.get("identity"):
-                    counts[owner[str(r["id"])]][str(r["identity"])] += 1
-        for pid, c in counts.items():
-            identity[pid] = min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-    out: Dict[str, PersonRef] = {}
-    for fid, pid in roots.items():
-        user = records.get(pid, {}).get("name") or ""
-        if user:
-            out[fid] = PersonRef(pid, user, "user")
-        elif identity.get(pid):
-            out[fid] = PersonRef(pid, identity[pid], "identity")
-        else:
-            out[fid] = PersonRef(pid, None, None)
     return out
 
 
@@ -705,7 +446,7 @@ def render_people(result: PeopleResult, path: str, min_faces: int = 1, max_peopl
     for r, p in enumerate(shown):
         y = margin + 20 + r * row_h
         draw.text((margin, y + 4), f"person {p.id}", fill=(20, 20, 20), font=font)
-        draw.text((margin, y + 26), (p.name or "(no name)")[:26], fill=(20, 20, 20), font=font)
+        draw.text((margin, y + 26), (p.label or "(no name)")[:26], fill=(20, 20, 20), font=font)
         draw.text((margin, y + 48), f"{len(p.faces)} faces, {p.photos} photos", fill=(90, 90, 90), font=small)
         faces = ([p.representative] if p.representative else []) + [f for f in p.faces if f is not p.representative]
         for c, f in enumerate(faces[:per_row]):
